@@ -1,0 +1,165 @@
+"""The one config schema of ``distill run``: typed, unknown keys rejected with the valid ones named."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import DistillError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TeacherConfig(Section):
+    """An official name (sam_vit_h, sam_vit_l, sam_vit_b, mobile_sam) or an architecture (vit_b, ...)."""
+
+    name: str = "sam_vit_h"
+    checkpoint: Optional[Path] = None
+    random_init: bool = Field(False, description="random weights of the architecture: smoke runs only")
+    image_size: int = Field(1024, description="only for random_init; checkpoints carry their own")
+
+
+class SyntheticImages(Section):
+    count: int = Field(8, ge=2)
+    size: int = Field(512, ge=16)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    images: Optional[Path] = None
+    synthetic: Optional[SyntheticImages] = None
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_holdout: Optional[int] = Field(200, ge=1)
+
+
+class CacheConfig(Section):
+    dir: Optional[Path] = Field(None, description="default: <run_dir>/cache; share one between runs of one teacher")
+    shard_size: int = Field(16, ge=1)
+    batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class StudentConfig(Section):
+    name: str = "tinyvit_5m"
+    init: Optional[Path] = Field(None, description="start from these encoder weights (our model file or MobileSAM's)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(8, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    amp: bool = True
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(2, ge=0)
+
+
+class PromptStageConfig(Section):
+    """EdgeSAM's prompt-in-the-loop stage: student masks are matched to the teacher's through the frozen decoder."""
+
+    enabled: bool = False
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    prompts_per_image: int = Field(4, ge=1)
+    refine_iterations: int = Field(1, ge=0, description="extra points sampled from the disagreement region")
+    checkpoint_every: int = Field(200, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class FidelityConfig(Section):
+    enabled: bool = True
+    points_per_image: int = Field(8, ge=1)
+    max_images: Optional[int] = Field(50, ge=1)
+
+
+class RunConfig(Section):
+    recipe: Literal["mobilesam"] = "mobilesam"
+    name: str = "run"
+    run_dir: Optional[Path] = Field(None, description="default: runs/<name>")
+    seed: int = 0
+    device: str = "auto"
+    teacher: TeacherConfig = TeacherConfig()
+    data: DataConfig = DataConfig()
+    cache: CacheConfig = CacheConfig()
+    student: StudentConfig = StudentConfig()
+    train: TrainConfig = TrainConfig()
+    prompt_stage: PromptStageConfig = PromptStageConfig()
+    fidelity: FidelityConfig = FidelityConfig()
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or Path("runs") / self.name
+
+
+def _valid_keys(model: type[BaseModel], location: tuple) -> list[str]:
+    for part in location[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def describe_validation_error(err: ValidationError, source: str, model: type[BaseModel] = RunConfig) -> str:
+    first = err.errors()[0]
+    location = tuple(first["loc"])
+    key = ".".join(str(p) for p in location)
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; valid keys here: {', '.join(_valid_keys(model, location))}"
+    return f"{source}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def parse_config(data: dict, source: str = "config") -> RunConfig:
+    if not isinstance(data, dict):
+        raise DistillError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise DistillError(describe_validation_error(err, source)) from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``key.sub=value`` pairs from the command line, values parsed as YAML."""
+    for override in overrides:
+        if "=" not in override:
+            raise DistillError(f"override {override!r} must look like key.sub=value")
+        dotted, raw = override.split("=", 1)
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DistillError(f"override {override!r}: '{part}' is not a section")
+        node[last] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise DistillError(f"config {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_config(apply_overrides(data, overrides or []), str(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

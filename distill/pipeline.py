@@ -1,0 +1,80 @@
+"""The stages of the MobileSAM recipe as functions, shared by ``distill run`` and the single commands."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .assemble import assemble, load_model, save_mobilesam_layout, save_model
+from .cache import DistillDataset, EmbeddingCache, build_cache
+from .config import PromptStageConfig, TrainConfig
+from .dist import DistContext
+from .errors import DistillError
+from .fileio import atomic_torch_save
+from .prompt_stage import PromptLoopLoss
+from .students import create_student
+from .teachers import Teacher, load_teacher
+from .train import Schedule, run_training
+
+
+def materialise_random_teacher(name: str, image_size: int, seed: int, folder: Path) -> Path:
+    """Write a random-initialised teacher once, so every stage (and every rerun) uses the same weights."""
+    path = folder / f"{name}-random-init-{image_size}-seed{seed}.pth"
+    if not path.exists():
+        teacher = load_teacher(name, random_init=True, image_size=image_size, seed=seed)
+        atomic_torch_save(teacher.model.state_dict(), path)
+    return path
+
+
+def schedule_from(config: TrainConfig | PromptStageConfig) -> Schedule:
+    return Schedule(
+        epochs=config.epochs, batch_size=config.batch_size, grad_accum=getattr(config, "grad_accum", 1),
+        lr=config.lr, min_lr=getattr(config, "min_lr", config.lr * 0.01), weight_decay=getattr(config, "weight_decay", 0.0),
+        warmup_steps=getattr(config, "warmup_steps", 0), checkpoint_every=config.checkpoint_every,
+        log_every=getattr(config, "log_every", 1), max_steps=config.max_steps, amp=getattr(config, "amp", True),
+        num_workers=config.num_workers,
+    )
+
+
+def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Module:
+    student = create_student(name, image_size=image_size)
+    if init is not None:
+        model, _ = load_model(init)
+        try:
+            student.load_state_dict(model.image_encoder.state_dict())
+        except RuntimeError as err:
+            raise DistillError(f"student.init {init} does not fit student {name!r}: {str(err).splitlines()[0]}") from None
+    return student
+
+
+def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[int], config: TrainConfig,
+                out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
+    dataset = DistillDataset(cache, indices)
+    return run_training(student, dataset, schedule_from(config), out_dir, context, seed=seed, log=log, meta=meta)
+
+
+def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCache, indices: list[int],
+                 config: PromptStageConfig, out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
+    loss = PromptLoopLoss(teacher.model, config.prompts_per_image, config.refine_iterations, seed=seed)
+    dataset = DistillDataset(cache, indices)
+    return run_training(student, dataset, schedule_from(config), out_dir, context, loss_fn=loss, seed=seed,
+                        log=log, meta=meta)
+
+
+def load_trained_student(name: str, image_size: int, state_path: Path) -> torch.nn.Module:
+    student = create_student(name, image_size=image_size)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    student.load_state_dict(state["model"])
+    return student.eval()
+
+
+def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir: Path, meta: dict) -> dict:
+    model = assemble(student.cpu().eval(), teacher.model)
+    paths = {"model": str(save_model(model, out_dir / "model.pt", name, meta))}
+    if name == "tinyvit_5m":
+        paths["mobilesam"] = str(save_mobilesam_layout(model, out_dir / "mobile_sam.pt"))
+    return paths
+
+
+__all__ = ["build_cache", "materialise_random_teacher", "init_student", "train_stage", "prompt_stage",
+           "load_trained_student", "write_models"]

@@ -1,0 +1,94 @@
+"""MobileSAM's fidelity metric: how closely a student SAM reproduces its teacher.
+
+On held-out images: embedding MSE and cosine similarity against the cached teacher embedding, and
+mIoU between teacher and student masks for the same prompt: a single point, and a box taken from
+the teacher's mask for that point. Masks are compared at the original image resolution through
+segment-anything's ``SamPredictor``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+from tqdm import tqdm
+
+from ..cache import EmbeddingCache
+from ..fileio import atomic_write_json
+from ..images import load_rgb
+
+
+def _set_embedding(predictor: SamPredictor, embedding: torch.Tensor, original_size, input_size) -> None:
+    """Give a predictor a precomputed embedding (what ``set_image`` would have computed)."""
+    predictor.reset_image()
+    predictor.features = embedding[None].to(predictor.device)
+    predictor.original_size = tuple(original_size)
+    predictor.input_size = tuple(input_size)
+    predictor.is_image_set = True
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@torch.no_grad()
+def fidelity(teacher: Sam, student: Sam, cache: EmbeddingCache, indices: list[int], points_per_image: int = 8,
+             seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    teacher_predictor = SamPredictor(teacher.to(device).eval())
+    student_predictor = SamPredictor(student.to(device).eval())
+    preprocessing = cache.preprocessing
+    rng = np.random.default_rng(seed)
+    per_image = []
+    for index in tqdm(indices, desc="fidelity", unit="img"):
+        entry = cache.entries[index]
+        image = load_rgb(entry["source"])
+        pixels = preprocessing(image)[None].to(device)
+        teacher_embedding = cache.embedding(index).to(device)
+        student_embedding = student.image_encoder(pixels)[0].float()
+        input_size = preprocessing.resize(image).shape[:2]
+        mse = F.mse_loss(student_embedding, teacher_embedding).item()
+        cosine = F.cosine_similarity(student_embedding.flatten(), teacher_embedding.flatten(), dim=0).item()
+        _set_embedding(teacher_predictor, teacher_embedding, image.shape[:2], input_size)
+        _set_embedding(student_predictor, student_embedding, image.shape[:2], input_size)
+        h, w = image.shape[:2]
+        point_ious, box_ious = [], []
+        for x, y in rng.uniform([0, 0], [w - 1, h - 1], size=(points_per_image, 2)):
+            point = dict(point_coords=np.array([[x, y]]), point_labels=np.array([1]), multimask_output=True)
+            t_masks, t_scores, _ = teacher_predictor.predict(**point)
+            s_masks, s_scores, _ = student_predictor.predict(**point)
+            # Each model answers with its own most confident mask, as a user of either would see.
+            t_mask, s_mask = t_masks[t_scores.argmax()], s_masks[s_scores.argmax()]
+            point_ious.append(mask_iou(t_mask, s_mask))
+            ys, xs = np.nonzero(t_mask)
+            box = np.array([xs.min(), ys.min(), xs.max(), ys.max()]) if len(xs) else np.array([0, 0, w - 1, h - 1])
+            t_box = teacher_predictor.predict(box=box, multimask_output=False)[0][0]
+            s_box = student_predictor.predict(box=box, multimask_output=False)[0][0]
+            box_ious.append(mask_iou(t_box, s_box))
+        per_image.append({"source": entry["source"], "embedding_mse": mse, "embedding_cosine": cosine,
+                          "point_miou": float(np.mean(point_ious)), "box_miou": float(np.mean(box_ious))})
+    keys = ("point_miou", "box_miou", "embedding_mse", "embedding_cosine")
+    summary = {k: float(np.mean([r[k] for r in per_image])) for k in keys}
+    return {"summary": summary, "images": len(per_image), "points_per_image": points_per_image, "per_image": per_image}
+
+
+def format_table(result: dict, title: str = "fidelity to the teacher") -> str:
+    s = result["summary"]
+    rows = [("1-point mIoU", f"{s['point_miou']:.4f}"), ("box mIoU", f"{s['box_miou']:.4f}"),
+            ("embedding MSE", f"{s['embedding_mse']:.6f}"), ("embedding cosine", f"{s['embedding_cosine']:.4f}"),
+            ("held-out images", str(result["images"]))]
+    width = max(len(r[0]) for r in rows)
+    lines = [title, "-" * (width + 12)] + [f"{name:<{width}}  {value:>10}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def write_fidelity(result: dict, path: Path) -> None:
+    atomic_write_json(Path(path), result)
+
+
+def load_fidelity(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

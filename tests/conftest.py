@@ -1,0 +1,62 @@
+"""Shared fixtures: a small random-initialised SAM of the real architecture (256 px input), generated
+images and a teacher cache built from them. Nothing is downloaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+torch.set_num_threads(2)
+
+SHARED_NWPU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nwpu_vhr10"
+TINY_SIZE = 256
+
+
+@pytest.fixture(autouse=True)
+def _offline_home(tmp_path_factory, monkeypatch):
+    """Never touch the user's checkpoint cache or the network from a test."""
+    monkeypatch.setenv("SAM_DISTILL_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+    monkeypatch.setenv("SAM_DISTILL_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_checkpoint(tmp_path_factory) -> Path:
+    """A vit_tiny SAM (SAM's ViT encoder, 4 blocks) at 256 px, saved as a plain SAM state dict."""
+    from sam_distill.teachers import load_teacher
+
+    teacher = load_teacher("vit_tiny", random_init=True, image_size=TINY_SIZE, seed=0)
+    path = tmp_path_factory.mktemp("teacher") / "vit_tiny.pth"
+    torch.save(teacher.model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_teacher_checkpoint):
+    from sam_distill.teachers import load_teacher
+
+    return load_teacher("vit_tiny", tiny_teacher_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    from sam_distill.images import make_synthetic_images
+
+    folder = tmp_path_factory.mktemp("images")
+    make_synthetic_images(folder, 6, size=160, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_teacher, image_folder, tmp_path_factory) -> Path:
+    from sam_distill.cache import build_cache
+    from sam_distill.dist import DistContext
+
+    cache_dir = tmp_path_factory.mktemp("cache")
+    build_cache(tiny_teacher, image_folder, cache_dir, shard_size=4, context=DistContext(), log=lambda m: None)
+    return cache_dir
+
+
+needs_nwpu = pytest.mark.skipif(not SHARED_NWPU.exists(), reason="../shared/data/nwpu_vhr10 is not present")
