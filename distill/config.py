@@ -31,6 +31,7 @@ class SyntheticImages(Section):
 
 class DataConfig(Section):
     images: Optional[Path] = None
+    max_images: Optional[int] = Field(None, ge=1, description="use only the first N images (sorted by path)")
     synthetic: Optional[SyntheticImages] = None
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_holdout: Optional[int] = Field(200, ge=1)

@@ -11,7 +11,7 @@ from .config import RunConfig, dump_config
 from .dist import init_distributed
 from .errors import DistillError
 from .fileio import atomic_write_text
-from .images import make_synthetic_images
+from .images import find_images, make_synthetic_images
 from .pipeline import (init_student, load_trained_student, materialise_random_teacher, prompt_stage, train_stage,
                        write_models)
 from .registry import Registry
@@ -35,8 +35,10 @@ def prepare_run_dir(config: RunConfig) -> RunDir:
     return run_dir
 
 
-def resolve_images(config: RunConfig, run_dir: RunDir) -> Path:
+def resolve_images(config: RunConfig, run_dir: RunDir) -> Path | list[Path]:
     if config.data.images is not None:
+        if config.data.max_images:
+            return find_images(config.data.images)[: config.data.max_images]
         return config.data.images
     if config.data.synthetic is not None:
         folder = run_dir.path / "data" / "synthetic"
