@@ -54,7 +54,8 @@ def cmd_train(args) -> int:
     train_indices, holdout = cache.split(args.holdout)
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
-                         checkpoint_every=args.checkpoint_every, num_workers=args.workers, amp=not args.no_amp)
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every, num_workers=args.workers,
+                         amp=not args.no_amp)
     if not args.resume and (args.out / "last.pt").exists():
         raise DistillError(f"{args.out} already holds a training state; pass --resume to continue it or choose another --out")
     student = init_student(args.student, cache.image_size, args.init)
@@ -147,6 +148,7 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--holdout", type=float, default=0.1, help="fraction kept out for fidelity")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from sam_distill.cli import main
+from sam_distill.config import load_config
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def _one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("distill: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_nonexistent_and_empty_image_folders(tmp_path, tiny_teacher_checkpoint, capsys):
+    base = ["embed", "--out", str(tmp_path / "c"), "--teacher", "vit_tiny", "--checkpoint", str(tiny_teacher_checkpoint)]
+    _one_line_error(*_run([*base, str(tmp_path / "missing")], capsys), "missing", "does not exist")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(*_run([*base, str(tmp_path / "empty")], capsys), "empty", "holds no images")
+
+
+def test_wrong_checkpoint(tmp_path, image_folder, capsys):
+    bogus = tmp_path / "bogus.pth"
+    torch.save({"weight": torch.zeros(2)}, bogus)
+    code, err = _run(["embed", str(image_folder), "--out", str(tmp_path / "c"), "--teacher", "vit_b",
+                      "--checkpoint", str(bogus)], capsys)
+    _one_line_error(code, err, "bogus.pth", "not a SAM checkpoint")
+
+
+def test_config_typo_names_the_valid_keys(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("recipe: mobilesam\ntrain:\n  epohcs: 3\n")
+    _one_line_error(*_run(["run", str(config)], capsys), "c.yaml", "train.epohcs", "epochs")
+    config.write_text("train: [1, 2\n")
+    _one_line_error(*_run(["run", str(config)], capsys), "not valid YAML", "line")
+    _one_line_error(*_run(["run", str(tmp_path / "none.yaml")], capsys), "none.yaml", "does not exist")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sam_distill", "--debug", "run", str(tmp_path / "none.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "sam_distill", "run", str(tmp_path / "none.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_shipped_configs_parse():
+    for name in ("quickstart", "mobilesam", "nwpu_benchmark"):
+        config = load_config(f"configs/{name}.yaml")
+        assert config.recipe == "mobilesam"
+    assert load_config("configs/mobilesam.yaml").teacher.name == "sam_vit_h"
+
+
+def _small_run_config(tmp_path, tiny_teacher_checkpoint):
+    return {
+        "recipe": "mobilesam", "name": "small", "run_dir": str(tmp_path / "run"), "seed": 0,
+        "teacher": {"name": "vit_tiny", "checkpoint": str(tiny_teacher_checkpoint)},
+        "data": {"synthetic": {"count": 5, "size": 96}, "holdout_fraction": 0.2},
+        "cache": {"shard_size": 2},
+        "student": {"name": "timm_test_efficientnet"},
+        "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1,
+                  "num_workers": 0},
+        "prompt_stage": {"enabled": True, "max_steps": 1, "batch_size": 1, "prompts_per_image": 2},
+        "fidelity": {"points_per_image": 2},
+    }
+
+
+def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path, tiny_teacher_checkpoint, capsys):
+    config = _small_run_config(tmp_path, tiny_teacher_checkpoint)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    for relative in ("config.yaml", "logs/run.log", "cache/manifest.jsonl", "checkpoints/distill/metrics.csv",
+                     "checkpoints/prompt/last.pt", "model/model.pt", "reports/fidelity.json"):
+        assert (run / relative).exists(), relative
+    fidelity = json.loads((run / "reports" / "fidelity.json").read_text())
+    assert fidelity["images"] == 1 and 0 <= fidelity["summary"]["point_miou"] <= 1
+    before = (run / "model" / "model.pt").stat().st_mtime_ns
+    # A rerun resumes: nothing is re-embedded or retrained.
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 already cached, 0 to do" in out and "resumed" in out
+    assert (run / "model" / "model.pt").stat().st_mtime_ns >= before
+    code, err = _run(["run", str(path), "--set", "train.lr=0.5"], capsys)
+    _one_line_error(code, err, "different config")
