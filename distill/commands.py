@@ -86,12 +86,15 @@ def cmd_fidelity(args) -> int:
     from .cache import EmbeddingCache
     from .eval.fidelity import fidelity, format_table, write_fidelity
 
+    from .dist import pick_device
+
     cache = EmbeddingCache(args.cache)
     teacher = _load_teacher(args)
     student, _ = load_model(args.model)
-    _, holdout = cache.split(args.holdout)
+    _, holdout = cache.split(args.holdout, args.max_holdout)
     indices = holdout if holdout and not args.all else list(range(len(cache)))
-    result = fidelity(teacher.model, student, cache, indices[: args.max_images], args.points, device="cpu")
+    result = fidelity(teacher.model, student, cache, indices[: args.max_images], args.points,
+                      device=pick_device(args.device))
     result["teacher"] = teacher.describe()
     print(format_table(result))
     if args.out:
@@ -171,7 +174,8 @@ def register(subparsers) -> None:
     f.add_argument("--cache", type=Path, required=True)
     _teacher_args(f)
     f.add_argument("--points", type=int, default=8, help="point prompts per image")
-    f.add_argument("--holdout", type=float, default=0.1)
+    f.add_argument("--holdout", type=float, default=0.1, help="as data.holdout_fraction of the run")
+    f.add_argument("--max-holdout", type=int, default=200, help="as data.max_holdout of the run")
     f.add_argument("--all", action="store_true", help="use every cached image, not only the held-out ones")
     f.add_argument("--max-images", type=int, default=50)
     f.add_argument("--out", type=Path, help="write the JSON here")

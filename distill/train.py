@@ -61,7 +61,7 @@ class EpochSampler(Sampler[int]):
 
 
 def steps_per_epoch(dataset_size: int, schedule: Schedule, world_size: int) -> int:
-    per_rank = math.ceil(dataset_size / world_size)
+    per_rank = dataset_size // world_size  # the smallest rank's share: every rank runs the same steps
     steps = per_rank // (schedule.batch_size * schedule.grad_accum)
     if steps == 0:
         raise DistillError(
