@@ -10,7 +10,6 @@ MobileSAM and ``ultralytics.models.sam.build_mobile_sam`` load unchanged.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +76,3 @@ def load_model(path: Path | str) -> tuple[Sam, ModelInfo]:
     read_state_dict(path)  # raises a one-line reason for files that are not state dicts
     model, arch = load_sam_checkpoint(path)
     return model, ModelInfo(arch if arch == "tinyvit_5m" else f"sam_{arch}", int(model.image_encoder.img_size))
-
-
-def clone_decoder(teacher_sam: Sam) -> tuple[nn.Module, nn.Module]:
-    return copy.deepcopy(teacher_sam.prompt_encoder), copy.deepcopy(teacher_sam.mask_decoder)

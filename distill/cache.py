@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +58,6 @@ def _check_identity(cache_dir: Path, identity: dict) -> None:
                 f"cache {cache_dir} was built with {key} {json.dumps(existing.get(key))}, not "
                 f"{json.dumps(identity[key])}; use another cache folder or delete this one"
             )
-
-
-@dataclass
-class _Item:
-    index: int
-    path: str
 
 
 class _ImageReader(Dataset):

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .assemble import assemble, load_model, save_mobilesam_layout, save_model
-from .cache import DistillDataset, EmbeddingCache, build_cache
+from .cache import DistillDataset, EmbeddingCache
 from .config import PromptStageConfig, TrainConfig
 from .dist import DistContext
 from .errors import DistillError
@@ -74,7 +74,3 @@ def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir:
     if name == "tinyvit_5m":
         paths["mobilesam"] = str(save_mobilesam_layout(model, out_dir / "mobile_sam.pt"))
     return paths
-
-
-__all__ = ["build_cache", "materialise_random_teacher", "init_student", "train_stage", "prompt_stage",
-           "load_trained_student", "write_models"]

@@ -1,5 +1,4 @@
 import hashlib
-import zipfile
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 
-from sam_distill.assemble import assemble
 from sam_distill.cache import DistillDataset, EmbeddingCache
 from sam_distill.dist import DistContext
 from sam_distill.errors import DistillError
