@@ -225,3 +225,25 @@ def test_clip_text_selection(tmp_path):
     assert best in (0, 1) and scores[2] == float("-inf")
     crop = (image[25:45, 20:46] * masks[1][25:45, 20:46, None])
     assert scores[1] == pytest.approx(float(scorer.similarity([crop], "a red car")[0]), abs=1e-5)
+
+
+def test_fastsam_recipe_end_to_end_and_rerun(tmp_path, tiny_teacher_checkpoint):
+    from sam_distill.config import parse_config
+    from sam_distill.run import run
+
+    config = parse_config({
+        "recipe": "fastsam", "name": "fs", "run_dir": str(tmp_path / "run"), "device": "cpu",
+        "teacher": {"name": "vit_tiny", "checkpoint": str(tiny_teacher_checkpoint)},
+        "data": {"synthetic": {"count": 4, "size": 96}},
+        "fastsam": {"pseudo_label": {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+                    "variant": "yolov8n-seg", "epochs": 1, "imgsz": 64, "batch": 2, "workers": 0,
+                    "val_fraction": 0.25, "min_area": 0, "max_components": 10_000, "export": []}})
+    run_dir = run(config).path
+    report = json.loads((run_dir / "reports" / "mask_ap.json").read_text())
+    assert set(report) == {"vs_teacher"} and 0.0 <= report["vs_teacher"]["stats"]["AP"] <= 1.0
+    assert (run_dir / "model" / "fastsam.pt").is_file() and (run_dir / "reports" / "training_map.png").is_file()
+    assert len(list((run_dir / "pseudo_labels" / "masks").glob("*.json"))) == 4
+    log_lines = (run_dir / "logs" / "run.log").read_text().count("\n")
+    run(config)  # a rerun resumes: nothing relabelled, training already finished
+    rerun_log = (run_dir / "logs" / "run.log").read_text().splitlines()[log_lines:]
+    assert any("0 to do" in line for line in rerun_log) and any("already finished" in line for line in rerun_log)
