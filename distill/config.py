@@ -84,8 +84,39 @@ class FidelityConfig(Section):
     max_images: Optional[int] = Field(50, ge=1)
 
 
+class PseudoLabelConfig(Section):
+    """segment-anything's SamAutomaticMaskGenerator settings (its defaults)."""
+
+    points_per_side: int = Field(32, ge=1)
+    points_per_batch: int = Field(64, ge=1)
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    crop_n_layers: int = Field(0, ge=0)
+    min_mask_region_area: int = Field(0, ge=0)
+
+
+class FastSAMConfig(Section):
+    """The FastSAM recipe: teacher pseudo-labels -> YOLO-seg trained by ultralytics -> AP -> export."""
+
+    pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
+    ground_truth: Optional[Path] = Field(None, description="COCO instance file for data.images: also report AP on it")
+    train_on: Literal["pseudo_labels", "ground_truth"] = "pseudo_labels"
+    variant: str = Field("yolov8s-seg", description="yolov8{n,s,m,l,x}-seg, yolo11{n,s,m,l,x}-seg or a local .pt")
+    epochs: int = Field(100, ge=1)
+    imgsz: int = Field(1024, ge=32)
+    batch: int = Field(8, ge=1)
+    workers: int = Field(2, ge=0)
+    patience: int = Field(100, ge=1)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    min_area: float = Field(16, ge=0, description="masks whose polygon encloses fewer pixels are dropped")
+    max_components: int = Field(8, ge=1, description="masks in more pieces are dropped as speckle")
+    eval_conf: float = Field(0.01, gt=0.0, le=1.0)
+    export: list[str] = Field(["onnx"], description="ultralytics export formats (onnx, coreml, ...)")
+
+
 class RunConfig(Section):
-    recipe: Literal["mobilesam"] = "mobilesam"
+    recipe: Literal["mobilesam", "fastsam"] = "mobilesam"
     name: str = "run"
     run_dir: Optional[Path] = Field(None, description="default: runs/<name>")
     seed: int = 0
@@ -97,6 +128,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     prompt_stage: PromptStageConfig = PromptStageConfig()
     fidelity: FidelityConfig = FidelityConfig()
+    fastsam: FastSAMConfig = FastSAMConfig()
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir or Path("runs") / self.name
