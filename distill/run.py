@@ -5,9 +5,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from .cache import EmbeddingCache, build_cache
-from .config import RunConfig, dump_config
+from .config import RunConfig, dump_config, parse_config
 from .dist import init_distributed
 from .errors import DistillError
 from .fileio import atomic_write_text
@@ -22,16 +23,19 @@ RECIPES: Registry = Registry("recipe")
 
 
 def prepare_run_dir(config: RunConfig) -> RunDir:
-    """Create the run folder, or reopen it when it holds a run of the same config (resume)."""
+    """Create the run folder, or reopen it when it holds a run of the same config (resume).
+
+    Configs are compared as parsed values, so a saved config that predates a new default section
+    still matches.
+    """
     run_dir = RunDir(config.resolved_run_dir())
     saved = run_dir.path / "config.yaml"
-    text = dump_config(config)
-    if saved.exists() and saved.read_text() != text:
+    if saved.exists() and parse_config(yaml.safe_load(saved.read_text()) or {}, str(saved)) != config:
         raise DistillError(
             f"run folder {run_dir.path} holds a run of a different config; give this run another name "
             f"(name: or run_dir:) or delete that folder"
         )
-    atomic_write_text(saved, text)
+    atomic_write_text(saved, dump_config(config))
     return run_dir
 
 
