@@ -228,8 +228,9 @@ def plot_pareto(rows: list[dict], references: list[dict], metric: str | None) ->
         front = [points[i] for i in pareto_front([(x, y) for x, y, _ in points])]
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#27ae60", linewidth=1.5,
                 label="Pareto front", zorder=2)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
         ax.set_xscale("log")
+        ax.margins(x=0.25, y=0.12)  # room for labels; no marker on the frame or under the legend
         ax.set_ylabel(METRICS[metric])
     else:
         ax.text(0.5, 0.5, "no model with both accuracy and latency", ha="center", va="center", transform=ax.transAxes)
