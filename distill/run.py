@@ -121,6 +121,9 @@ def run(config: RunConfig) -> RunDir:
     started = time.time()
     run_dir.log(f"run: recipe {config.recipe} in {run_dir.path}")
     RECIPES.get(config.recipe)(config, run_dir)
+    from .eval.report import report_run
+
+    report_run(run_dir.path, config, log=run_dir.log)
     run_dir.log(f"run: finished in {time.time() - started:.0f} s; everything is in {run_dir.path}")
     return run_dir
 

@@ -1,0 +1,423 @@
+"""``distill report``: heavy vs light SAM side by side, from one or more run folders.
+
+Writes ``report.md``, a self-contained ``report.html`` (plots as base64 PNG, no external files),
+``results.json`` and ``pareto.png`` (accuracy against latency, log time axis, Pareto front drawn).
+
+What a run folder contributes (all under ``RUN/reports/``; every file is optional):
+
+* ``bench.json``: ``distill bench --out`` output, ``{"machine": str, "rows": [row, ...], "skipped": [...]}``.
+* ``fidelity.json``: ``distill eval fidelity`` output; attached to the run's student rows (the
+  ``sam-distill`` and ``mobilesam`` files of one run hold the same weights).
+* ``metrics_*.json``: accuracy another tool computed, ``{"model": NAME, "metrics": {"mask_AP": 41.0,
+  "mask_AP50": ..., "mask_AP75": ...}}`` with AP in percent (0-100, as papers quote it). NAME is
+  matched against a row's model name, file name or file stem; unmatched metrics become rows of
+  their own (accuracy, no latency).
+* ``coco_*.json``: ``{"model": NAME, "ground_truth": "annotations.json", "detections": "dt.json"}``
+  (paths relative to the file, detections in COCO results format with RLE ``segmentation``): mask
+  AP/AP50/AP75 computed here with pycocotools.
+
+Anything missing, half-written or without ground truth becomes one line under "Notes" and the
+report renders what it has.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+from ..errors import DistillError
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .bench import ROLE_TEACHER
+from .reference import reference_rows
+
+# Accuracy axes in order of preference: task accuracy against ground truth beats fidelity to the teacher.
+METRICS = {"mask_AP": "mask AP (COCO, %)", "point_miou": "1-point mIoU vs teacher", "box_miou": "box mIoU vs teacher"}
+FIDELITY_KEYS = ("point_miou", "box_miou", "embedding_cosine")
+AP_KEYS = ("mask_AP", "mask_AP50", "mask_AP75")
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy inputs
+
+
+def mask_ap(ground_truth: Path, detections) -> dict:
+    """COCO mask AP, AP50, AP75 in percent, with pycocotools; ``detections`` a path or a list."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_data = read_json(ground_truth)
+    if not gt_data.get("annotations"):
+        raise DistillError(f"dataset {ground_truth} has no ground-truth annotations; mask AP needs an "
+                           f"annotated COCO file (one with an 'annotations' list)")
+    gt = COCO()
+    gt.dataset = gt_data
+    gt.createIndex()
+    results = read_json(detections) if isinstance(detections, (str, Path)) else detections
+    if not results:
+        return {"mask_AP": 0.0, "mask_AP50": 0.0, "mask_AP75": 0.0}
+    dt = gt.loadRes(results)
+    evaluator = COCOeval(gt, dt, iouType="segm")
+    import contextlib
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own table
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {key: float(max(evaluator.stats[i], 0.0) * 100) for i, key in enumerate(AP_KEYS)}
+
+
+def _read(path: Path, notes: list[str]):
+    try:
+        return read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        notes.append(f"{path}: half-written or not JSON; skipped (rerun the step that writes it)")
+    except OSError as err:
+        notes.append(f"{path}: unreadable ({err.strerror}); skipped")
+    return None
+
+
+def _matches(row: dict, name: str) -> bool:
+    path = Path(row.get("path") or "")
+    return name in (row["model"], path.name, path.stem) and bool(name)
+
+
+def _attach_accuracy(rows: list[dict], name: str, metrics: dict, run: str, origin: Path) -> None:
+    matched = [r for r in rows if _matches(r, name)]
+    if not matched:
+        matched = [{"model": name, "kind": "accuracy-only", "format": "-", "role": "student", "source": "measured",
+                    "run": run, "notes": [f"accuracy from {origin.name}; no latency measured"]}]
+        rows.extend(matched)
+    for row in matched:
+        row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+def collect_run(run_dir: Path, notes: list[str]) -> list[dict]:
+    """Rows of one run folder (or of one bench JSON file)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        reports, bench_path, run = run_dir.parent, run_dir, run_dir.stem
+    else:
+        reports, bench_path, run = run_dir / "reports", run_dir / "reports" / "bench.json", run_dir.name
+    if not run_dir.exists():
+        notes.append(f"{run_dir}: does not exist; skipped")
+        return []
+    rows: list[dict] = []
+    bench = _read(bench_path, notes) if bench_path.exists() else None
+    if bench_path.exists() and bench is not None:
+        if not isinstance(bench, dict) or not isinstance(bench.get("rows"), list):
+            notes.append(f"{bench_path}: not a `distill bench --out` file (no 'rows' list); skipped")
+        else:
+            for row in bench["rows"]:
+                if isinstance(row, dict) and "model" in row:
+                    rows.append({**row, "run": run, "machine": bench.get("machine", "")})
+            for skipped in bench.get("skipped", []):
+                notes.append(f"{run}: {skipped.get('model')} was not benchmarked: {skipped.get('reason')}")
+    elif not bench_path.exists():
+        notes.append(f"{run_dir}: no {bench_path.relative_to(run_dir) if run_dir.is_dir() else bench_path.name}; "
+                     f"no speed figures (run `distill bench MODEL... --out {bench_path}`)")
+
+    fidelity_path = reports / "fidelity.json"
+    if fidelity_path.exists() and (fid := _read(fidelity_path, notes)) is not None:
+        summary = fid.get("summary") if isinstance(fid, dict) else None
+        students = [r for r in rows if r.get("kind") in ("sam-distill", "mobilesam") and "point_miou" not in r]
+        if not isinstance(summary, dict) or not all(k in summary for k in FIDELITY_KEYS):
+            notes.append(f"{fidelity_path}: has no complete 'summary'; fidelity skipped")
+        elif not students:
+            notes.append(f"{fidelity_path}: no student row in this run to attach it to")
+        for row in students if isinstance(summary, dict) and all(k in summary for k in FIDELITY_KEYS) else []:
+            row.update({k: float(summary[k]) for k in FIDELITY_KEYS})
+            row["fidelity_images"] = fid.get("images")
+
+    for path in sorted(reports.glob("metrics_*.json")):
+        data = _read(path, notes)
+        if data is None:
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict) or not data.get("model"):
+            notes.append(f"{path}: expected {{'model': NAME, 'metrics': {{'mask_AP': ...}}}}; skipped")
+            continue
+        _attach_accuracy(rows, str(data["model"]), data["metrics"], run, path)
+
+    for path in sorted(reports.glob("coco_*.json")):
+        data = _read(path, notes)
+        if data is None:
+            continue
+        try:
+            if not isinstance(data, dict) or not {"model", "ground_truth", "detections"} <= set(data):
+                raise DistillError(f"{path}: expected {{'model', 'ground_truth', 'detections'}}; skipped")
+            detections = data["detections"]
+            if isinstance(detections, str):
+                detections = path.parent / detections
+            _attach_accuracy(rows, str(data["model"]), mask_ap(path.parent / data["ground_truth"], detections), run, path)
+        except DistillError as err:
+            notes.append(f"{path}: {err}")
+        except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
+            notes.append(f"{path}: COCO evaluation failed ({type(err).__name__}: {err}); skipped")
+
+    teacher = next((r for r in rows if r.get("role") == ROLE_TEACHER), None)
+    if teacher is not None and any(k in r for r in rows for k in FIDELITY_KEYS):
+        for key in FIDELITY_KEYS:  # a teacher reproduces itself exactly
+            teacher.setdefault(key, 1.0)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both, fastest first."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def choose_metric(rows: list[dict]) -> str | None:
+    for metric in METRICS:
+        if sum(1 for r in rows if isinstance(r.get(metric), (int, float)) and "total_p50_ms" in r) >= 1:
+            return metric
+    return None
+
+
+def heavy_vs_light(rows: list[dict], metric: str | None) -> tuple[list[dict], list[str]]:
+    """Per run: each row's speed-up over the run's teacher and share of the teacher's accuracy kept."""
+    table, notes = [], []
+    for run in dict.fromkeys(r.get("run") for r in rows):
+        members = [r for r in rows if r.get("run") == run]
+        teacher = next((r for r in members if r.get("role") == ROLE_TEACHER), None)
+        if teacher is None:
+            notes.append(f"{run}: no teacher row, so no speed-up (bench the teacher too)")
+            continue
+        for row in members:
+            if row is teacher:
+                continue
+            entry = {"run": run, "model": row["model"], "format": row.get("format", "-"), "teacher": teacher["model"]}
+            for phase in ("encoder", "total"):
+                t, s = teacher.get(f"{phase}_p50_ms"), row.get(f"{phase}_p50_ms")
+                entry[f"{phase}_speedup"] = t / s if t and s else None
+            t_params, s_params = teacher.get("params"), row.get("params")
+            entry["size_ratio"] = t_params / s_params if t_params and s_params else None
+            t_acc, s_acc = (teacher.get(metric), row.get(metric)) if metric else (None, None)
+            entry["accuracy_kept"] = s_acc / t_acc if t_acc and s_acc is not None else None
+            table.append(entry)
+    return table, notes
+
+
+def plot_pareto(rows: list[dict], references: list[dict], metric: str | None) -> bytes:
+    """PNG bytes: measured accuracy vs latency with the front (left); quoted published rows (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_ref) = plt.subplots(1, 2, figsize=(13, 5.2))
+    points = [(r["total_p50_ms"], r[metric], r) for r in rows
+              if metric and isinstance(r.get(metric), (int, float)) and r.get("total_p50_ms")]
+    if points:
+        for x, y, r in points:
+            marker = "s" if r.get("role") == ROLE_TEACHER else "o"
+            ax.scatter(x, y, marker=marker, s=60, color="#c0392b" if marker == "s" else "#2471a3", zorder=3)
+            ax.annotate(f"{r['model']} [{r.get('format', '')}]", (x, y), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8)
+        front = [points[i] for i in pareto_front([(x, y) for x, y, _ in points])]
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#27ae60", linewidth=1.5,
+                label="Pareto front", zorder=2)
+        ax.legend(loc="best", fontsize=8)
+        ax.set_xscale("log")
+        ax.margins(x=0.25, y=0.12)  # room for labels; no marker on the frame or under the legend
+        ax.set_ylabel(METRICS[metric])
+    else:
+        ax.text(0.5, 0.5, "no model with both accuracy and latency", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("latency, encoder + decoder p50 (ms, log scale)")
+    ax.set_title("measured here")
+    ax.grid(True, which="both", alpha=0.3)
+
+    quoted = [r for r in references if r.get("total_p50_ms") and r.get("mask_AP")]
+    for r in quoted:
+        ax_ref.scatter(r["total_p50_ms"], r["mask_AP"], marker="^", color="#7f8c8d", zorder=3)
+        ax_ref.annotate(f"{r['model']} ({r['hardware']})", (r["total_p50_ms"], r["mask_AP"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if quoted:
+        front = [quoted[i] for i in pareto_front([(r["total_p50_ms"], r["mask_AP"]) for r in quoted])]
+        ax_ref.step([r["total_p50_ms"] for r in front], [r["mask_AP"] for r in front], where="post",
+                    color="#95a5a6", linestyle="--", label="front (mixed hardware)")
+        ax_ref.legend(loc="lower right", fontsize=8)
+    ax_ref.set_xscale("log")
+    ax_ref.set_xlabel("published latency (ms, log scale; each on its own hardware)")
+    ax_ref.set_ylabel("COCO mask AP (%)")
+    ax_ref.set_title("QUOTED from papers, not measured here")
+    ax_ref.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(value, spec: str = ".1f", suffix: str = "") -> str:
+    return f"{value:{spec}}{suffix}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _measured_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "model", "kind", "format", "params (M)", "GFLOPs", "file (MB)", "enc p50/p90 (ms)",
+            "dec p50/p90 (ms)", "total p50/p90 (ms)", "peak mem (MB)", "1-pt mIoU", "box mIoU", "cosine",
+            "mask AP", "AP50", "AP75"]
+    body = []
+    for r in rows:
+        body.append([r.get("run", ""), r["model"], r.get("kind", ""), r.get("format", ""),
+                     _fmt(r.get("params", 0) / 1e6 if r.get("params") else None, ".2f"), _fmt(r.get("gflops")),
+                     _fmt(r.get("file_mb")),
+                     *[f"{_fmt(r.get(f'{p}_p50_ms'))} / {_fmt(r.get(f'{p}_p90_ms'))}" for p in ("encoder", "decoder", "total")],
+                     _fmt(r.get("peak_mem_mb")), _fmt(r.get("point_miou"), ".3f"), _fmt(r.get("box_miou"), ".3f"),
+                     _fmt(r.get("embedding_cosine"), ".3f"), *[_fmt(r.get(k)) for k in AP_KEYS]])
+    return head, body
+
+
+def _heavy_light_table(entries: list[dict], metric: str | None) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "student", "format", "teacher", "encoder speed-up", "total speed-up", "params ratio",
+            f"share of teacher's {METRICS[metric] if metric else 'accuracy'} kept"]
+    body = [[e["run"], e["model"], e["format"], e["teacher"], _fmt(e["encoder_speedup"], ".1f", "x"),
+             _fmt(e["total_speedup"], ".1f", "x"), _fmt(e["size_ratio"], ".1f", "x"),
+             _fmt(e["accuracy_kept"] * 100 if e["accuracy_kept"] is not None else None, ".1f", "%")] for e in entries]
+    return head, body
+
+
+def _reference_table(refs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["model", "params (M)", "GFLOPs", "enc (ms)", "dec (ms)", "total (ms)", "COCO mask AP", "hardware",
+            "source", "note"]
+    body = [[r["model"], _fmt(r.get("params", 0) / 1e6 if r.get("params") else None, ".1f"), _fmt(r.get("gflops")),
+             _fmt(r.get("encoder_p50_ms")), _fmt(r.get("decoder_p50_ms")), _fmt(r.get("total_p50_ms")),
+             _fmt(r.get("mask_AP")), r["hardware"], r["citation"], r.get("note", "")] for r in refs]
+    return head, body
+
+
+def _markdown_table(head: list[str], body: list[list[str]]) -> str:
+    if not body:
+        return "_(none)_\n"
+    cells = lambda row: "| " + " | ".join(str(c).replace("|", "/") for c in row) + " |"
+    return "\n".join([cells(head), "|" + "---|" * len(head), *map(cells, body)]) + "\n"
+
+
+def _html_table(head: list[str], body: list[list[str]]) -> str:
+    if not body:
+        return "<p><em>(none)</em></p>"
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;"
+       "margin:8px 0 20px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+       "th{background:#f2f2f2}td:nth-child(-n+4){text-align:left}.quoted{color:#555}img{max-width:100%}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
+    """Collect, compute and write the four report files atomically. Returns results.json's content."""
+    notes: list[str] = []
+    rows: list[dict] = []
+    for run_dir in run_dirs:
+        rows.extend(collect_run(Path(run_dir), notes))
+    metric = choose_metric(rows)
+    entries, hv_notes = heavy_vs_light(rows, metric)
+    notes += hv_notes
+    unplotted = [r["model"] for r in rows if metric and r.get(metric) is None]
+    if unplotted:
+        notes.append(f"not on the plot (no {METRICS[metric]}): {', '.join(unplotted)}")
+    if metric is None:
+        notes.append("no accuracy figures: give `distill bench --cache` or a run with fidelity/metrics files")
+    for row in rows:
+        if row.get("kind") == "random-init":
+            notes.append(f"{row['model']}: random weights; its latency is the architecture's, it has no accuracy")
+    refs = reference_rows()
+    png = plot_pareto(rows, refs, metric)
+    machines = sorted({r.get("machine") for r in rows if r.get("machine")})
+    results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "accuracy_metric": metric, "machines": machines,
+               "rows": rows, "heavy_vs_light": entries, "reference": refs, "notes": notes}
+
+    sections = [("Measured here", _measured_table(rows), ""),
+                ("Heavy vs light", _heavy_light_table(entries, metric),
+                 "Speed-up = teacher p50 / model p50 on the same machine; share kept = model / teacher accuracy."),
+                ("Published reference rows (QUOTED, NOT MEASURED HERE)", _reference_table(refs),
+                 "Other hardware and protocols: compare shapes, not numbers. FPS converted to ms as 1000/FPS.")]
+    md = ["# sam-distill report", "", f"Generated {results['generated']}. Machine(s): {'; '.join(machines) or '-'}.",
+          f"Accuracy axis: {METRICS[metric] if metric else 'none'}.", "", "![accuracy vs latency](pareto.png)", ""]
+    for title, (head, body), caption in sections:
+        md += [f"## {title}", "", *([caption, ""] if caption else []), _markdown_table(head, body)]
+    md += ["## Notes", ""]
+    md += [f"- {n}" for n in notes] or ["- none"]
+
+    body_html = [f"<h1>sam-distill report</h1><p>Generated {html.escape(results['generated'])}. Machine(s): "
+                 f"{html.escape('; '.join(machines) or '-')}.</p>",
+                 f'<h2>Accuracy vs latency</h2><img id="pareto" alt="accuracy vs latency" '
+                 f'src="data:image/png;base64,{base64.b64encode(png).decode()}">']
+    for title, (head, body), caption in sections:
+        cls = ' class="quoted"' if "QUOTED" in title else ""
+        body_html.append(f"<section{cls}><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>"
+                         f"{_html_table(head, body)}</section>")
+    body_html.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes or ["none"]) + "</ul>")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sam-distill report</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body_html)}</body></html>")
+
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / "pareto.png", png)
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out_dir / "report.html", page)
+    for note in notes:
+        log(f"report: {note}")
+    log(f"report: {out_dir}/report.md, report.html, results.json, pareto.png")
+    return results
+
+
+def run_models(run_dir: Path, config) -> list[Path]:
+    """A run's teacher checkpoint (when it is a local file) and every model file it wrote or exported."""
+    from ..teachers import TEACHERS, checkpoint_cache_dir
+
+    spec = config.teacher
+    if spec.random_init:
+        teachers = sorted((run_dir / "teacher").glob("*.pth"))
+    elif spec.checkpoint is not None:
+        teachers = [Path(spec.checkpoint)]
+    else:
+        official = checkpoint_cache_dir() / TEACHERS.get(spec.name).filename if spec.name in TEACHERS else None
+        teachers = [official] if official is not None and official.exists() else []
+    produced = [p for folder in ("model", "export") for p in sorted((run_dir / folder).rglob("*"))
+                if p.suffix in (".pt", ".pth", ".onnx") and p.is_file()]
+    return teachers[:1] + produced
+
+
+def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:
+    """What ``distill run`` calls last: a light bench of the run's models (3 runs), then the report.
+
+    A report problem is logged as one line; it never undoes the finished run.
+    """
+    import torch
+
+    from .bench import bench_many
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return None
+    run_dir = Path(run_dir)
+    reports = run_dir / "reports"
+    try:
+        bench = bench_many([str(m) for m in run_models(run_dir, config)], runs=runs, warmup=1,
+                           threads=torch.get_num_threads(), log=log)
+        atomic_write_json(reports / "bench.json", bench)
+        return build_report([run_dir], reports, log=log)
+    except DistillError as err:
+        log(f"report: not written: {err}")
+        return None

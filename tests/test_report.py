@@ -1,0 +1,250 @@
+"""distill bench / distill report: statistics, mIoU, COCO AP, report files, bad input, browser check."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sam_distill.cli import main
+from sam_distill.errors import DistillError
+from sam_distill.eval.bench import bench_many, bench_model, latency_stats, load_bench_model, time_runs
+from sam_distill.eval.fidelity import mask_iou
+from sam_distill.eval.report import build_report, heavy_vs_light, mask_ap, pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- statistics and harness
+
+
+def test_latency_stats_on_given_samples():
+    samples = [0.010, 0.020, 0.030, 0.040, 0.050, 0.060, 0.070, 0.080, 0.090, 0.100]
+    stats = latency_stats(samples)
+    assert stats["runs"] == 10
+    assert stats["p50_ms"] == pytest.approx(55.0)
+    assert stats["p90_ms"] == pytest.approx(91.0)  # linear interpolation between 90 and 100 ms
+    assert stats["mean_ms"] == pytest.approx(55.0)
+    with pytest.raises(ValueError):
+        latency_stats([])
+
+
+def test_time_runs_counts_warmup_and_orders_by_work():
+    calls = []
+    samples = time_runs(lambda: calls.append(1), runs=4, warmup=3)
+    assert len(calls) == 7 and len(samples) == 4 and all(s >= 0 for s in samples)
+    # More work takes longer: compare medians, not wall-clock thresholds.
+    small = latency_stats(time_runs(lambda: sum(range(1_000)), 5, 1))["p50_ms"]
+    large = latency_stats(time_runs(lambda: sum(range(300_000)), 5, 1))["p50_ms"]
+    assert large > small
+
+
+def test_bench_row_of_our_model_and_random_init_teacher(tiny_teacher_checkpoint):
+    teacher = load_bench_model(str(tiny_teacher_checkpoint))
+    assert (teacher.kind, teacher.role) == ("sam", "teacher")
+    row = bench_model(teacher, runs=2, warmup=1)
+    assert row["params"] == sum(p.numel() for p in teacher.sam.parameters())
+    for phase in ("encoder", "decoder", "total"):
+        assert row[f"{phase}_p90_ms"] >= row[f"{phase}_p50_ms"] > 0
+    # ViT encoder FLOPs dominate the decoder's; both are counted, as is the file size.
+    assert row["encoder_gflops"] > row["decoder_gflops"] > 0
+    assert row["gflops"] == pytest.approx(row["encoder_gflops"] + row["decoder_gflops"])
+    assert row["file_mb"] == pytest.approx(tiny_teacher_checkpoint.stat().st_size / 2**20)
+    assert "peak_mem_mb" in row and "RSS" in row["peak_mem_method"]
+
+    arch = load_bench_model("vit_tiny", random_init=True, image_size=256)
+    assert arch.kind == "random-init" and "RANDOM" in arch.notes[0]
+    assert arch.params == teacher.params
+
+
+def test_onnx_encoder_is_detected_and_timed(tmp_path, tiny_teacher):
+    path = tmp_path / "encoder.onnx"
+    torch.onnx.export(tiny_teacher.model.image_encoder, torch.randn(1, 3, 256, 256), str(path),
+                      input_names=["image"], output_names=["embedding"], dynamo=False)
+    model = load_bench_model(str(path), threads=1, image_size=256)
+    assert (model.kind, model.format) == ("onnx-encoder", "onnx-fp32")
+    assert model.params == pytest.approx(sum(p.numel() for p in tiny_teacher.model.image_encoder.parameters()), rel=0.02)
+    row = bench_model(model, runs=2, warmup=1)
+    assert row["encoder_p50_ms"] > 0 and "decoder_p50_ms" not in row and "gflops" not in row
+
+
+def test_unknown_kinds_become_one_skipped_line(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    lines = []
+    result = bench_many([str(text), str(junk), str(tmp_path / "missing.pt")], runs=1, warmup=0, log=lines.append)
+    assert result["rows"] == [] and len(result["skipped"]) == 3
+    assert "unknown kind (.txt)" in result["skipped"][0]["reason"]
+    assert "junk.pt" in result["skipped"][1]["reason"] and "not a SAM state dict" in result["skipped"][1]["reason"]
+    assert "does not exist" in result["skipped"][2]["reason"]
+    assert all("\n" not in line for line in lines)
+
+
+# ---------------------------------------------------------------- accuracy figures
+
+
+def test_mask_iou_hand_checked():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2, :2] = True  # 4 pixels
+    b[:2, :3] = True  # 6 pixels, 4 shared
+    assert mask_iou(a, b) == pytest.approx(4 / 6)
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def _tiny_coco(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Two 10x10 square objects; one detection is exact, the other covers 63 of its object's 100 pixels."""
+    h = w = 20
+    gt_a = np.zeros((h, w), bool)
+    gt_a[0:10, 0:10] = True
+    gt_b = np.zeros((h, w), bool)
+    gt_b[10:20, 10:20] = True
+    partial = np.zeros((h, w), bool)
+    partial[11:20, 10:17] = True  # 9 x 7 = 63 pixels, all inside gt_b: IoU 0.63
+    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "a.png"}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": _rle(m), "area": float(m.sum()),
+                           "bbox": [0, 0, 10, 10], "iscrowd": 0} for i, m in enumerate((gt_a, gt_b))]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    detections = [{"image_id": 1, "category_id": 1, "segmentation": _rle(gt_a), "score": 0.9},
+                  {"image_id": 1, "category_id": 1, "segmentation": _rle(partial), "score": 0.8}]
+    return path, detections
+
+
+def test_mask_ap_on_a_hand_checked_case(tmp_path):
+    gt, detections = _tiny_coco(tmp_path)
+    ap = mask_ap(gt, detections)
+    # IoU thresholds 0.50..0.95: the exact mask matches at all 10; the IoU-0.63 mask at 0.50, 0.55, 0.60.
+    # Precision is 1 wherever both match; where only the first matches, recall tops out at 0.5, so AP at
+    # a threshold is 1.0 (both) or 0.5 (one, 101-point interpolation gives 51/101).
+    one = 51 / 101
+    assert ap["mask_AP50"] == pytest.approx(100.0)
+    assert ap["mask_AP75"] == pytest.approx(100 * one, abs=0.01)
+    assert ap["mask_AP"] == pytest.approx(100 * (3 * 1.0 + 7 * one) / 10, abs=0.01)
+
+
+def test_mask_ap_without_ground_truth_is_one_line(tmp_path):
+    path = tmp_path / "unlabelled.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "width": 4, "height": 4}], "categories": []}))
+    with pytest.raises(DistillError, match="has no ground-truth annotations"):
+        mask_ap(path, [])
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_pareto_front_on_known_points():
+    points = [(10.0, 0.5), (20.0, 0.7), (15.0, 0.4), (40.0, 0.9), (50.0, 0.85), (20.0, 0.6)]
+    assert pareto_front(points) == [0, 1, 3]
+
+
+def _row(model, role, total, encoder, params, **extra):
+    return {"model": model, "kind": "sam" if role == "teacher" else "sam-distill", "format": "pytorch", "role": role,
+            "source": "measured", "params": params, "total_p50_ms": total, "total_p90_ms": total * 1.1,
+            "encoder_p50_ms": encoder, "encoder_p90_ms": encoder * 1.1, "notes": [], **extra}
+
+
+def _fabricated_run(root: Path) -> Path:
+    run = root / "runs" / "demo"
+    reports = run / "reports"
+    reports.mkdir(parents=True)
+    bench = {"machine": "test CPU", "rows": [_row("sam_vit_b (t.pth)", "teacher", 400.0, 390.0, 90e6),
+                                             _row("tinyvit_5m (model.pt)", "student", 40.0, 30.0, 10e6, path="x/model.pt"),
+                                             _row("model.int8 (model.int8.onnx)", "student", 20.0, 20.0, 10e6,
+                                                  format="onnx-int8", kind="onnx-encoder", path="x/model.int8.onnx")],
+             "skipped": [{"model": "weird.bin", "reason": "model weird.bin is of an unknown kind"}]}
+    (reports / "bench.json").write_text(json.dumps(bench))
+    (reports / "fidelity.json").write_text(json.dumps(
+        {"summary": {"point_miou": 0.8, "box_miou": 0.9, "embedding_mse": 0.1, "embedding_cosine": 0.95}, "images": 3}))
+    (reports / "metrics_int8.json").write_text(json.dumps({"model": "model.int8", "metrics": {"point_miou": 0.6}}))
+    (reports / "metrics_broken.json").write_text('{"model": "x", "metr')  # half-written
+    return run
+
+
+def test_report_from_a_fabricated_run(tmp_path):
+    run = _fabricated_run(tmp_path)
+    lines = []
+    results = build_report([run, tmp_path / "runs" / "missing"], run / "reports", log=lines.append)
+    out = run / "reports"
+    for name in ("report.md", "report.html", "results.json", "pareto.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    encoded = page.split('src="data:image/png;base64,')[1].split('"')[0]
+    assert base64.b64decode(encoded) == (out / "pareto.png").read_bytes()
+    assert "<script" not in page and "http" not in page.split("<body>")[1].split("QUOTED")[0]
+
+    assert results["accuracy_metric"] == "point_miou"
+    by_model = {r["model"]: r for r in results["rows"]}
+    assert by_model["tinyvit_5m (model.pt)"]["point_miou"] == 0.8
+    assert by_model["model.int8 (model.int8.onnx)"]["point_miou"] == 0.6  # matched by file stem
+    assert by_model["sam_vit_b (t.pth)"]["point_miou"] == 1.0
+    hv = {e["model"]: e for e in results["heavy_vs_light"]}
+    assert hv["tinyvit_5m (model.pt)"]["total_speedup"] == pytest.approx(10.0)
+    assert hv["tinyvit_5m (model.pt)"]["encoder_speedup"] == pytest.approx(13.0)
+    assert hv["model.int8 (model.int8.onnx)"]["accuracy_kept"] == pytest.approx(0.6)
+    assert all(r["source"] == "quoted" for r in results["reference"])
+
+    notes = "\n".join(results["notes"])
+    assert "metrics_broken.json: half-written" in notes
+    assert "missing: does not exist" in notes
+    assert "weird.bin was not benchmarked" in notes
+    md = (out / "report.md").read_text()
+    assert "QUOTED, NOT MEASURED HERE" in md and "| demo | tinyvit_5m (model.pt) | pytorch | sam_vit_b (t.pth) | 13.0x | 10.0x" in md
+
+
+def test_heavy_vs_light_without_teacher_is_a_note():
+    entries, notes = heavy_vs_light([{**_row("s", "student", 1, 1, 1), "run": "r"}], "point_miou")
+    assert entries == [] and notes == ["r: no teacher row, so no speed-up (bench the teacher too)"]
+
+
+def test_report_of_an_empty_run_still_renders(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    assert main(["report", str(run)]) == 0
+    results = json.loads((run / "reports" / "results.json").read_text())
+    assert results["rows"] == [] and any("no reports/bench.json" in n for n in results["notes"])
+
+
+def test_bench_command_end_to_end(tmp_path, tiny_teacher_checkpoint, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(tiny_teacher_checkpoint), str(tmp_path / "nope.onnx"), "--runs", "1", "--warmup", "0",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "does not exist" in printed
+    assert json.loads(out.read_text())["rows"][0]["role"] == "teacher"
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.html").exists()
+
+
+# ---------------------------------------------------------------- headless browser
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="no chromium binary installed")
+def test_report_html_in_headless_chromium(tmp_path):
+    run = _fabricated_run(tmp_path)
+    build_report([run], run / "reports", log=lambda m: None)
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "check_report_html.py"),
+                           str(run / "reports" / "report.html"), "--screenshot", str(shot)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert shot.stat().st_size > 0 and "plot visible" in proc.stdout
