@@ -231,6 +231,10 @@ def run_fastsam(config, run_dir) -> dict:
         evaluation["vs_ground_truth"] = evaluate_yolo(model_path, gt_data, spec.imgsz, spec.train_on == "pseudo_labels",
                                                       spec.eval_conf, config.device)
     atomic_write_json(reports / "mask_ap.json", evaluation)
+    if evaluation:  # the report's contract: AP in percent, against ground truth when there is one
+        stats = (evaluation.get("vs_ground_truth") or evaluation["vs_teacher"])["stats"]
+        atomic_write_json(reports / "metrics_fastsam.json", {"model": model_path.name, "metrics": {
+            f"mask_{key}": stats[key] * 100 for key in ("AP", "AP50", "AP75")}})
     result["eval"] = evaluation
     result["export"] = export_yolo(model_path, spec.export, model_dir, spec.imgsz) if spec.export else {}
     atomic_write_text(reports / "fastsam.md", format_report(config, teacher.describe(), result))

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..errors import DistillError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from .bench import ROLE_TEACHER
+from .coco_ap import mask_ap as coco_mask_ap
 from .reference import reference_rows
 
 # Accuracy axes in order of preference: task accuracy against ground truth beats fidelity to the teacher.
@@ -44,29 +45,13 @@ AP_KEYS = ("mask_AP", "mask_AP50", "mask_AP75")
 
 
 def mask_ap(ground_truth: Path, detections) -> dict:
-    """COCO mask AP, AP50, AP75 in percent, with pycocotools; ``detections`` a path or a list."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+    """COCO mask AP, AP50, AP75 in percent (as papers quote them); ``detections`` a path or a list."""
     gt_data = read_json(ground_truth)
     if not gt_data.get("annotations"):
         raise DistillError(f"dataset {ground_truth} has no ground-truth annotations; mask AP needs an "
                            f"annotated COCO file (one with an 'annotations' list)")
-    gt = COCO()
-    gt.dataset = gt_data
-    gt.createIndex()
-    results = read_json(detections) if isinstance(detections, (str, Path)) else detections
-    if not results:
-        return {"mask_AP": 0.0, "mask_AP50": 0.0, "mask_AP75": 0.0}
-    dt = gt.loadRes(results)
-    evaluator = COCOeval(gt, dt, iouType="segm")
-    import contextlib
-
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own table
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {key: float(max(evaluator.stats[i], 0.0) * 100) for i, key in enumerate(AP_KEYS)}
+    stats = coco_mask_ap(gt_data, detections)["stats"]
+    return {key: stats[key.removeprefix("mask_")] * 100 for key in AP_KEYS}
 
 
 def _read(path: Path, notes: list[str]):
