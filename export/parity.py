@@ -84,7 +84,7 @@ def pair_parity(reference: TorchReference, encoder: Path, decoder: Path, embeddi
     return result, computed
 
 
-def check_parity(files: list[ExportedFile], reference: TorchReference, folder: Path, tolerance: Tolerance) -> None:
+def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance) -> None:
     """Fill ``file.parity`` for every ONNX file; each pairs with the fp32 file of the other role."""
     fp32 = {f.role: f.path for f in files if f.format == "onnx" and f.precision == "fp32"}
     if set(fp32) != {"encoder", "decoder"}:

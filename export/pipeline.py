@@ -44,7 +44,7 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
     if "onnx" in formats:
         log("checking parity against PyTorch ...")
         images, names = parity_images(options, image_size)
-        check_parity(files, TorchReference(sam, images), out, options.tolerance)
+        check_parity(files, TorchReference(sam, images), options.tolerance)
         parity["images"] = names
     for file in files:
         if file.parity is not None:

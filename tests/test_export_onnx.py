@@ -119,14 +119,16 @@ def test_runtime_matches_sam_predictor(exported, tiny_teacher, image_folder):
 
 
 def test_runtime_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; "
-            "import importlib.util, pathlib; import sam_distill.export as e; "
-            "path = pathlib.Path(e.__file__).with_name('runtime.py'); "
-            "spec = importlib.util.spec_from_file_location('runtime', path); m = importlib.util.module_from_spec(spec); "
-            "spec.loader.exec_module(m); print(m.SamOnnxPredictor.__name__, 'torch' in sys.modules and sys.modules['torch'])")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from sam_distill.export.runtime import SamOnnxPredictor\n"
+            "print(SamOnnxPredictor.__name__, sys.modules['torch'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["SamOnnxPredictor", "None"]
+    # and blocking torch really blocks it, so the check above can fail
+    blocked = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import sam_distill.export.pipeline"],
+                             capture_output=True, text=True, timeout=60)
+    assert blocked.returncode != 0 and "torch" in blocked.stderr
 
 
 def test_fp32_parity_failure_names_the_figure(exported):
