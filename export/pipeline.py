@@ -75,8 +75,8 @@ def parity_table(parity: dict) -> str:
         if "skipped" in figures:
             lines.append(f"{name:<28} {figures['skipped']}")
             continue
-        lines.append(f"{name:<28} {figures.get('embedding_max_abs', float('nan')):>12.3g} "
-                     f"{figures.get('embedding_mean_abs', float('nan')):>12.3g} "
+        embedding = [format(figures[k], ".3g") if k in figures else "-" for k in ("embedding_max_abs", "embedding_mean_abs")]
+        lines.append(f"{name:<28} {embedding[0]:>12} {embedding[1]:>12} "
                      f"{figures['point_mask_iou']:>10.4f} {figures['box_mask_iou']:>9.4f}")
     return "\n".join(lines)
 
