@@ -12,7 +12,12 @@ import sys
 from .errors import DistillError
 
 # Command modules: each has ``register(subparsers)`` adding its commands with ``func`` defaults.
-COMMAND_MODULES = ["sam_distill.commands", "sam_distill.fastsam_commands", "sam_distill.eval.commands"]
+COMMAND_MODULES = [
+    "sam_distill.commands",
+    "sam_distill.fastsam_commands",
+    "sam_distill.export.commands",
+    "sam_distill.eval.commands",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

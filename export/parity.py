@@ -1,0 +1,129 @@
+"""Parity of exported files against PyTorch on real inputs: embedding differences and mask IoU for point and box
+prompts, each file paired with the fp32 file of the other role so the figure is that file's own cost."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+from ..errors import DistillError
+from ..images import find_images, load_rgb, make_synthetic_images
+from .registry import ExportedFile, ExportOptions, Tolerance
+from .runtime import SamOnnxPredictor
+
+
+def sample_prompts(image_hw: tuple[int, int], count: int, seed: int) -> list[dict]:
+    """``count`` point prompts and ``count`` box prompts in pixel coordinates, deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    height, width = image_hw
+    prompts = []
+    for _ in range(count):
+        prompts.append({"point_coords": rng.uniform([0, 0], [width, height], size=(1, 2)), "point_labels": np.array([1])})
+        corner = rng.uniform([0, 0], [width * 0.6, height * 0.6])
+        prompts.append({"box": np.concatenate([corner, corner + rng.uniform([width * 0.2, height * 0.2], [width * 0.4, height * 0.4])])})
+    return prompts
+
+
+def parity_images(options: ExportOptions, image_size: int) -> tuple[list[np.ndarray], list[str]]:
+    """The given images (first ``parity_count``) or synthetic ones of a non-square size, so padding is exercised."""
+    if options.parity_images is not None:
+        paths = find_images(options.parity_images)[: options.parity_count]
+        return [load_rgb(p) for p in paths], [str(p) for p in paths]
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_synthetic_images(Path(folder), options.parity_count, size=int(image_size * 0.75), seed=7)
+        return [load_rgb(p) for p in paths], [f"synthetic:{p.name}" for p in paths]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+class TorchReference:
+    """PyTorch's embeddings and ``SamPredictor`` masks for every image and prompt, computed once."""
+
+    def __init__(self, sam: Sam, images: list[np.ndarray], prompts_per_image: int = 2):
+        predictor = SamPredictor(sam)
+        self.images = images
+        self.embeddings, self.prompts, self.masks = [], [], []
+        with torch.inference_mode():
+            for index, image in enumerate(images):
+                predictor.set_image(image)
+                self.embeddings.append(predictor.features.numpy())
+                prompts = sample_prompts(image.shape[:2], prompts_per_image, seed=index)
+                self.prompts.append(prompts)
+                self.masks.append([predictor.predict(**p, multimask_output="box" not in p)[0] for p in prompts])
+
+
+def pair_parity(reference: TorchReference, encoder: Path, decoder: Path, embeddings: list[np.ndarray] | None = None) -> dict:
+    """Figures for one encoder/decoder pair; ``embeddings`` (from the fp32 encoder) skips running ``encoder``."""
+    predictor = SamOnnxPredictor(encoder, decoder)
+    max_abs, mean_abs, ious = [], [], {"point": [], "box": []}
+    computed = []
+    for index, image in enumerate(reference.images):
+        if embeddings is None:
+            predictor.set_image(image)
+        else:
+            predictor.set_embeddings(embeddings[index], image.shape[:2])
+        computed.append(predictor.embeddings)
+        difference = np.abs(predictor.embeddings - reference.embeddings[index])
+        max_abs.append(float(difference.max()))
+        mean_abs.append(float(difference.mean()))
+        for prompt, torch_masks in zip(reference.prompts[index], reference.masks[index]):
+            masks = predictor.predict(**prompt, multimask_output="box" not in prompt)[0]
+            kind = "box" if "box" in prompt else "point"
+            ious[kind].extend(mask_iou(m, t) for m, t in zip(masks, torch_masks))
+    result = {"embedding_max_abs": max(max_abs), "embedding_mean_abs": float(np.mean(mean_abs))}
+    for kind, values in ious.items():
+        result[f"{kind}_mask_iou"] = float(np.mean(values))
+        result[f"{kind}_mask_iou_min"] = float(np.min(values))
+    return result, computed
+
+
+def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance) -> None:
+    """Fill ``file.parity`` for every ONNX file; each pairs with the fp32 file of the other role."""
+    fp32 = {f.role: f.path for f in files if f.format == "onnx" and f.precision == "fp32"}
+    if set(fp32) != {"encoder", "decoder"}:
+        return  # nothing to compare against (e.g. an engine-only export)
+    figures, fp32_embeddings = pair_parity(reference, fp32["encoder"], fp32["decoder"])
+    for file in files:
+        if file.format != "onnx":
+            continue
+        if file.precision == "fp32":
+            result = dict(figures)
+            partner = fp32["decoder" if file.role == "encoder" else "encoder"]
+        elif file.role == "encoder":
+            result, _ = pair_parity(reference, file.path, fp32["decoder"])
+            partner = fp32["decoder"]
+        else:
+            result, _ = pair_parity(reference, fp32["encoder"], file.path, fp32_embeddings)
+            partner = fp32["encoder"]
+        if file.role == "decoder":  # the embeddings came from the fp32 encoder: not this file's figure
+            result = {k: v for k, v in result.items() if not k.startswith("embedding")}
+        result["paired_with"] = Path(partner).name
+        result["within_tolerance"] = not failures(result, tolerance)
+        file.parity = result
+
+
+def failures(result: dict, tolerance: Tolerance) -> list[str]:
+    found = []
+    if result.get("embedding_max_abs", 0.0) > tolerance.embedding_max_abs:
+        found.append(f"embedding max abs diff {result['embedding_max_abs']:.3g} > {tolerance.embedding_max_abs:g}")
+    for kind in ("point", "box"):
+        if result[f"{kind}_mask_iou"] < tolerance.mask_iou:
+            found.append(f"{kind} mask IoU {result[f'{kind}_mask_iou']:.4f} < {tolerance.mask_iou:g}")
+    return found
+
+
+def enforce_fp32(files: list[ExportedFile], tolerance: Tolerance, parity_path: Path) -> None:
+    """fp32 files must compute what PyTorch computes; INT8 and fp16 only report their cost."""
+    for file in files:
+        if file.parity and file.precision.startswith("fp32"):
+            problems = failures(file.parity, tolerance)
+            if problems:
+                raise DistillError(f"fp32 parity of {Path(file.path).name} failed: {'; '.join(problems)} "
+                                   f"(figures in {parity_path}; tolerances: --max-embedding-diff, --min-mask-iou)")

@@ -1,0 +1,82 @@
+"""``distill export``: run the chosen exporters, check parity, write manifest.json and parity.json."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from ..assemble import load_model
+from ..fileio import atomic_write_json, sha256_file
+from ..images import Preprocessing
+from . import coreml, onnx_export, tensorrt  # noqa: F401  (registration side effects)
+from .parity import TorchReference, check_parity, enforce_fp32, parity_images
+from .quantize import check_calibration
+from .registry import EXPORTERS, ExportOptions
+
+TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "segment-anything", "sam-distill")
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for tool in TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = "not installed"
+    return versions
+
+
+def export_model(model_path: Path, formats: list[str], out: Path, options: ExportOptions, log=print) -> dict:
+    """Export ``model_path`` in every format into ``out``; returns the manifest. fp32 parity failures raise."""
+    for name in formats:
+        EXPORTERS.get(name)  # a one-line error before any work
+    if options.int8 and options.calibration is not None:
+        check_calibration(options.calibration)
+    sam, info = load_model(model_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name in dict.fromkeys(formats):
+        log(f"exporting {name} ...")
+        files += EXPORTERS.get(name)(sam, info, options, out)
+    image_size = int(sam.image_encoder.img_size)
+    parity = {"tolerance": vars(options.tolerance), "files": {}}
+    if "onnx" in formats:
+        log("checking parity against PyTorch ...")
+        images, names = parity_images(options, image_size)
+        check_parity(files, TorchReference(sam, images), options.tolerance)
+        parity["images"] = names
+    for file in files:
+        if file.parity is not None:
+            parity["files"][str(Path(file.path).relative_to(out))] = {"role": file.role, "precision": file.precision, **file.parity}
+    manifest = {
+        "source": {"path": str(model_path), "sha256": sha256_file(model_path), "model": info.student,
+                   "image_size": image_size},
+        "preprocessing": {**Preprocessing(image_size).as_dict(), "encoder_input": onnx_export.ENCODER_NOTE,
+                          "layout": f"1x3x{image_size}x{image_size} float32 RGB (NCHW)"},
+        "files": [f.manifest_entry(out) for f in files],
+        "tensorrt": {"commands": tensorrt.trtexec_commands(out),
+                     "note": "build on the target board from the static-shape ONNX pair (--static-shapes)"},
+        "options": {"formats": formats, "int8": options.int8, "int8_ops": options.int8_ops, "fp16": options.fp16,
+                    "opset": options.opset, "static_shapes": options.static_shapes,
+                    "calibration": str(options.calibration) if options.calibration else None},
+        "tools": tool_versions(),
+    }
+    atomic_write_json(out / "parity.json", parity)
+    atomic_write_json(out / "manifest.json", manifest)
+    enforce_fp32(files, options.tolerance, out / "parity.json")
+    return manifest
+
+
+def parity_table(parity: dict) -> str:
+    """One line per file: what the export costs against PyTorch."""
+    lines = [f"{'file':<28} {'emb max abs':>12} {'emb mean abs':>12} {'point IoU':>10} {'box IoU':>9}"]
+    for name, figures in parity["files"].items():
+        if "skipped" in figures:
+            lines.append(f"{name:<28} {figures['skipped']}")
+            continue
+        embedding = [format(figures[k], ".3g") if k in figures else "-" for k in ("embedding_max_abs", "embedding_mean_abs")]
+        lines.append(f"{name:<28} {embedding[0]:>12} {embedding[1]:>12} "
+                     f"{figures['point_mask_iou']:>10.4f} {figures['box_mask_iou']:>9.4f}")
+    return "\n".join(lines)
+
