@@ -50,14 +50,6 @@ def cmd_yolo_train(args) -> int:
     return 0
 
 
-def cmd_yolo_export(args) -> int:
-    from .fastsam import export_yolo
-
-    for fmt, path in export_yolo(args.model, args.format, args.out, args.imgsz).items():
-        print(f"{fmt}: {path}")
-    return 0
-
-
 def cmd_segment(args) -> int:
     import numpy as np
     from PIL import Image
@@ -134,7 +126,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-components", type=int, default=8)
     p.set_defaults(func=cmd_yolo_data)
 
-    p = subparsers.add_parser("yolo", help="train or export YOLO-seg students with ultralytics")
+    p = subparsers.add_parser("yolo", help="train YOLO-seg students with ultralytics (export them with `distill export`)")
     yolo = p.add_subparsers(dest="yolo_command", metavar="WHAT")
     t = yolo.add_parser("train", help="train (offline) with ultralytics' trainer")
     t.add_argument("data", type=Path, help="data.yaml written by `distill yolo-data`")
@@ -150,12 +142,6 @@ def register(subparsers) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=cmd_yolo_train)
-    e = yolo.add_parser("export", help="ultralytics' exporters (onnx, coreml, ...)")
-    e.add_argument("model", type=Path)
-    e.add_argument("--format", action="append", required=True)
-    e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--imgsz", type=int, default=1024)
-    e.set_defaults(func=cmd_yolo_export)
 
     p = subparsers.add_parser("segment", help="segment an image with a YOLO-seg student and a FastSAM prompt")
     p.add_argument("model", type=Path)

@@ -150,6 +150,18 @@ def build_sam(arch: str, image_size: int = 1024) -> Sam:
 # Reading checkpoints
 
 
+class PickledCheckpoint(DistillError):
+    """A file the safe loader refused because it pickles classes; ``found`` names the first one."""
+
+    def __init__(self, message: str, found: str):
+        super().__init__(message)
+        self.found = found
+
+    @property
+    def is_ultralytics(self) -> bool:
+        return self.found.startswith("ultralytics")
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict safely, turning every way a file can be wrong into one sentence."""
     path = Path(path)
@@ -162,9 +174,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         found = _pickled_class(str(err))
         hint = " (an ultralytics/YOLO model file)" if "ultralytics" in found else ""
-        raise DistillError(
+        raise PickledCheckpoint(
             f"checkpoint {path} holds pickled Python objects ({found}){hint}, not a SAM state dict; "
-            "it was not loaded, since that would run code from the file"
+            "it was not loaded, since that would run code from the file",
+            found,
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         reason = str(err).splitlines()[0][:160]

@@ -24,7 +24,7 @@ def cmd_export(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX / CoreML / TensorRT with parity reports")
-    p.add_argument("model", type=Path, help="our model.pt, MobileSAM's mobile_sam.pt or an official SAM .pth")
+    p.add_argument("model", type=Path, help="our model.pt, MobileSAM's mobile_sam.pt, an official SAM .pth or an ultralytics YOLO-seg .pt")
     p.add_argument("--format", nargs="+", default=["onnx"], metavar="FORMAT",
                    help="one or more of: onnx, coreml, engine")
     p.add_argument("--out", type=Path, help="output folder (default: MODEL's folder / <name>-export)")

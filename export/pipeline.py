@@ -6,6 +6,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ..assemble import load_model
+from ..errors import DistillError
+from ..teachers import PickledCheckpoint
 from ..fileio import atomic_write_json, sha256_file
 from ..images import Preprocessing
 from . import coreml, onnx_export, tensorrt  # noqa: F401  (registration side effects)
@@ -13,7 +15,7 @@ from .parity import TorchReference, check_parity, enforce_fp32, parity_images
 from .quantize import check_calibration
 from .registry import EXPORTERS, ExportOptions
 
-TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "segment-anything", "sam-distill")
+TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "segment-anything", "ultralytics", "sam-distill")
 
 
 def tool_versions() -> dict[str, str]:
@@ -32,7 +34,12 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
         EXPORTERS.get(name)  # a one-line error before any work
     if options.int8 and options.calibration is not None:
         check_calibration(options.calibration)
-    sam, info = load_model(model_path)
+    try:
+        sam, info = load_model(model_path)
+    except PickledCheckpoint as err:
+        if not err.is_ultralytics:
+            raise
+        return export_ultralytics(Path(model_path), formats, Path(out), options, log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -68,12 +75,72 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
     return manifest
 
 
+ULTRALYTICS_FORMATS = {"onnx": "onnx", "coreml": "coreml", "engine": "engine"}
+
+
+def export_ultralytics(model_path: Path, formats: list[str], out: Path, options: ExportOptions, log=print) -> dict:
+    """YOLO-seg students go through ultralytics' own exporters; ONNX parity is checked on the raw outputs."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from ..fastsam import export_yolo, offline
+
+    offline()
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(model_path))
+    imgsz = int(yolo.model.args.get("imgsz", 640)) if isinstance(yolo.model.args, dict) else 640
+    log(f"exporting ultralytics {yolo.task} model at {imgsz} px ...")
+    written = export_yolo(model_path, [ULTRALYTICS_FORMATS[f] for f in formats], out, imgsz)
+    parity = {"tolerance": {"output_max_abs": options.tolerance.embedding_max_abs}, "files": {}}
+    if "onnx" in written:
+        image = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            reference = yolo.model.float().eval()(image)
+        session = ort.InferenceSession(written["onnx"], providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+        tensors = _flatten(reference)  # the eval forward also returns training-only maps: match outputs by shape
+        diffs = []
+        for output in outputs:
+            same_shape = [t for t in tensors if tuple(t.shape) == output.shape]
+            if same_shape:
+                diffs.append(float(np.abs(output - same_shape[0].numpy()).max()))
+        parity["files"][Path(written["onnx"]).name] = {"role": "yolo-seg", "precision": "fp32",
+                                                       "output_max_abs": max(diffs) if diffs else None}
+        worst = max(diffs) if diffs else float("inf")
+        if worst > options.tolerance.embedding_max_abs * 10:
+            atomic_write_json(out / "parity.json", parity)
+            raise DistillError(f"{written['onnx']}: ONNX outputs differ from PyTorch by {worst:.3g} "
+                               f"(see {out / 'parity.json'})")
+    manifest = {"source": {"path": str(model_path), "sha256": sha256_file(model_path), "model": f"ultralytics {yolo.task}",
+                           "image_size": imgsz},
+                "preprocessing": {"resize": "letterbox", "image_size": imgsz, "scale": "pixels / 255, RGB"},
+                "files": [{"file": Path(path).name, "format": fmt, "role": "yolo-seg", "precision": "fp32"}
+                          for fmt, path in written.items()],
+                "tools": tool_versions()}
+    atomic_write_json(out / "parity.json", parity)
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _flatten(value) -> list:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _flatten(item)]
+    return [value] if hasattr(value, "shape") else []
+
+
 def parity_table(parity: dict) -> str:
     """One line per file: what the export costs against PyTorch."""
     lines = [f"{'file':<28} {'emb max abs':>12} {'emb mean abs':>12} {'point IoU':>10} {'box IoU':>9}"]
     for name, figures in parity["files"].items():
         if "skipped" in figures:
             lines.append(f"{name:<28} {figures['skipped']}")
+            continue
+        if "output_max_abs" in figures:
+            lines.append(f"{name:<28} raw outputs max abs {figures['output_max_abs']:.3g}")
             continue
         embedding = [format(figures[k], ".3g") if k in figures else "-" for k in ("embedding_max_abs", "embedding_mean_abs")]
         lines.append(f"{name:<28} {embedding[0]:>12} {embedding[1]:>12} "

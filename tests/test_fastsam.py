@@ -191,14 +191,19 @@ def test_prompt_modes_and_ap(trained_student, coco_dataset):
     assert 0.0 <= report["stats"]["AP"] <= 1.0 and report["ground_truth_instances"] >= 2
 
 
-def test_export_onnx(trained_student, tmp_path):
+def test_export_goes_through_distill_export(trained_student, tmp_path):
     import onnxruntime
 
-    from sam_distill.fastsam import export_yolo
+    from sam_distill.export.pipeline import export_model
+    from sam_distill.export.registry import ExportOptions
 
     weights, _, _ = trained_student
-    written = export_yolo(weights, ["onnx"], tmp_path, imgsz=64)
-    session = onnxruntime.InferenceSession(written["onnx"])
+    manifest = export_model(weights, ["onnx"], tmp_path, ExportOptions(), log=lambda m: None)
+    assert manifest["source"]["model"] == "ultralytics segment" and manifest["files"][0]["format"] == "onnx"
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    figures = next(iter(parity["files"].values()))
+    assert figures["output_max_abs"] < 1e-3
+    session = onnxruntime.InferenceSession(str(tmp_path / manifest["files"][0]["file"]))
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)})
     assert outputs[1].shape == (1, 32, 16, 16)  # mask prototypes at a quarter of the input
     assert weights.exists()  # the source .pt is left in place
