@@ -9,12 +9,10 @@ latencies and sizes are real, the parity figures show the numerical cost of each
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 

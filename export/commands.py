@@ -1,7 +1,6 @@
 """``distill export MODEL --format onnx coreml ...``"""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
