@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import DistillError
 
 # Command modules: each has ``register(subparsers)`` adding its commands with ``func`` defaults.
-COMMAND_MODULES = ["sam_distill.commands"]
+COMMAND_MODULES = ["sam_distill.commands", "sam_distill.prompter_commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,3 +117,4 @@ def run(config: RunConfig) -> RunDir:
     RECIPES.get(config.recipe)(config, run_dir)
     run_dir.log(f"run: finished in {time.time() - started:.0f} s; everything is in {run_dir.path}")
     return run_dir
+from . import prompter_train  # noqa: E402,F401  (registers the prompter recipe)
