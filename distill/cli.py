@@ -15,6 +15,7 @@ from .errors import DistillError
 COMMAND_MODULES = [
     "sam_distill.commands",
     "sam_distill.fastsam_commands",
+    "sam_distill.prompter_commands",
     "sam_distill.export.commands",
     "sam_distill.eval.commands",
 ]

@@ -115,8 +115,45 @@ class FastSAMConfig(Section):
     export: list[str] = Field(["onnx"], description="ultralytics export formats (onnx, coreml, ...)")
 
 
+class PrompterModelConfig(Section):
+    """RSPrompter on any encoder: which prompter, which encoder (SAM arch or student), which taps, what trains."""
+
+    head: Literal["query", "anchor"] = "query"
+    encoder: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m or a student (timm_<model>)")
+    encoder_checkpoint: Optional[Path] = Field(None, description="SAM or sam-distill model file; else RANDOM weights")
+    image_size: int = Field(1024, ge=64, multiple_of=16)
+    taps: Optional[list[int]] = Field(None, description="ViT blocks / TinyViT stages / timm levels; default: every few")
+    width: int = Field(128, ge=8, multiple_of=8)
+    num_queries: int = Field(16, ge=1, description="query prompter only")
+    prompts_per_object: int = Field(4, ge=2)
+    train_encoder: bool = False
+    train_decoder: bool = False
+
+
+class PrompterDataConfig(Section):
+    annotations: Optional[Path] = Field(None, description="COCO instances json (polygons or RLE)")
+    images: Optional[Path] = Field(None, description="folder holding the json's file_name entries")
+    synthetic: Optional[SyntheticImages] = Field(None, description="generate shape images with known instances")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fixed split by file-name hash")
+    max_train_images: Optional[int] = Field(None, ge=1)
+    max_val_images: Optional[int] = Field(None, ge=1)
+    augment: bool = True
+
+
+class PrompterEvalConfig(Section):
+    every: int = Field(100, ge=1, description="validation AP every this many steps (and at the end)")
+    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    overlays: int = Field(4, ge=0, description="overlay images written of the validation split")
+
+
+class PrompterConfig(Section):
+    model: PrompterModelConfig = PrompterModelConfig()
+    data: PrompterDataConfig = PrompterDataConfig()
+    eval: PrompterEvalConfig = PrompterEvalConfig()
+
+
 class RunConfig(Section):
-    recipe: Literal["mobilesam", "fastsam"] = "mobilesam"
+    recipe: Literal["mobilesam", "fastsam", "prompter"] = "mobilesam"
     name: str = "run"
     run_dir: Optional[Path] = Field(None, description="default: runs/<name>")
     seed: int = 0
@@ -129,6 +166,7 @@ class RunConfig(Section):
     prompt_stage: PromptStageConfig = PromptStageConfig()
     fidelity: FidelityConfig = FidelityConfig()
     fastsam: FastSAMConfig = FastSAMConfig()
+    prompter: PrompterConfig = PrompterConfig()
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir or Path("runs") / self.name

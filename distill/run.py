@@ -129,3 +129,4 @@ def run(config: RunConfig) -> RunDir:
 
 
 from . import fastsam  # noqa: E402,F401  (registers the fastsam recipe)
+from . import prompter_train  # noqa: E402,F401  (registers the prompter recipe)

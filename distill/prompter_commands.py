@@ -1,0 +1,136 @@
+"""``distill prompter train|eval|predict|export``: RSPrompter heads from the command line."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import DistillError
+
+
+def cmd_train(args) -> int:
+    from .config import load_config, parse_config
+    from .run import run
+
+    if args.config is not None:
+        config = load_config(args.config, args.set)
+    else:
+        if args.annotations is None or args.images is None:
+            raise DistillError("distill prompter train: give a CONFIG file, or --annotations JSON and --images FOLDER")
+        config = parse_config({
+            "recipe": "prompter", "name": args.name, "device": args.device,
+            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+            "prompter": {"model": {"head": args.head, "encoder": args.encoder, "image_size": args.image_size,
+                                   "encoder_checkpoint": args.encoder_checkpoint},
+                         "data": {"annotations": args.annotations, "images": args.images}}}, "command line")
+    if config.recipe != "prompter":
+        raise DistillError(f"{args.config}: recipe is {config.recipe!r}; set `recipe: prompter` for distill prompter train")
+    run(config)
+    return 0
+
+
+def _device(name: str):
+    from .dist import init_distributed
+
+    return init_distributed(name).device
+
+
+def cmd_eval(args) -> int:
+    from .cli import print_json
+    from .coco_data import CocoInstances, hash_split
+    from .eval.instance_ap import instance_ap
+    from .fileio import atomic_write_json
+    from .prompter_infer import predict_dataset
+    from .students.heads import load_prompter
+
+    model, classes = load_prompter(args.model)
+    device = _device(args.device)
+    dataset = CocoInstances(args.annotations, args.images, model.image_size)
+    if args.split != "all":
+        train, val = hash_split(dataset.file_names(), args.val_fraction)
+        ids = [dataset.image_ids[p] for p in (val if args.split == "val" else train)]
+        dataset = CocoInstances(args.annotations, args.images, model.image_size, ids)
+    if [c["id"] for c in dataset.classes] != [c["id"] for c in classes]:
+        raise DistillError(f"{args.annotations} has categories {[c['name'] for c in dataset.classes]} but the model "
+                           f"was trained on {[c['name'] for c in classes]}")
+    results = predict_dataset(model.to(device), dataset, classes, device, args.batch_size, args.score_threshold)
+    scores = instance_ap(dataset.coco, results, dataset.image_ids)
+    if args.out:
+        atomic_write_json(args.out, results)
+    print_json({"images": len(dataset), **scores})
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .fileio import atomic_write_json
+    from .images import find_images, load_rgb
+    from .prompter_infer import predict_images, save_overlay
+    from .students.heads import load_prompter
+
+    model, classes = load_prompter(args.model)
+    paths = find_images(args.images)
+    results, images = predict_images(model.to(_device(args.device)), paths, classes, args.score_threshold)
+    atomic_write_json(args.out / "results.json", {"images": images, "categories": classes, "annotations": results})
+    for info in images[: args.overlays]:
+        save_overlay(load_rgb(info["path"]), [r for r in results if r["image_id"] == info["id"]], classes,
+                     args.out / "overlays" / f"{Path(info['file_name']).stem}.png", args.overlay_min_score)
+    print(f"{len(results)} instances in {len(images)} images: {args.out / 'results.json'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .cli import print_json
+    from .export.prompter_onnx import export_prompter_onnx
+    from .students.heads import load_prompter
+
+    model, classes = load_prompter(args.model)
+    print_json(export_prompter_onnx(model, args.out, classes))
+    return 0
+
+
+def register(subparsers) -> None:
+    prompter = subparsers.add_parser("prompter", help="automatic class-aware instance masks: RSPrompter heads on SAM")
+    commands = prompter.add_subparsers(dest="prompter_command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a prompter (a config with `recipe: prompter`, or flags)")
+    train.add_argument("config", type=Path, nargs="?", help="YAML config (see configs/prompter_quickstart.yaml)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--annotations", type=Path, help="COCO instances json (without a config)")
+    train.add_argument("--images", type=Path, help="image folder of the json (without a config)")
+    train.add_argument("--head", choices=["query", "anchor"], default="query")
+    train.add_argument("--encoder", default="tinyvit_5m")
+    train.add_argument("--encoder-checkpoint", type=Path)
+    train.add_argument("--image-size", type=int, default=1024)
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--name", default="prompter")
+    train.add_argument("--device", default="auto")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="mask and box AP/AP50/AP75 of a prompter on a COCO dataset")
+    evaluate.add_argument("model", type=Path, help="prompter model file (runs/<name>/model/prompter.pt)")
+    evaluate.add_argument("--annotations", type=Path, required=True)
+    evaluate.add_argument("--images", type=Path, required=True)
+    evaluate.add_argument("--split", choices=["all", "val", "train"], default="all",
+                          help="the fixed file-name-hash split used in training")
+    evaluate.add_argument("--val-fraction", type=float, default=0.2)
+    evaluate.add_argument("--out", type=Path, help="write the COCO results json here")
+    evaluate.add_argument("--batch-size", type=int, default=2)
+    evaluate.add_argument("--score-threshold", type=float, default=0.05)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser("predict", help="instance masks for an image folder: COCO results json + overlays")
+    predict.add_argument("model", type=Path)
+    predict.add_argument("images", type=Path)
+    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--score-threshold", type=float, default=0.05)
+    predict.add_argument("--overlays", type=int, default=20, help="how many overlay images to write")
+    predict.add_argument("--overlay-min-score", type=float, default=0.3)
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="encoder/head/decoder ONNX files with an onnxruntime parity check")
+    export.add_argument("model", type=Path)
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=cmd_export)

@@ -1,0 +1,107 @@
+"""Prompter inference: predictions as COCO results (RLE masks at the original resolution) and overlay images."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from segment_anything.modeling import Sam
+from torch.utils.data import DataLoader
+from torchvision.ops import masks_to_boxes
+from tqdm import tqdm
+
+from .coco_data import collate
+
+CHUNK = 16
+
+
+def to_coco_results(model, prediction: dict, item: dict, classes: list[dict]) -> list[dict]:
+    """One image's prediction → COCO result dicts; masks go through SAM's own ``postprocess_masks``."""
+    shim = SimpleNamespace(image_encoder=model.encoder.encoder)
+    height, width = item["original_size"]
+    results = []
+    scores, labels = prediction["scores"].tolist(), prediction["labels"].tolist()
+    for start in range(0, len(scores), CHUNK):
+        low = prediction["masks"][start:start + CHUNK, None].float()
+        masks = Sam.postprocess_masks(shim, low, tuple(item["input_size"]), (height, width))[:, 0] > 0
+        if "boxes" in prediction:
+            ratio = width / item["input_size"][1]
+            boxes = prediction["boxes"][start:start + CHUNK].float() * ratio
+        else:
+            boxes = masks_to_boxes(masks) if masks.any() else torch.zeros(len(masks), 4)
+            boxes[~masks.flatten(1).any(1)] = 0
+        for offset, (mask, box) in enumerate(zip(masks, boxes.tolist())):
+            rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            x0, y0, x1, y1 = box
+            results.append({"image_id": int(item["image_id"]), "category_id": classes[labels[start + offset] - 1]["id"],
+                            "segmentation": rle, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "score": float(scores[start + offset])})
+    return results
+
+
+@torch.no_grad()
+def predict_dataset(model, dataset, classes: list[dict], device: torch.device, batch_size: int = 2,
+                    score_threshold: float = 0.05, progress: bool = True) -> list[dict]:
+    model.eval()
+    results = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for images, items in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        predictions = model.predict(images.to(device), score_threshold)
+        for prediction, item in zip(predictions, items):
+            results.extend(to_coco_results(model, prediction, item, classes))
+    return results
+
+
+def save_overlay(image: np.ndarray, results: list[dict], classes: list[dict], path: Path,
+                 min_score: float = 0.3) -> Path:
+    """Masks painted over the image in one colour per class, with box outlines (the quick visual check)."""
+    from PIL import ImageDraw
+
+    names = {c["id"]: c["name"] for c in classes}
+    colours = {c["id"]: tuple(int(v) for v in np.random.default_rng(c["id"]).integers(40, 255, 3)) for c in classes}
+    canvas = image.astype(np.float32).copy()
+    kept = [r for r in results if r["score"] >= min_score]
+    for result in kept:
+        mask = mask_utils.decode(result["segmentation"]).astype(bool)
+        canvas[mask] = 0.5 * canvas[mask] + 0.5 * np.array(colours[result["category_id"]])
+    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for result in kept:
+        x, y, w, h = result["bbox"]
+        draw.rectangle([x, y, x + w, y + h], outline=colours[result["category_id"]], width=2)
+        draw.text((x + 2, y + 2), f"{names[result['category_id']]} {result['score']:.2f}", fill=(255, 255, 255))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+@torch.no_grad()
+def predict_images(model, paths: list[Path], classes: list[dict], score_threshold: float = 0.05,
+                   progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Unannotated images → (COCO results, COCO image entries with their ``path``); unreadable files are skipped."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from .images import Preprocessing, UnreadableImage, load_rgb
+
+    model.eval()
+    preprocessing = Preprocessing(model.image_size)
+    device = next(model.parameters()).device
+    results, images = [], []
+    for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
+        try:
+            image = load_rgb(path)
+        except UnreadableImage as err:
+            print(f"skipped {path}: {err}")
+            continue
+        height, width = image.shape[:2]
+        item = {"image_id": len(images) + 1, "original_size": (height, width),
+                "input_size": ResizeLongestSide.get_preprocess_shape(height, width, model.image_size)}
+        prediction = model.predict(preprocessing(image)[None].to(device), score_threshold)[0]
+        results.extend(to_coco_results(model, prediction, item, classes))
+        images.append({"id": item["image_id"], "file_name": path.name, "height": height, "width": width,
+                       "path": str(path)})
+    return results, images

@@ -1,0 +1,259 @@
+"""Training the prompters: AdamW with warm-up + cosine (the foundation's schedule), AMP on CUDA, an atomic
+``last.pt`` every N steps that ``resume`` continues, metrics.csv for the losses and ap.csv/ap_curve.png for
+the validation AP measured along the way."""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .coco_data import collate
+from .eval.instance_ap import METRICS
+from .errors import DistillError
+from .fileio import atomic_torch_save
+from .rundir import MetricsWriter, read_metrics
+from .train import EpochSampler, Schedule, lr_lambda, steps_per_epoch
+
+STATE_FORMAT = "sam-distill/prompter-train-state"
+LOSS_FIELDS = ["step", "epoch", "lr", "loss", "class", "mask_bce", "mask_dice", "loss_objectness",
+               "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "images_per_s", "seconds"]
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The weights that change during training (a frozen encoder/decoder is rebuilt, not re-saved)."""
+    frozen = [prefix for prefix, trains in (("encoder.", model.train_encoder), ("mask_decoder.", model.train_decoder),
+                                            ("prompt_encoder.", False)) if not trains]
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(frozen))}
+
+
+def plot_ap_curve(csv_path: Path, png_path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(csv_path)
+    if not rows:
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key in ("mask_AP", "mask_AP50", "box_AP50"):
+        axis.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", label=key)
+    axis.set_xlabel("step")
+    axis.set_ylabel("validation AP")
+    axis.set_title(title, fontsize=9)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+
+
+def train_prompter(model, dataset, schedule: Schedule, out_dir: Path, device: torch.device, seed: int = 0,
+                   evaluate: Callable[[], dict] | None = None, eval_every: int | None = None, resume: bool = True,
+                   log=print, meta: dict | None = None, title: str = "prompter") -> dict:
+    """Train ``model`` (an RSPrompterModel) in place on a CocoInstances dataset; returns a summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    per_epoch = steps_per_epoch(len(dataset), schedule, 1)
+    total_steps = per_epoch * schedule.epochs
+    if schedule.max_steps:
+        total_steps = min(total_steps, schedule.max_steps)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
+    use_amp = schedule.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    state_path, step = out_dir / "last.pt", 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise DistillError(f"{state_path} is not a prompter training state; delete it to start over")
+        loaded = model.load_state_dict(state["model"], strict=False)
+        if loaded.unexpected_keys or set(loaded.missing_keys) & set(trainable_state(model)):
+            raise DistillError(f"{state_path} was saved with other trainable parts; delete it to start over")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        step = int(state["step"])
+        log(f"prompter: resumed from {state_path} at step {step}/{total_steps}")
+
+    metrics = MetricsWriter(out_dir / "metrics.csv", LOSS_FIELDS, resume_step=step)
+    ap_fields = ["step"] + [f"{kind}_{name}" for kind in ("mask", "box") for name in METRICS]
+    ap_writer = MetricsWriter(out_dir / "ap.csv", ap_fields, resume_step=step) if evaluate else None
+
+    def run_eval() -> None:
+        scores = evaluate()
+        ap_writer.write({"step": step, **scores})
+        plot_ap_curve(out_dir / "ap.csv", out_dir / "ap_curve.png", title)
+        log(f"prompter: step {step} val " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+        model.train()
+
+    def save_state() -> None:
+        atomic_torch_save({"format": STATE_FORMAT, "step": step, "total_steps": total_steps,
+                           "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                           "rng": torch.get_rng_state(), "meta": meta or {}}, state_path)
+
+    started = time.time()
+    bar = tqdm(total=total_steps, initial=step, desc="prompter", unit="step")
+    window: dict[str, float] = {}
+    window_steps, images_seen, window_start = 0, 0, time.time()
+    model.train()
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, per_epoch)
+        sampler = EpochSampler(len(dataset), seed, epoch, 0, 1,
+                               skip=step_in_epoch * schedule.grad_accum * schedule.batch_size)
+        batches = iter(DataLoader(dataset, batch_size=schedule.batch_size, sampler=sampler, drop_last=True,
+                                  collate_fn=collate, num_workers=schedule.num_workers))
+        for _ in range(step_in_epoch, per_epoch):
+            optimizer.zero_grad(set_to_none=True)
+            for _micro in range(schedule.grad_accum):
+                images, items = next(batches)
+                targets = [{k: item[k].to(device) for k in ("masks", "boxes", "labels")} for item in items]
+                with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
+                    losses = model.losses(images.to(device), targets)
+                loss = sum(losses.values()) / schedule.grad_accum
+                scaler.scale(loss).backward()
+                for key, value in losses.items():
+                    window[key] = window.get(key, 0.0) + value.item() / schedule.grad_accum
+                window["loss"] = window.get("loss", 0.0) + loss.item()
+                images_seen += images.shape[0]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            window_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{window['loss'] / window_steps:.3g}")
+            if step % schedule.log_every == 0 or step == total_steps:
+                seconds = time.time() - window_start
+                metrics.write({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                               **{k: v / window_steps for k, v in window.items()},
+                               "images_per_s": images_seen / max(seconds, 1e-9), "seconds": time.time() - started})
+                window, window_steps, images_seen, window_start = {}, 0, 0, time.time()
+            if step % schedule.checkpoint_every == 0 or step == total_steps:
+                save_state()
+            if evaluate is not None and eval_every and (step % eval_every == 0 or step == total_steps):
+                run_eval()
+            if step >= total_steps:
+                break
+    bar.close()
+    metrics.close()
+    if ap_writer:
+        ap_writer.close()
+    return {"steps": step, "total_steps": total_steps, "seconds": round(time.time() - started, 2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The ``prompter`` recipe of ``distill run``
+
+from .run import RECIPES  # noqa: E402  (run.py imports this module at its bottom to register the recipe)
+
+
+def prompter_model_config(spec, num_classes: int) -> dict:
+    return {"encoder": spec.encoder, "image_size": spec.image_size, "head": spec.head, "num_classes": num_classes,
+            "taps": spec.taps, "width": spec.width, "train_encoder": spec.train_encoder,
+            "train_decoder": spec.train_decoder,
+            "head_kwargs": {"num_queries": spec.num_queries, "prompts_per_object": spec.prompts_per_object}}
+
+
+def resolve_coco_data(config, run_dir) -> tuple[Path, Path]:
+    """(annotations json, image folder) from the config: a real dataset or generated shapes."""
+    from .coco_data import make_synthetic_coco
+
+    data = config.prompter.data
+    if data.annotations is not None:
+        if data.images is None:
+            raise DistillError("config: prompter.data.images must name the image folder of prompter.data.annotations")
+        return data.annotations, data.images
+    if data.synthetic is not None:
+        folder = run_dir.path / "data" / "synthetic_coco"
+        if not (folder / "annotations.json").exists():
+            spec = data.synthetic
+            make_synthetic_coco(folder, spec.count, spec.size, spec.seed)
+            run_dir.log(f"data: generated {spec.count} shape images with known instances in {folder}")
+        return folder / "annotations.json", folder / "images"
+    raise DistillError("config: set prompter.data.annotations + prompter.data.images (COCO) or prompter.data.synthetic")
+
+
+def split_datasets(annotations: Path, images: Path, data, image_size: int):
+    from .coco_data import CocoInstances, hash_split
+
+    full = CocoInstances(annotations, images, image_size)
+    train_pos, val_pos = hash_split(full.file_names(), data.val_fraction)
+    ids = full.image_ids
+    train_ids = [ids[p] for p in train_pos][: data.max_train_images]
+    val_ids = [ids[p] for p in val_pos][: data.max_val_images]
+    if not train_ids:
+        raise DistillError(f"{annotations}: no training images after the split; lower prompter.data.val_fraction")
+    return (CocoInstances(annotations, images, image_size, train_ids, augment=data.augment),
+            CocoInstances(annotations, images, image_size, val_ids))
+
+
+@RECIPES.register("prompter")
+def run_prompter(config, run_dir) -> dict:
+    from .dist import init_distributed
+    from .eval.instance_ap import instance_ap
+    from .fileio import atomic_write_json
+    from .images import load_rgb
+    from .prompter_infer import predict_dataset, save_overlay
+    from .students.heads import build_prompter, save_prompter
+
+    context = init_distributed(config.device)
+    if context.distributed:
+        raise DistillError("the prompter recipe runs on one process; start it without torchrun")
+    spec, train = config.prompter.model, config.train
+    annotations, images = resolve_coco_data(config, run_dir)
+    train_set, val_set = split_datasets(annotations, images, config.prompter.data, spec.image_size)
+    run_dir.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
+                f"{len(train_set.classes)} classes from {annotations}")
+    torch.manual_seed(config.seed)
+    model = build_prompter(prompter_model_config(spec, len(train_set.classes)), spec.encoder_checkpoint)
+    encoder = f"{spec.encoder} from {spec.encoder_checkpoint}" if spec.encoder_checkpoint else \
+        f"{spec.encoder} with RANDOM-INITIALISED weights (no pretrained encoder)"
+    run_dir.log(f"prompter: {spec.head} head on {encoder}, encoder {'trained' if spec.train_encoder else 'frozen'}, "
+                f"decoder {'trained' if spec.train_decoder else 'frozen'}")
+    meta = {"encoder": encoder, "run": str(run_dir.path), "annotations": str(annotations)}
+    device = context.device
+    evaluation = config.prompter.eval
+
+    def evaluate() -> dict:
+        results = predict_dataset(model, val_set, val_set.classes, device, train.batch_size,
+                                  evaluation.score_threshold, progress=False)
+        return instance_ap(val_set.coco, results, val_set.image_ids)
+
+    schedule = Schedule(train.epochs, train.batch_size, train.grad_accum, train.lr, train.min_lr, train.weight_decay,
+                        train.warmup_steps, train.checkpoint_every, train.log_every, train.max_steps, train.amp,
+                        train.num_workers)
+    out_dir = run_dir.sub("checkpoints/prompter")
+    summary = train_prompter(model, train_set, schedule, out_dir, device, config.seed,
+                             evaluate if len(val_set) else None, evaluation.every, log=run_dir.log, meta=meta,
+                             title=f"{spec.head} prompter on {spec.encoder}")
+    model_path = save_prompter(model, run_dir.sub("model") / "prompter.pt", train_set.classes, meta)
+    result = {"train": summary, "model": str(model_path)}
+    if len(val_set):
+        results = predict_dataset(model, val_set, val_set.classes, device, train.batch_size, evaluation.score_threshold)
+        reports = run_dir.sub("reports")
+        atomic_write_json(reports / "val_results.json", results)
+        scores = instance_ap(val_set.coco, results, val_set.image_ids)
+        atomic_write_json(reports / "ap.json", {"val_images": len(val_set), "encoder": encoder, **scores})
+        for image_id in val_set.image_ids[: evaluation.overlays]:
+            info = val_set.coco.imgs[image_id]
+            save_overlay(load_rgb(val_set.images_dir / info["file_name"]),
+                         [r for r in results if r["image_id"] == image_id], val_set.classes,
+                         reports / "overlays" / f"{Path(info['file_name']).stem}.png")
+        run_dir.log("prompter: val " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+        result["ap"] = scores
+    else:
+        run_dir.log("prompter: the split left no validation images, so no AP was measured; raise val_fraction")
+    run_dir.log(f"prompter: model at {model_path}")
+    return result

@@ -1,0 +1,189 @@
+"""RSPrompter heads: feature taps on every encoder family, COCO data and augmentation, AP evaluation,
+learning to AP50 >= 0.9 on generated instances (both prompters), ONNX parity, CLI round trip, resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sam_distill.coco_data import CocoInstances, hash_split, make_synthetic_coco
+from sam_distill.errors import DistillError
+from sam_distill.eval.instance_ap import instance_ap
+from sam_distill.prompter_infer import predict_dataset
+from sam_distill.prompter_train import train_prompter
+from sam_distill.students.heads import build_prompter, encoder_taps
+from sam_distill.train import Schedule
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Four 128-px images with 1-3 large known instances each (polygons and RLE)."""
+    folder = tmp_path_factory.mktemp("shapes")
+    annotations = make_synthetic_coco(folder, 4, SIZE, seed=0, objects=(1, 3), radius_range=(0.15, 0.28))
+    return annotations, folder / "images"
+
+
+def tiny_prompter(head: str, **overrides):
+    torch.manual_seed(0)
+    config = {"encoder": "vit_tiny", "image_size": SIZE, "head": head, "num_classes": 3, "width": 64,
+              "train_encoder": True, "train_decoder": True, "head_kwargs": {"num_queries": 8}, **overrides}
+    return build_prompter(config)
+
+
+@pytest.mark.parametrize("encoder, channels", [("vit_tiny", [192] * 4), ("tinyvit_5m", [128, 160, 320, 320]),
+                                               ("timm_test_resnet", None)])
+def test_taps_and_aggregator_on_every_encoder_family(encoder, channels):
+    model = build_prompter({"encoder": encoder, "image_size": SIZE, "head": "query", "num_classes": 2, "width": 32})
+    if channels:
+        assert model.encoder.channels == channels
+    else:  # timm: one tap per features_only level, with timm's own channel counts
+        assert model.encoder.channels == model.encoder.encoder.backbone.feature_info.channels()
+    embedding, features = model.features(torch.randn(2, 3, SIZE, SIZE))
+    assert embedding.shape == (2, 256, SIZE // 16, SIZE // 16)
+    assert features.shape == (2, 32, SIZE // 16, SIZE // 16)
+    assert not any(p.requires_grad for p in model.encoder.parameters())  # frozen by default
+    assert not any(p.requires_grad for p in model.mask_decoder.parameters())
+
+
+def test_bad_taps_name_the_valid_range():
+    from sam_distill.teachers import build_sam
+
+    with pytest.raises(DistillError, match=r"use indices 0\.\.3"):
+        encoder_taps(build_sam("vit_tiny", SIZE).image_encoder, [0, 7])
+
+
+def test_coco_polygons_and_rle_load_and_flip_scale_keep_masks_aligned(shapes):
+    annotations, images = shapes
+    data = json.loads(annotations.read_text())
+    kinds = {type(a["segmentation"]).__name__ for a in data["annotations"]}
+    assert kinds == {"list", "dict"}  # polygons and RLE both exercised
+    plain = CocoInstances(annotations, images, SIZE)
+    item = plain[0]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["masks"].shape[1:] == (SIZE, SIZE)
+    assert len(item["masks"]) == len([a for a in data["annotations"] if a["image_id"] == item["image_id"]])
+    torch.manual_seed(3)
+    augmented = CocoInstances(annotations, images, SIZE, augment=True)
+    for index in range(len(augmented)):
+        sample = augmented[index]
+        for mask, box in zip(sample["masks"], sample["boxes"]):
+            pixels = sample["image"][:, mask]  # every instance is one flat colour: aligned masks see one colour
+            assert (pixels - pixels.median(dim=1, keepdim=True).values).abs().amax(0).lt(0.3).float().mean() > 0.9
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_hash_split_is_fixed_and_order_free():
+    names = [f"{i:03d}.jpg" for i in range(200)]
+    train, val = hash_split(names, 0.2)
+    assert 20 < len(val) < 60 and sorted(train + val) == list(range(200))
+    reversed_train, reversed_val = hash_split(names[::-1], 0.2)
+    assert sorted(names[::-1][p] for p in reversed_val) == sorted(names[p] for p in val)
+
+
+def test_instance_ap_perfect_empty_and_unknown_ids(shapes):
+    from pycocotools import mask as mask_utils
+
+    annotations, _ = shapes
+    data = json.loads(annotations.read_text())
+    dataset = CocoInstances(annotations, shapes[1], SIZE)
+    perfect = []
+    for ann in data["annotations"]:
+        rle = mask_utils.encode(np.asfortranarray(dataset.coco.annToMask(ann)))
+        rle["counts"] = rle["counts"].decode()
+        perfect.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": rle,
+                        "bbox": ann["bbox"], "score": 0.9})
+    scores = instance_ap(annotations, perfect)
+    assert scores["mask_AP"] > 0.99 and scores["box_AP50"] > 0.99
+    wrong_class = [{**r, "category_id": r["category_id"] % 3 + 1} for r in perfect]
+    assert instance_ap(annotations, wrong_class)["mask_AP50"] < 0.01
+    assert instance_ap(annotations, [])["mask_AP"] == 0.0
+    with pytest.raises(DistillError, match="not in the ground truth"):
+        instance_ap(annotations, [{**perfect[0], "image_id": 999}])
+
+
+@pytest.mark.parametrize("head", ["query", "anchor"])
+def test_prompter_learns_generated_instances_to_ap50_0_9(shapes, tmp_path, head):
+    """Encoder (SAM's 4-block ViT, random init) and decoder are trained jointly with the head here: with
+    random frozen weights there are no features to read, so this proves the heads, losses and matching learn."""
+    annotations, images = shapes
+    dataset = CocoInstances(annotations, images, SIZE)
+    model = tiny_prompter(head)
+    schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=2e-3, min_lr=1e-4, weight_decay=0.01,
+                        warmup_steps=10, checkpoint_every=1000, log_every=20, max_steps=120)
+    train_prompter(model, dataset, schedule, tmp_path, torch.device("cpu"), log=lambda m: None)
+    results = predict_dataset(model, dataset, dataset.classes, torch.device("cpu"), progress=False)
+    scores = instance_ap(dataset.coco, results)
+    assert scores["mask_AP50"] >= 0.9, scores
+
+
+@pytest.mark.parametrize("head", ["query", "anchor"])
+def test_onnx_encoder_head_decoder_match_pytorch(tmp_path, head):
+    pytest.importorskip("onnxruntime")
+    from sam_distill.export.prompter_onnx import export_prompter_onnx
+
+    model = tiny_prompter(head)
+    report = export_prompter_onnx(model, tmp_path, classes=[{"id": 1, "name": "a"}])
+    parity = report["parity"]
+    assert parity["detections_onnx"] == parity["detections_torch"] > 0
+    assert parity["class_agreement"] == 1.0 and parity["mask_iou_min"] > 0.99
+    assert json.loads((tmp_path / "prompter.json").read_text())["head"] == head
+
+
+def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch):
+    from sam_distill.cli import main
+    from sam_distill.rundir import read_metrics
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "prompter.yaml"
+    config.write_text(
+        "recipe: prompter\nname: cli\ntrain: {max_steps: 2, batch_size: 2, warmup_steps: 1, checkpoint_every: 1, "
+        "log_every: 1, num_workers: 0}\nprompter:\n  model: {head: anchor, encoder: vit_tiny, image_size: 128, width: 32}\n"
+        "  data: {synthetic: {count: 8, size: 128}, val_fraction: 0.3}\n  eval: {every: 2, overlays: 1}\n")
+    assert main(["prompter", "train", str(config)]) == 0
+    run = tmp_path / "runs" / "cli"
+    assert (run / "model" / "prompter.pt").is_file() and (run / "reports" / "ap.json").is_file()
+    assert list((run / "reports" / "overlays").glob("*.png"))
+    assert main(["prompter", "train", str(config)]) == 0  # the same run again: resumes, trains nothing more
+    assert "resumed" in (run / "logs" / "run.log").read_text()
+    metrics = read_metrics(run / "checkpoints" / "prompter" / "metrics.csv")
+    assert [row["step"] for row in metrics] == [1.0, 2.0]
+    data = run / "data" / "synthetic_coco"
+    capsys.readouterr()
+    assert main(["prompter", "eval", str(run / "model" / "prompter.pt"), "--annotations", str(data / "annotations.json"),
+                 "--images", str(data / "images"), "--out", str(tmp_path / "results.json")]) == 0
+    assert {"mask_AP", "box_AP75"} <= set(json.loads(capsys.readouterr().out))
+    assert main(["prompter", "predict", str(run / "model" / "prompter.pt"), str(data / "images"),
+                 "--out", str(tmp_path / "pred"), "--overlays", "1"]) == 0
+    assert json.loads((tmp_path / "pred" / "results.json").read_text())["images"]
+    config.write_text(config.read_text().replace("width: 32", "widht: 32"))
+    assert main(["prompter", "train", str(config)]) == 2
+    assert "unknown key 'prompter.model.widht'" in capsys.readouterr().err
+
+
+def test_resume_continues_bit_for_bit(shapes, tmp_path):
+    annotations, images = shapes
+    dataset = CocoInstances(annotations, images, SIZE)
+
+    schedule = Schedule(epochs=10, batch_size=2, grad_accum=1, lr=1e-3, min_lr=1e-5, weight_decay=0.0,
+                        warmup_steps=1, checkpoint_every=1, max_steps=3)
+
+    def frozen_prompter():
+        return tiny_prompter("query", train_encoder=False, train_decoder=False, width=32)
+
+    def killed_after_step_2():
+        raise KeyboardInterrupt  # evaluation runs after the step-2 checkpoint is written
+
+    straight = frozen_prompter()
+    train_prompter(straight, dataset, schedule, tmp_path / "straight", torch.device("cpu"), log=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):
+        train_prompter(frozen_prompter(), dataset, schedule, tmp_path / "resumed", torch.device("cpu"),
+                       evaluate=killed_after_step_2, eval_every=2, log=lambda m: None)
+    resumed, messages = frozen_prompter(), []
+    train_prompter(resumed, dataset, schedule, tmp_path / "resumed", torch.device("cpu"), log=messages.append)
+    assert any("resumed" in m and "step 2/3" in m for m in messages)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
