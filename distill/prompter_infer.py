@@ -27,13 +27,17 @@ def to_coco_results(model, prediction: dict, item: dict, classes: list[dict]) ->
     for start in range(0, len(scores), CHUNK):
         low = prediction["masks"][start:start + CHUNK, None].float()
         masks = Sam.postprocess_masks(shim, low, tuple(item["input_size"]), (height, width))[:, 0] > 0
+        nonempty = masks.flatten(1).any(1)
         if "boxes" in prediction:
             ratio = width / item["input_size"][1]
-            boxes = prediction["boxes"][start:start + CHUNK].float() * ratio
+            boxes = prediction["boxes"][start:start + CHUNK].float().cpu() * ratio
         else:
-            boxes = masks_to_boxes(masks) if masks.any() else torch.zeros(len(masks), 4)
-            boxes[~masks.flatten(1).any(1)] = 0
+            boxes = torch.zeros(len(masks), 4)
+            if nonempty.any():
+                boxes[nonempty.cpu()] = masks_to_boxes(masks[nonempty]).float().cpu()
         for offset, (mask, box) in enumerate(zip(masks, boxes.tolist())):
+            if not nonempty[offset]:
+                continue  # an empty mask is no instance
             rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
             rle["counts"] = rle["counts"].decode()
             x0, y0, x1, y1 = box
