@@ -1,7 +1,6 @@
 """``distill prompter train|eval|predict|export``: RSPrompter heads from the command line."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from .errors import DistillError
@@ -37,7 +36,7 @@ def _device(name: str):
 def cmd_eval(args) -> int:
     from .cli import print_json
     from .coco_data import CocoInstances, hash_split
-    from .eval.instance_ap import instance_ap
+    from .eval.coco_ap import instance_ap
     from .fileio import atomic_write_json
     from .prompter_infer import predict_dataset
     from .students.heads import load_prompter

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .coco_data import collate
-from .eval.instance_ap import METRICS
+from .eval.coco_ap import INSTANCE_METRICS as METRICS
 from .errors import DistillError
 from .fileio import atomic_torch_save
 from .rundir import MetricsWriter, read_metrics
@@ -202,7 +202,7 @@ def split_datasets(annotations: Path, images: Path, data, image_size: int):
 @RECIPES.register("prompter")
 def run_prompter(config, run_dir) -> dict:
     from .dist import init_distributed
-    from .eval.instance_ap import instance_ap
+    from .eval.coco_ap import instance_ap
     from .fileio import atomic_write_json
     from .images import load_rgb
     from .prompter_infer import predict_dataset, save_overlay

@@ -1,4 +1,4 @@
-"""Mask AP with pycocotools' COCOeval (iouType ``segm``), for any model that yields instance masks.
+"""Mask and box AP with pycocotools' COCOeval, for every model that yields instance masks (one implementation).
 
 Ground truth and results are COCO JSON files or the same structures in memory; predictions made
 in memory become results through :func:`masks_to_results`.
@@ -20,6 +20,7 @@ from ..errors import DistillError
 # The order of COCOeval.stats for iouType segm.
 STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small",
               "AR_medium", "AR_large"]
+INSTANCE_METRICS = ("AP", "AP50", "AP75")
 
 
 def _load(source, what: str):
@@ -46,6 +47,27 @@ def masks_to_results(image_id: int, masks: np.ndarray, scores, category_ids=None
     return results
 
 
+def _evaluate(gt: COCO, result_list: list, iou_type: str, class_agnostic: bool, image_ids: list[int]) -> list[float]:
+    """COCOeval's 12 summary numbers (-1, "no ground truth", reported as 0)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables
+        detections = gt.loadRes([dict(r) for r in result_list])
+        evaluator = COCOeval(gt, detections, iouType=iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.params.useCats = 0 if class_agnostic else 1
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [max(float(value), 0.0) for value in evaluator.stats]
+
+
+def _coco(gt_data: dict) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_data
+        gt.createIndex()
+    return gt
+
+
 def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list[int] | None = None) -> dict:
     """COCO mask AP of ``results`` against ``ground_truth`` (paths or dicts/lists); stats by name.
 
@@ -58,21 +80,35 @@ def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list
         raise DistillError("ground truth must be a COCO instance file (images, annotations, categories)")
     gt_data = dict(gt_data)
     gt_data.setdefault("categories", [{"id": 1, "name": "object"}])
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = gt_data
-        gt.createIndex()
-        ids = image_ids if image_ids is not None else sorted(gt.getImgIds())
-        if not result_list:
-            return {"stats": {name: 0.0 for name in STAT_NAMES}, "images": len(ids),
-                    "ground_truth_instances": len(gt.getAnnIds(imgIds=ids)), "detections": 0}
-        detections = gt.loadRes(list(result_list))
-        evaluator = COCOeval(gt, detections, iouType="segm")
-        evaluator.params.imgIds = ids
-        evaluator.params.useCats = 0 if class_agnostic else 1
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = {name: max(float(value), 0.0) for name, value in zip(STAT_NAMES, evaluator.stats)}
-    return {"stats": stats, "images": len(ids), "ground_truth_instances": len(gt.getAnnIds(imgIds=ids)),
-            "detections": len(result_list)}
+    gt = _coco(gt_data)
+    ids = image_ids if image_ids is not None else sorted(gt.getImgIds())
+    summary = {"images": len(ids), "ground_truth_instances": len(gt.getAnnIds(imgIds=ids)),
+               "detections": len(result_list)}
+    if not result_list:
+        return {"stats": {name: 0.0 for name in STAT_NAMES}, **summary}
+    stats = _evaluate(gt, result_list, "segm", class_agnostic, ids)
+    return {"stats": dict(zip(STAT_NAMES, stats)), **summary}
+
+
+def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | str,
+                image_ids: list[int] | None = None) -> dict[str, float]:
+    """Class-aware mask and box AP/AP50/AP75 in [0, 1] (``mask_AP``, ``box_AP50``, ...); no results score 0.
+
+    ``image_ids`` restricts the evaluation (e.g. to a validation split of a shared json).
+    """
+    if not isinstance(ground_truth, COCO):
+        from ..coco_data import load_coco
+
+        ground_truth = load_coco(Path(ground_truth))
+    result_list = _load(results, "results")
+    metrics = {f"{kind}_{name}": 0.0 for kind in ("mask", "box") for name in INSTANCE_METRICS}
+    if not result_list:
+        return metrics
+    unknown = {r["image_id"] for r in result_list} - set(ground_truth.getImgIds())
+    if unknown:
+        raise DistillError(f"results name image ids {sorted(unknown)[:5]} that are not in the ground truth")
+    ids = list(image_ids) if image_ids is not None else sorted(ground_truth.getImgIds())
+    for kind, iou_type in (("mask", "segm"), ("box", "bbox")):
+        stats = _evaluate(ground_truth, result_list, iou_type, False, ids)
+        metrics.update({f"{kind}_{name}": value for name, value in zip(INSTANCE_METRICS, stats)})
+    return metrics

@@ -10,7 +10,7 @@ import torch
 
 from sam_distill.coco_data import CocoInstances, hash_split, make_synthetic_coco
 from sam_distill.errors import DistillError
-from sam_distill.eval.instance_ap import instance_ap
+from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.prompter_infer import predict_dataset
 from sam_distill.prompter_train import train_prompter
 from sam_distill.students.heads import build_prompter, encoder_taps
