@@ -1,4 +1,4 @@
-"""``distill prompter train|eval|predict|export``: RSPrompter heads from the command line."""
+"""``distill prompter train|eval|predict``: RSPrompter heads from the command line (export: ``distill export``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,16 +76,6 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .cli import print_json
-    from .export.prompter_onnx import export_prompter_onnx
-    from .students.heads import load_prompter
-
-    model, classes = load_prompter(args.model)
-    print_json(export_prompter_onnx(model, args.out, classes))
-    return 0
-
-
 def register(subparsers) -> None:
     prompter = subparsers.add_parser("prompter", help="automatic class-aware instance masks: RSPrompter heads on SAM")
     commands = prompter.add_subparsers(dest="prompter_command", metavar="COMMAND")
@@ -129,7 +119,3 @@ def register(subparsers) -> None:
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
 
-    export = commands.add_parser("export", help="encoder/head/decoder ONNX files with an onnxruntime parity check")
-    export.add_argument("model", type=Path)
-    export.add_argument("--out", type=Path, required=True)
-    export.set_defaults(func=cmd_export)

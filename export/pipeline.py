@@ -7,13 +7,16 @@ from pathlib import Path
 
 from ..assemble import load_model
 from ..errors import DistillError
+from ..students.heads.model import PROMPTER_FORMAT
 from ..teachers import PickledCheckpoint
 from ..fileio import atomic_write_json, sha256_file
 from ..images import Preprocessing
 from . import coreml, onnx_export, tensorrt  # noqa: F401  (registration side effects)
 from .parity import TorchReference, check_parity, enforce_fp32, parity_images
 from .quantize import check_calibration
-from .registry import EXPORTERS, ExportOptions
+from .registry import EXPORTERS, ExportOptions, Tolerance
+
+DEFAULT_TOLERANCE = Tolerance()
 
 TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "segment-anything", "ultralytics", "sam-distill")
 
@@ -34,6 +37,8 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
         EXPORTERS.get(name)  # a one-line error before any work
     if options.int8 and options.calibration is not None:
         check_calibration(options.calibration)
+    if _payload_format(model_path) == PROMPTER_FORMAT:
+        return export_prompter(Path(model_path), formats, Path(out), log)
     try:
         sam, info = load_model(model_path)
     except PickledCheckpoint as err:
@@ -72,6 +77,40 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
     atomic_write_json(out / "parity.json", parity)
     atomic_write_json(out / "manifest.json", manifest)
     enforce_fp32(files, options.tolerance, out / "parity.json")
+    return manifest
+
+
+def _payload_format(path: Path) -> str | None:
+    """The ``format`` tag of one of our files, read lazily (mmap) so a 2.5 GB SAM costs nothing here."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return payload.get("format") if isinstance(payload, dict) else None
+
+
+def export_prompter(model_path: Path, formats: list[str], out: Path, log=print) -> dict:
+    """RSPrompter models: encoder (embedding + taps), head and prompt-embedding decoder as ONNX, parity-checked."""
+    from ..students.heads import load_prompter
+    from .prompter_onnx import export_prompter_onnx
+
+    if set(formats) != {"onnx"}:
+        raise DistillError(f"prompter models export to onnx only (asked for {', '.join(formats)}); use --format onnx")
+    model, classes = load_prompter(model_path)
+    log(f"exporting the {model.config['head']} prompter ...")
+    report = export_prompter_onnx(model, out, classes)
+    manifest = {"source": {"path": str(model_path), "sha256": sha256_file(model_path), "model": "rsprompter"},
+                "files": [{"file": Path(path).name, "format": "onnx", "role": role, "precision": "fp32"}
+                          for role, path in report["files"].items()],
+                "prompter": "prompter.json", "tools": tool_versions()}
+    parity = report["parity"]
+    atomic_write_json(out / "parity.json", {"files": {"prompter": parity}})
+    atomic_write_json(out / "manifest.json", manifest)
+    if parity["class_agreement"] < 1.0 or parity.get("mask_iou_min", 1.0) < DEFAULT_TOLERANCE.mask_iou:
+        raise DistillError(f"prompter ONNX files disagree with PyTorch (class agreement {parity['class_agreement']:.3f}, "
+                           f"min mask IoU {parity.get('mask_iou_min', float('nan')):.3f}); see {out / 'parity.json'}")
     return manifest
 
 
@@ -138,6 +177,9 @@ def parity_table(parity: dict) -> str:
     for name, figures in parity["files"].items():
         if "skipped" in figures:
             lines.append(f"{name:<28} {figures['skipped']}")
+            continue
+        if "class_agreement" in figures or "output_max_abs" not in figures and "point_mask_iou" not in figures:
+            lines.append(f"{name:<28} " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float)))
             continue
         if "output_max_abs" in figures:
             lines.append(f"{name:<28} raw outputs max abs {figures['output_max_abs']:.3g}")

@@ -133,6 +133,18 @@ def test_onnx_encoder_head_decoder_match_pytorch(tmp_path, head):
     assert json.loads((tmp_path / "prompter.json").read_text())["head"] == head
 
 
+def test_distill_export_takes_prompter_files(tmp_path):
+    from sam_distill.cli import main
+    from sam_distill.students.heads import save_prompter
+
+    path = save_prompter(tiny_prompter("query"), tmp_path / "prompter.pt", [{"id": 1, "name": "a"}])
+    assert main(["export", str(path), "--out", str(tmp_path / "onnx")]) == 0
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert sorted(f["role"] for f in manifest["files"]) == ["decoder", "encoder", "head"]
+    assert json.loads((tmp_path / "onnx" / "parity.json").read_text())["files"]["prompter"]["class_agreement"] == 1.0
+    assert main(["export", str(path), "--format", "coreml", "--out", str(tmp_path / "x")]) == 2
+
+
 def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch):
     from sam_distill.cli import main
     from sam_distill.rundir import read_metrics
