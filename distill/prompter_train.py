@@ -246,6 +246,8 @@ def run_prompter(config, run_dir) -> dict:
         atomic_write_json(reports / "val_results.json", results)
         scores = instance_ap(val_set.coco, results, val_set.image_ids)
         atomic_write_json(reports / "ap.json", {"val_images": len(val_set), "encoder": encoder, **scores})
+        atomic_write_json(reports / "metrics_prompter.json", {  # the report's contract: AP in percent
+            "model": model_path.name, "metrics": {k: v * 100 for k, v in scores.items() if k.startswith("mask_")}})
         for image_id in val_set.image_ids[: evaluation.overlays]:
             info = val_set.coco.imgs[image_id]
             save_overlay(load_rgb(val_set.images_dir / info["file_name"]),

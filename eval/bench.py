@@ -174,16 +174,55 @@ def _probe(path: Path) -> tuple[str | None, str]:
 
 def _load_torch_file(path: Path, device: str) -> BenchModel:
     from ..assemble import MODEL_FORMAT, load_model
+    from ..students.heads.model import PROMPTER_FORMAT
 
     fmt, error = _probe(path)
     if fmt is None and "ultralytics" in error:  # ultralytics pickles its classes; the safe loader names them
         return _load_ultralytics(path, device)
+    if fmt == PROMPTER_FORMAT:
+        return _load_prompter(path, device)
     sam, info = load_model(path)  # raises one line for anything that is not a SAM checkpoint
     if fmt == MODEL_FORMAT:
         return _from_sam(sam, f"{info.student} ({path.name})", "sam-distill", ROLE_STUDENT, path, device)
     if info.student == "tinyvit_5m":
         return _from_sam(sam, f"mobilesam ({path.name})", "mobilesam", ROLE_STUDENT, path, device)
     return _from_sam(sam, f"{info.student} ({path.name})", "sam", ROLE_TEACHER, path, device)
+
+
+def _load_prompter(path: Path, device: str) -> BenchModel:
+    """An RSPrompter model: encoder + head (prompts) timed as the encoder phase, SAM's decoder on its prompts as the decoder."""
+    from ..students.heads import load_prompter
+
+    model, _ = load_prompter(path)
+    model = model.to(device).eval().requires_grad_(False)  # inference only; the FLOP counter hooks grads otherwise
+    size = int(model.image_size)
+    pixels = torch.randn(1, 3, size, size, device=device)
+    with torch.no_grad():
+        embedding, prompts = _prompter_prompts(model, pixels)
+
+    @torch.no_grad()
+    def encoder_and_head():
+        return _prompter_prompts(model, pixels)
+
+    @torch.no_grad()
+    def decoder():
+        return model.decode(embedding, prompts)
+
+    return BenchModel(name=f"{model.config['head']} prompter ({path.name})", kind="rsprompter", format="pytorch",
+                      role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
+                      encoder=encoder_and_head, decoder=decoder,
+                      notes=[f"encoder + {model.config['head']} head as 'encoder'; SAM's decoder on "
+                             f"{prompts.shape[0]} prompt set(s) as 'decoder'"])
+
+
+def _prompter_prompts(model, pixels: torch.Tensor):
+    """The image embedding and the prompt embeddings the head emits for one image."""
+    from ..export.prompter_onnx import AnchorHeadGraph, QueryHeadGraph
+
+    embedding, taps = model.encoder(pixels)
+    head = QueryHeadGraph(model) if model.config["head"] == "query" else AnchorHeadGraph(model)
+    prompts = head(*taps)[-1]
+    return embedding, prompts[0] if model.config["head"] == "query" else prompts
 
 
 def _load_ultralytics(path: Path, device: str) -> BenchModel:

@@ -35,7 +35,7 @@ class _Encoder(nn.Module):
         return (embedding, *taps)
 
 
-class _QueryHead(nn.Module):
+class QueryHeadGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -44,7 +44,7 @@ class _QueryHead(nn.Module):
         return self.model.head(self.model.aggregator(list(taps)))
 
 
-class _AnchorHead(nn.Module):
+class AnchorHeadGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -87,10 +87,10 @@ def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None
     kind = model.config["head"]
     if kind == "query":
         head_outputs = ["class_logits", "prompts"]
-        _export(_QueryHead(model), tuple(taps), paths["head"], tap_names, head_outputs, {})
+        _export(QueryHeadGraph(model), tuple(taps), paths["head"], tap_names, head_outputs, {})
     elif kind == "anchor":
         head_outputs = ["boxes", "scores", "labels", "prompts"]
-        _export(_AnchorHead(model), tuple(taps), paths["head"], tap_names, head_outputs,
+        _export(AnchorHeadGraph(model), tuple(taps), paths["head"], tap_names, head_outputs,
                 {name: {0: "detections"} for name in head_outputs})
     else:
         raise DistillError(f"no ONNX export for prompter head {kind!r}")
@@ -131,11 +131,11 @@ def onnx_parity(model, out_dir: Path, image: torch.Tensor) -> dict:
     with torch.no_grad():
         embedding, taps = model.encoder(image)
         if model.config["head"] == "query":
-            logits, prompts = _QueryHead(model)(*taps)
+            logits, prompts = QueryHeadGraph(model)(*taps)
             torch_classes, onnx_classes = logits.argmax(-1)[0].numpy(), onnx_out["class_logits"].argmax(-1)[0]
             prompts = prompts[0]
         else:
-            boxes, _, labels, prompts = _AnchorHead(model)(*taps)
+            boxes, _, labels, prompts = AnchorHeadGraph(model)(*taps)
             torch_classes, onnx_classes = labels.numpy(), onnx_out["labels"]
         masks, _ = model.decode(embedding, prompts)
     same_count = len(torch_classes) == len(onnx_classes)

@@ -145,6 +145,16 @@ def test_distill_export_takes_prompter_files(tmp_path):
     assert main(["export", str(path), "--format", "coreml", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_bench_times_prompter_files(tmp_path):
+    from sam_distill.eval.bench import bench_many
+    from sam_distill.students.heads import save_prompter
+
+    path = save_prompter(tiny_prompter("anchor"), tmp_path / "prompter.pt", [{"id": 1, "name": "a"}])
+    row = bench_many([str(path)], runs=1, warmup=0, threads=1, log=lambda m: None)["rows"][0]
+    assert row["kind"] == "rsprompter" and row["encoder_p50_ms"] > 0 and row["decoder_p50_ms"] > 0
+    assert row["gflops"] > 0
+
+
 def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch):
     from sam_distill.cli import main
     from sam_distill.rundir import read_metrics
