@@ -17,7 +17,7 @@ from .eval.coco_ap import INSTANCE_METRICS as METRICS
 from .errors import DistillError
 from .fileio import atomic_torch_save
 from .rundir import MetricsWriter, read_metrics
-from .train import EpochSampler, Schedule, lr_lambda, steps_per_epoch
+from .train import EpochSampler, Optimisation, Schedule, steps_per_epoch
 
 STATE_FORMAT = "sam-distill/prompter-train-state"
 LOSS_FIELDS = ["step", "epoch", "lr", "loss", "class", "mask_bce", "mask_dice", "loss_objectness",
@@ -61,15 +61,9 @@ def train_prompter(model, dataset, schedule: Schedule, out_dir: Path, device: to
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     per_epoch = steps_per_epoch(len(dataset), schedule, 1)
-    total_steps = per_epoch * schedule.epochs
-    if schedule.max_steps:
-        total_steps = min(total_steps, schedule.max_steps)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
-    use_amp = schedule.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    opt = Optimisation.build(model, schedule, per_epoch, device)
+    total_steps, optimizer, scheduler, scaler = opt.total_steps, opt.optimizer, opt.scheduler, opt.scaler
+    use_amp, amp_dtype = opt.use_amp, opt.amp_dtype
 
     state_path, step = out_dir / "last.pt", 0
     if resume and state_path.exists():

@@ -83,6 +83,31 @@ def lr_lambda(schedule: Schedule, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+@dataclass
+class Optimisation:
+    """AdamW over the trainable parameters, warm-up + cosine, and AMP (CUDA only) for a whole schedule."""
+
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+    @classmethod
+    def build(cls, model: nn.Module, schedule: Schedule, per_epoch: int, device: torch.device) -> "Optimisation":
+        total_steps = per_epoch * schedule.epochs
+        if schedule.max_steps:
+            total_steps = min(total_steps, schedule.max_steps)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
+        use_amp = schedule.amp and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        return cls(total_steps, optimizer, scheduler, scaler, use_amp, amp_dtype)
+
+
 def embedding_mse(student: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """MobileSAM's decoupled distillation loss."""
     return F.mse_loss(student(images).float(), targets)
@@ -105,15 +130,9 @@ def run_training(
     device = context.device
     student.to(device)
     total_per_epoch = steps_per_epoch(len(dataset), schedule, context.world_size)
-    total_steps = total_per_epoch * schedule.epochs
-    if schedule.max_steps:
-        total_steps = min(total_steps, schedule.max_steps)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
-    use_amp = schedule.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    opt = Optimisation.build(student, schedule, total_per_epoch, device)
+    total_steps, optimizer, scheduler, scaler = opt.total_steps, opt.optimizer, opt.scheduler, opt.scaler
+    use_amp, amp_dtype = opt.use_amp, opt.amp_dtype
 
     state_path = out_dir / "last.pt"
     step = 0
