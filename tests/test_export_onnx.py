@@ -28,7 +28,8 @@ SAM_DECODER_OUTPUTS = {"masks": 4, "iou_predictions": 2, "low_res_masks": 4}
 @pytest.fixture(scope="module")
 def exported(tiny_teacher_checkpoint, image_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    options = ExportOptions(int8=True, static_shapes=True, calibration=image_folder, calibration_count=3, parity_count=2)
+    options = ExportOptions(int8=True, fp16=True, static_shapes=True, calibration=image_folder, calibration_count=3,
+                            parity_count=2)
     manifest = export_model(tiny_teacher_checkpoint, ["onnx"], out, options, log=lambda m: None)
     return out, manifest
 
@@ -64,7 +65,8 @@ def test_encoder_input_and_manifest(exported, tiny_teacher_checkpoint):
     assert "trtexec --onnx=" in manifest["tensorrt"]["commands"][0] and "--fp16" in manifest["tensorrt"]["commands"][0]
     names = {f["file"] for f in manifest["files"]}
     assert names == {"encoder.onnx", "decoder.onnx", "encoder.int8-dynamic.onnx", "decoder.int8-dynamic.onnx",
-                     "encoder.int8-static.onnx", "decoder.int8-static.onnx", "decoder.static.onnx"}
+                     "encoder.int8-static.onnx", "decoder.int8-static.onnx", "decoder.static.onnx",
+                     "encoder.fp16.onnx", "decoder.fp16.onnx"}
     assert all((out / name).is_file() for name in names)
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest))
 
@@ -80,6 +82,8 @@ def test_parity_report(exported):
     assert 0.0 <= parity["files"]["decoder.int8-static.onnx"]["box_mask_iou"] <= 1.0
     assert "embedding_max_abs" not in parity["files"]["decoder.onnx"]  # decoders are paired with the fp32 encoder
     assert parity["files"]["decoder.static.onnx"]["point_mask_iou"] >= 0.99
+    fp16 = parity["files"]["encoder.fp16.onnx"]
+    assert fp32["embedding_max_abs"] < fp16["embedding_max_abs"] < 0.1 and fp16["point_mask_iou"] > 0.9
     # INT8 files are smaller than fp32 ones
     assert (out / "encoder.int8-dynamic.onnx").stat().st_size < 0.6 * (out / "encoder.onnx").stat().st_size
 
