@@ -210,7 +210,7 @@ def run_fastsam(config, run_dir) -> dict:
         except DistillError as err:
             log(f"pseudo-labels: {err}")
     if spec.ground_truth is not None:
-        result["gt_data"] = convert_coco(spec.ground_truth, images, gt_data, **knobs)
+        result["gt_data"] = convert_coco(spec.ground_truth, config.data.images or images, gt_data, **knobs)
     train_data = pseudo_data if spec.train_on == "pseudo_labels" else gt_data
     log(f"data: {json_line(result.get('pseudo_data' if spec.train_on == 'pseudo_labels' else 'gt_data'))}")
 

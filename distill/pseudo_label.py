@@ -14,6 +14,8 @@ settings into the same folder is refused rather than mixed. torchrun ranks take 
 """
 from __future__ import annotations
 
+import os
+
 import json
 import time
 from pathlib import Path
@@ -93,13 +95,18 @@ def label_image(generator, image) -> list[dict]:
              "crop_box": [float(v) for v in m["crop_box"]]} for i, m in enumerate(masks)]
 
 
-def pseudo_label(teacher: Teacher, images: Path, out: Path, settings: dict | None = None,
+def pseudo_label(teacher: Teacher, images: Path | list[Path], out: Path, settings: dict | None = None,
                  context: DistContext = DistContext(), log=print) -> dict:
-    """Label every image of ``images`` not yet labelled in ``out``. Safe to kill and rerun."""
+    """Label every image of ``images`` (a folder or a list of files) not yet labelled in ``out``. Safe to kill and rerun."""
     settings = settings or generator_settings()
-    images, out = Path(images), Path(out)
-    paths = find_images(images)
-    root = images if images.is_dir() else images.parent
+    out = Path(out)
+    if isinstance(images, (str, Path)):
+        images = Path(images)
+        paths = find_images(images)
+        root = images if images.is_dir() else images.parent
+    else:
+        paths = sorted(Path(p) for p in images)
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     if context.is_main:
         _check_identity(out, label_identity(teacher, settings, root))
     context.barrier()
