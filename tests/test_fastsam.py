@@ -118,6 +118,9 @@ def test_pseudo_labels_resume_refusal_and_empty(tiny_teacher, image_folder, tmp_
     first = records[0]["annotations"][0]
     assert mask_utils.decode(first["segmentation"]).shape == (records[0]["image"]["height"], records[0]["image"]["width"])
     assert pseudo_label(tiny_teacher, folder, tmp_path / "labels", loose, log=lambda m: None)["labelled"] == 0
+    # A list of files (data.max_images) is the same set: nothing new to label.
+    subset = sorted(folder.glob("synthetic_*.png"))
+    assert pseudo_label(tiny_teacher, subset, tmp_path / "labels", loose, log=lambda m: None)["labelled"] == 0
     with pytest.raises(DistillError, match="generator"):
         pseudo_label(tiny_teacher, folder, tmp_path / "labels", generator_settings(points_per_side=3), log=lambda m: None)
     # A teacher that finds nothing: empty label files, counted; conversion then says what to change.
