@@ -48,7 +48,8 @@ def main() -> None:
 
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, figure = [], plt.figure(figsize=(7, 4.5))
+    rows = []
+    plt.figure(figsize=(7, 4.5))
     for head, encoder, joint in CASES:
         name = f"prompter_nwpu_{head}_{encoder}_{'joint' if joint else 'frozen'}_{args.image_size}"
         overrides = [f"name={name}", f"run_dir={args.out / name}", f"prompter.model.head={head}",
