@@ -73,11 +73,7 @@ def train_prompter(model, dataset, schedule: Schedule, out_dir: Path, device: to
         loaded = model.load_state_dict(state["model"], strict=False)
         if loaded.unexpected_keys or set(loaded.missing_keys) & set(trainable_state(model)):
             raise DistillError(f"{state_path} was saved with other trainable parts; delete it to start over")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = opt.restore(state)
         log(f"prompter: resumed from {state_path} at step {step}/{total_steps}")
 
     metrics = MetricsWriter(out_dir / "metrics.csv", LOSS_FIELDS, resume_step=step)

@@ -107,6 +107,14 @@ class Optimisation:
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         return cls(total_steps, optimizer, scheduler, scaler, use_amp, amp_dtype)
 
+    def restore(self, state: dict) -> int:
+        """Continue a saved schedule exactly: optimiser, scheduler, scaler and RNG; returns the step."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"])
+
 
 def embedding_mse(student: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """MobileSAM's decoupled distillation loss."""
@@ -141,11 +149,7 @@ def run_training(
         if state.get("format") != STATE_FORMAT:
             raise DistillError(f"{state_path} is not a training state of this toolkit; delete it to start over")
         student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = opt.restore(state)
         log(f"train: resumed from {state_path} at step {step}/{total_steps}")
 
     model = student
