@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .dist import DistContext, init_distributed
 from .errors import DistillError
-from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_identity, read_json
 from .images import Preprocessing, UnreadableImage, find_images, load_rgb
 from .teachers import Teacher
 
@@ -38,26 +38,11 @@ def cache_identity(teacher: Teacher, preprocessing: Preprocessing) -> dict:
     size = preprocessing.image_size // 16
     return {
         "format": CACHE_FORMAT,
-        "teacher": {"name": teacher.name, "arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256,
-                    "random_init": teacher.random_init},
+        "teacher": teacher.identity,
         "preprocessing": preprocessing.as_dict(),
         "embedding_shape": [256, size, size],
         "dtype": "float16",
     }
-
-
-def _check_identity(cache_dir: Path, identity: dict) -> None:
-    header_path = cache_dir / "cache.json"
-    if not header_path.exists():
-        atomic_write_json(header_path, identity)
-        return
-    existing = read_json(header_path)
-    for key in ("format", "teacher", "preprocessing", "embedding_shape", "dtype"):
-        if existing.get(key) != identity[key]:
-            raise DistillError(
-                f"cache {cache_dir} was built with {key} {json.dumps(existing.get(key))}, not "
-                f"{json.dumps(identity[key])}; use another cache folder or delete this one"
-            )
 
 
 class _ImageReader(Dataset):
@@ -167,9 +152,9 @@ def build_cache(
     shard_dir = cache_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     if context.is_main:
-        _check_identity(cache_dir, cache_identity(teacher, preprocessing))
+        claim_identity(cache_dir / "cache.json", cache_identity(teacher, preprocessing), f"cache {cache_dir}")
     context.barrier()
-    _check_identity(cache_dir, cache_identity(teacher, preprocessing))
+    claim_identity(cache_dir / "cache.json", cache_identity(teacher, preprocessing), f"cache {cache_dir}")
     _clean_orphans(shard_dir, context.rank)
 
     paths = find_images(images) if isinstance(images, (str, Path)) else sorted(Path(p) for p in images)

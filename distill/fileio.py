@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .errors import DistillError
+
 
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
@@ -60,3 +62,17 @@ def sha256_bytes(data: bytes) -> str:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def claim_identity(header: Path, identity: dict, description: str) -> None:
+    """Stamp a folder with what its contents were made from, or refuse to mix in anything made otherwise."""
+    if not Path(header).exists():
+        atomic_write_json(header, identity)
+        return
+    existing = read_json(header)
+    for key, value in identity.items():
+        if existing.get(key) != value:
+            raise DistillError(
+                f"{description} was built with {key} {json.dumps(existing.get(key))}, not {json.dumps(value)}; "
+                "use another folder or delete this one"
+            )

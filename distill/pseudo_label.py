@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from .dist import DistContext
 from .errors import DistillError
-from .fileio import atomic_write_json, read_json
+from .fileio import atomic_write_json, claim_identity, read_json
 from .images import UnreadableImage, find_images, load_rgb
 from .teachers import Teacher
 
@@ -53,24 +52,10 @@ def generator_settings(**overrides) -> dict:
 def label_identity(teacher: Teacher, settings: dict, images: Path) -> dict:
     return {
         "format": LABELS_FORMAT,
-        "teacher": {"name": teacher.name, "arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256,
-                    "random_init": teacher.random_init},
+        "teacher": teacher.identity,
         "generator": settings,
         "images": str(Path(images).resolve()),
     }
-
-
-def _check_identity(out: Path, identity: dict) -> None:
-    header = out / "labels.json"
-    if not header.exists():
-        atomic_write_json(header, identity)
-        return
-    existing = read_json(header)
-    for key in ("format", "teacher", "generator", "images"):
-        if existing.get(key) != identity[key]:
-            raise DistillError(
-                f"label folder {out} holds labels made with {key} {json.dumps(existing.get(key))}, not "
-                f"{json.dumps(identity[key])}; use another --out folder or delete this one")
 
 
 def label_path(out: Path, relative: str) -> Path:
@@ -108,10 +93,10 @@ def pseudo_label(teacher: Teacher, images: Path | list[Path], out: Path, setting
         paths = sorted(Path(p) for p in images)
         root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     if context.is_main:
-        _check_identity(out, label_identity(teacher, settings, root))
+        claim_identity(out / "labels.json", label_identity(teacher, settings, root), f"label folder {out}")
     context.barrier()
     if not context.is_main:
-        _check_identity(out, label_identity(teacher, settings, root))
+        claim_identity(out / "labels.json", label_identity(teacher, settings, root), f"label folder {out}")
     relative = [p.relative_to(root).as_posix() for p in paths]
     mine = [(p, r) for p, r in list(zip(paths, relative))[context.rank :: context.world_size]]
     pending = [(p, r) for p, r in mine if not label_path(out, r).exists()]

@@ -302,6 +302,12 @@ class Teacher:
     def image_size(self) -> int:
         return int(self.model.image_encoder.img_size)
 
+    @property
+    def identity(self) -> dict:
+        """What must match for two outputs of this teacher to be interchangeable."""
+        return {"name": self.name, "arch": self.arch, "checkpoint_sha256": self.checkpoint_sha256,
+                "random_init": self.random_init}
+
     def describe(self) -> str:
         if self.random_init:
             return f"{self.name} (RANDOM-INITIALISED {self.arch}, not pretrained: for smoke tests only)"
