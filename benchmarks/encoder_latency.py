@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from sam_distill.eval.bench import time_runs
 from sam_distill.students import create_student
 from sam_distill.teachers import build_sam
 
 
 def time_encoder(model: torch.nn.Module, runs: int, size: int = 1024) -> list[float]:
     x = torch.randn(1, 3, size, size)
-    times = []
     with torch.inference_mode():
-        model(x)  # warm-up
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return times
+        return time_runs(lambda: model(x), runs, warmup=1)
 
 
 def main() -> None:

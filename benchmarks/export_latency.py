@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from sam_distill.assemble import save_model
+from sam_distill.eval.bench import time_runs
 from sam_distill.export.onnx_export import TraceableSamOnnxModel, decoder_example
 from sam_distill.export.pipeline import export_model
 from sam_distill.export.registry import ExportOptions
@@ -26,13 +27,7 @@ from sam_distill.teachers import build_sam
 
 
 def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_runs(run, repeats, warmup=1))
 
 
 def ort_session(path: Path, threads: int) -> ort.InferenceSession:

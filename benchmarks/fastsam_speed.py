@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -16,13 +16,9 @@ os.environ["YOLO_OFFLINE"] = "1"
 
 
 def latency(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    from sam_distill.eval.bench import time_runs
+
+    return statistics.median(time_runs(function, repeats, warmup=1))
 
 
 def main() -> None:
