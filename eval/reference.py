@@ -4,7 +4,8 @@ They let a user see where their own models sit, but they come from other hardwar
 protocols, so the report keeps them in their own table and never mixes them into speed-ups.
 Every figure below was read from the cited page; FPS figures are converted to ms as 1000/FPS
 (marked in ``note``). Figures that could not be verified from a primary source were left out:
-EfficientSAM-Ti and FastSAM-s have no row for that reason.
+EfficientSAM-Ti has no row because no table of its absolute params, speed or COCO AP could be read
+(the EfficientSAM and EdgeSAM paper tables were not retrievable; the EfficientSAM README lists no figures).
 
 Sources:
 * MobileSAM README, https://github.com/ChaoningZhang/MobileSAM (paper arXiv:2306.14289): "on a single
@@ -13,12 +14,18 @@ Sources:
   COCO mask AP with ViTDet-H box prompts, GFLOPs at 1024x1024, FPS of encoder + decoder with one prompt.
 * FastSAM README "Results", https://github.com/CASIA-IVA-Lab/FastSAM (paper arXiv:2306.12156): one NVIDIA
   GeForce RTX 3090, running time with one point prompt; COCO 2017 instance segmentation AP.
+* Ultralytics docs, "Segment Anything Model (SAM)" page, table "SAM comparison vs YOLOv8",
+  https://docs.ultralytics.com/models/sam/ (read from docs/en/models/sam.md at ultralytics commit 6416b4e7):
+  "Tests run on a 2023 Apple M2 Macbook with 16GB of RAM"; speed is CPU ms per image of ``model(ASSETS)``
+  with no prompt, i.e. segment-everything mode for every model in that table.
 """
 from __future__ import annotations
 
 MOBILESAM = "MobileSAM README (github.com/ChaoningZhang/MobileSAM; arXiv:2306.14289)"
 EDGESAM = "EdgeSAM README, Performance table (github.com/chongzhou96/EdgeSAM; arXiv:2312.06660)"
 FASTSAM = "FastSAM README, Results (github.com/CASIA-IVA-Lab/FastSAM; arXiv:2306.12156)"
+ULTRALYTICS = ("Ultralytics docs, SAM page, table 'SAM comparison vs YOLOv8' (docs.ultralytics.com/models/sam/; "
+               "docs/en/models/sam.md @ ultralytics 6416b4e7)")
 
 _ROWS = [
     # MobileSAM's own comparison, one GPU.
@@ -46,6 +53,16 @@ _ROWS = [
      "hardware": "NVIDIA RTX 3090", "citation": FASTSAM, "note": "1 point prompt"},
     {"model": "FastSAM (YOLOv8x)", "params": 68e6, "total_p50_ms": 40.0, "mask_AP": 37.9,
      "hardware": "NVIDIA RTX 3090", "citation": FASTSAM, "note": "any prompt count; COCO 2017 AP .379"},
+    # Ultralytics' own CPU comparison: segment everything (no prompt), so far slower than one-prompt figures.
+    {"model": "SAM ViT-B", "params": 94.7e6, "total_p50_ms": 51096.0,
+     "hardware": "Apple M2 MacBook CPU, 16 GB", "citation": ULTRALYTICS,
+     "note": "segment everything, no prompt; 358 MB file"},
+    {"model": "MobileSAM", "params": 10.1e6, "total_p50_ms": 46122.0,
+     "hardware": "Apple M2 MacBook CPU, 16 GB", "citation": ULTRALYTICS,
+     "note": "segment everything, no prompt; 40.7 MB file"},
+    {"model": "FastSAM-s (YOLOv8s)", "params": 11.8e6, "total_p50_ms": 115.0,
+     "hardware": "Apple M2 MacBook CPU, 16 GB", "citation": ULTRALYTICS,
+     "note": "segment everything, no prompt; 23.7 MB file; FastSAM README gives COCO AP for YOLOv8x only"},
 ]
 
 

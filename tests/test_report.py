@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from sam_distill.cli import main
 from sam_distill.errors import DistillError
 from sam_distill.eval.bench import bench_many, bench_model, latency_stats, load_bench_model, time_runs
 from sam_distill.eval.fidelity import mask_iou
+from sam_distill.eval.reference import reference_rows
 from sam_distill.eval.report import build_report, heavy_vs_light, mask_ap, pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +209,19 @@ def test_report_from_a_fabricated_run(tmp_path):
     assert "weird.bin was not benchmarked" in notes
     md = (out / "report.md").read_text()
     assert "QUOTED, NOT MEASURED HERE" in md and "| demo | tinyvit_5m (model.pt) | pytorch | sam_vit_b (t.pth) | 13.0x | 10.0x" in md
+
+
+def test_reference_rows_are_cited_quoted_and_consistent():
+    rows = reference_rows()
+    for row in rows:
+        assert row["source"] == "quoted" and row["citation"] and row["hardware"] and row["params"] > 0, row
+        if row.get("mask_AP") is not None:  # AP protocols differ between sources, so each row names its own
+            assert "COCO" in row["note"], row
+        fps = re.match(r"([0-9.]+) FPS", row["note"])
+        if fps:  # published FPS converted as 1000/FPS
+            assert row["total_p50_ms"] == pytest.approx(1000 / float(fps.group(1)))
+    fastsam_s = [r for r in rows if r["model"].startswith("FastSAM-s")]
+    assert len(fastsam_s) == 1 and "CPU" in fastsam_s[0]["hardware"] and "mask_AP" not in fastsam_s[0]
 
 
 def test_heavy_vs_light_without_teacher_is_a_note():
