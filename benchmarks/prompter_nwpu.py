@@ -52,13 +52,13 @@ def main() -> None:
     plt.figure(figsize=(7, 4.5))
     for head, encoder, joint in CASES:
         name = f"prompter_nwpu_{head}_{encoder}_{'joint' if joint else 'frozen'}_{args.image_size}"
-        overrides = [f"name={name}", f"run_dir={args.out / name}", f"prompter.model.head={head}",
-                     f"prompter.model.encoder={encoder}", f"prompter.model.image_size={args.image_size}",
-                     f"prompter.model.train_encoder={str(joint).lower()}", f"train.max_steps={args.steps}",
+        overrides = [f"name={name}", f"run_dir={args.out / name}", f"prompter.head={head}",
+                     f"encoder.name={encoder}", f"encoder.image_size={args.image_size}",
+                     f"encoder.train={str(joint).lower()}", f"train.max_steps={args.steps}",
                      f"train.warmup_steps={args.steps // 10}", "train.lr=1.0e-3", "train.num_workers=0",
-                     f"train.checkpoint_every={args.steps}", f"prompter.eval.every={args.steps // 2}",
-                     f"prompter.data.max_train_images={args.train_images}",
-                     f"prompter.data.max_val_images={args.val_images}", "prompter.eval.overlays=2"]
+                     f"train.checkpoint_every={args.steps}", f"instances.eval.every={args.steps // 2}",
+                     f"instances.max_train_images={args.train_images}",
+                     f"instances.max_val_images={args.val_images}", "instances.eval.overlays=2"]
         started = time.time()
         run_dir = run(load_config("configs/rsprompter_nwpu.yaml", overrides))
         seconds = time.time() - started

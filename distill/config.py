@@ -115,22 +115,25 @@ class FastSAMConfig(Section):
     export: list[str] = Field(["onnx"], description="ultralytics export formats (onnx, coreml, ...)")
 
 
-class PrompterModelConfig(Section):
-    """RSPrompter on any encoder: which prompter, which encoder (SAM arch or student), which taps, what trains."""
+class EncoderConfig(Section):
+    """The SAM the instance recipes (prompter, sam_det, sam_seg, sam_cls) build on: the teacher or a distilled
+    student, so every method can be compared on the same encoder."""
 
-    head: Literal["query", "anchor"] = "query"
-    encoder: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m or a student (timm_<model>)")
-    encoder_checkpoint: Optional[Path] = Field(None, description="SAM or sam-distill model file; else RANDOM weights")
+    name: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m or a student (timm_<model>)")
+    checkpoint: Optional[Path] = Field(None, description="SAM or sam-distill model file; else RANDOM weights")
     image_size: int = Field(1024, ge=64, multiple_of=16)
-    taps: Optional[list[int]] = Field(None, description="ViT blocks / TinyViT stages / timm levels; default: every few")
-    width: int = Field(128, ge=8, multiple_of=8)
-    num_queries: int = Field(16, ge=1, description="query prompter only")
-    prompts_per_object: int = Field(4, ge=2)
-    train_encoder: bool = False
-    train_decoder: bool = False
+    train: bool = Field(False, description="fine-tune the encoder with the head (default: frozen, as RSPrompter)")
 
 
-class PrompterDataConfig(Section):
+class InstanceEvalConfig(Section):
+    every: int = Field(100, ge=1, description="validation AP every this many steps (and at the end)")
+    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    overlays: int = Field(4, ge=0, description="overlay images written of the validation split")
+
+
+class InstancesConfig(Section):
+    """COCO instance data shared by the instance recipes: one fixed split, one AP code, one report."""
+
     annotations: Optional[Path] = Field(None, description="COCO instances json (polygons or RLE)")
     images: Optional[Path] = Field(None, description="folder holding the json's file_name entries")
     synthetic: Optional[SyntheticImages] = Field(None, description="generate shape images with known instances")
@@ -138,22 +141,38 @@ class PrompterDataConfig(Section):
     max_train_images: Optional[int] = Field(None, ge=1)
     max_val_images: Optional[int] = Field(None, ge=1)
     augment: bool = True
-
-
-class PrompterEvalConfig(Section):
-    every: int = Field(100, ge=1, description="validation AP every this many steps (and at the end)")
-    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
-    overlays: int = Field(4, ge=0, description="overlay images written of the validation split")
+    eval: InstanceEvalConfig = InstanceEvalConfig()
 
 
 class PrompterConfig(Section):
-    model: PrompterModelConfig = PrompterModelConfig()
-    data: PrompterDataConfig = PrompterDataConfig()
-    eval: PrompterEvalConfig = PrompterEvalConfig()
+    """RSPrompter: which prompter, which encoder taps, whether SAM's decoder trains too."""
+
+    head: Literal["query", "anchor"] = "query"
+    taps: Optional[list[int]] = Field(None, description="ViT blocks / TinyViT stages / timm levels; default: every few")
+    width: int = Field(128, ge=8, multiple_of=8)
+    num_queries: int = Field(16, ge=1, description="query prompter only")
+    prompts_per_object: int = Field(4, ge=2)
+    train_decoder: bool = False
+
+
+class SamSegConfig(Section):
+    """SAM-seg: torchvision's Mask R-CNN head on a simple feature pyramid built from the SAM map."""
+
+    width: int = Field(256, ge=32, multiple_of=32, description="feature pyramid channels")
+    detections_per_image: int = Field(100, ge=1)
+
+
+class SamDetConfig(SamSegConfig):
+    """SAM-det: a detector's boxes become SAM box prompts and SAM's masks the instance masks."""
+
+    detector: Literal["faster_rcnn", "coco_results"] = Field(
+        "faster_rcnn", description="faster_rcnn: trained here on the SAM map; coco_results: given detections")
+    detections: Optional[Path] = Field(None, description="coco_results: a COCO results json (image_id, "
+                                       "category_id, bbox, score) for instances.annotations' images")
 
 
 class RunConfig(Section):
-    recipe: Literal["mobilesam", "fastsam", "prompter"] = "mobilesam"
+    recipe: Literal["mobilesam", "fastsam", "prompter", "sam_det", "sam_seg"] = "mobilesam"
     name: str = "run"
     run_dir: Optional[Path] = Field(None, description="default: runs/<name>")
     seed: int = 0
@@ -166,7 +185,11 @@ class RunConfig(Section):
     prompt_stage: PromptStageConfig = PromptStageConfig()
     fidelity: FidelityConfig = FidelityConfig()
     fastsam: FastSAMConfig = FastSAMConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    instances: InstancesConfig = InstancesConfig()
     prompter: PrompterConfig = PrompterConfig()
+    sam_det: SamDetConfig = SamDetConfig()
+    sam_seg: SamSegConfig = SamSegConfig()
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir or Path("runs") / self.name

@@ -18,9 +18,9 @@ def cmd_train(args) -> int:
         config = parse_config({
             "recipe": "prompter", "name": args.name, "device": args.device,
             "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
-            "prompter": {"model": {"head": args.head, "encoder": args.encoder, "image_size": args.image_size,
-                                   "encoder_checkpoint": args.encoder_checkpoint},
-                         "data": {"annotations": args.annotations, "images": args.images}}}, "command line")
+            "encoder": {"name": args.encoder, "checkpoint": args.encoder_checkpoint, "image_size": args.image_size},
+            "instances": {"annotations": args.annotations, "images": args.images},
+            "prompter": {"head": args.head}}, "command line")
     if config.recipe != "prompter":
         raise DistillError(f"{args.config}: recipe is {config.recipe!r}; set `recipe: prompter` for distill prompter train")
     run(config)
@@ -38,7 +38,7 @@ def cmd_eval(args) -> int:
     from .coco_data import CocoInstances, hash_split
     from .eval.coco_ap import instance_ap
     from .fileio import atomic_write_json
-    from .prompter_infer import predict_dataset
+    from .instance_infer import predict_dataset
     from .students.heads import load_prompter
 
     model, classes = load_prompter(args.model)
@@ -62,7 +62,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .fileio import atomic_write_json
     from .images import find_images, load_rgb
-    from .prompter_infer import predict_images, save_overlay
+    from .instance_infer import predict_images, save_overlay
     from .students.heads import load_prompter
 
     model, classes = load_prompter(args.model)

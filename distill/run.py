@@ -130,3 +130,4 @@ def run(config: RunConfig) -> RunDir:
 
 from . import fastsam  # noqa: E402,F401  (registers the fastsam recipe)
 from . import prompter_train  # noqa: E402,F401  (registers the prompter recipe)
+from . import baselines  # noqa: E402,F401  (registers the sam_det and sam_seg recipes)

@@ -4,8 +4,8 @@ They let a user see where their own models sit, but they come from other hardwar
 protocols, so the report keeps them in their own table and never mixes them into speed-ups.
 Every figure below was read from the cited page; FPS figures are converted to ms as 1000/FPS
 (marked in ``note``). Figures that could not be verified from a primary source were left out:
-EfficientSAM-Ti has no row because no table of its absolute params, speed or COCO AP could be read
-(the EfficientSAM and EdgeSAM paper tables were not retrievable; the EfficientSAM README lists no figures).
+EfficientSAM-Ti's params, GFLOPs and COCO AP (the EfficientSAM and EdgeSAM paper tables were not
+retrievable here; the EfficientSAM README lists none), so its row carries latency only.
 
 Sources:
 * MobileSAM README, https://github.com/ChaoningZhang/MobileSAM (paper arXiv:2306.14289): "on a single
@@ -18,16 +18,29 @@ Sources:
   https://docs.ultralytics.com/models/sam/ (read from docs/en/models/sam.md at ultralytics commit 6416b4e7):
   "Tests run on a 2023 Apple M2 Macbook with 16GB of RAM"; speed is CPU ms per image of ``model(ASSETS)``
   with no prompt, i.e. segment-everything mode for every model in that table.
+* D-Robotics RDK X5 documentation, "Promptable Segmentation" performance table (the vendor's own
+  measurement with ``hrt_model_exec perf``, 200 frames, encoder and decoder binaries timed separately;
+  models from github.com/D-Robotics/rdk_model_zoo, samples/vision/efficient_sam and mobile_sam): an edge
+  board, single-thread average latency quoted (the 8-thread rows measure throughput).
 """
 from __future__ import annotations
 
 MOBILESAM = "MobileSAM README (github.com/ChaoningZhang/MobileSAM; arXiv:2306.14289)"
 EDGESAM = "EdgeSAM README, Performance table (github.com/chongzhou96/EdgeSAM; arXiv:2312.06660)"
 FASTSAM = "FastSAM README, Results (github.com/CASIA-IVA-Lab/FastSAM; arXiv:2306.12156)"
+RDK_X5 = ("D-Robotics RDK X5 docs, 'Promptable Segmentation' table (hrt_model_exec perf; "
+          "github.com/D-Robotics/rdk_model_zoo samples/vision/efficient_sam, mobile_sam)")
 ULTRALYTICS = ("Ultralytics docs, SAM page, table 'SAM comparison vs YOLOv8' (docs.ultralytics.com/models/sam/; "
                "docs/en/models/sam.md @ ultralytics 6416b4e7)")
 
 _ROWS = [
+    # D-Robotics' table: RDK X5 edge board, 1 thread, encoder and decoder timed separately.
+    {"model": "EfficientSAM-Ti", "encoder_p50_ms": 1451.073, "decoder_p50_ms": 86.532,
+     "total_p50_ms": 1451.073 + 86.532, "hardware": "D-Robotics RDK X5 (edge board), 1 thread", "citation": RDK_X5,
+     "note": "average latency; total = encoder + decoder rows"},
+    {"model": "MobileSAM", "encoder_p50_ms": 1402.542, "decoder_p50_ms": 96.198,
+     "total_p50_ms": 1402.542 + 96.198, "hardware": "D-Robotics RDK X5 (edge board), 1 thread", "citation": RDK_X5,
+     "note": "average latency; total = encoder + decoder rows"},
     # MobileSAM's own comparison, one GPU.
     {"model": "SAM ViT-H", "params": 615e6, "encoder_p50_ms": 452.0, "decoder_p50_ms": 4.0, "total_p50_ms": 456.0,
      "hardware": "a single GPU (model not stated)", "citation": MOBILESAM},

@@ -11,8 +11,8 @@ import torch
 from sam_distill.coco_data import CocoInstances, hash_split, make_synthetic_coco
 from sam_distill.errors import DistillError
 from sam_distill.eval.coco_ap import instance_ap
-from sam_distill.prompter_infer import predict_dataset
-from sam_distill.prompter_train import train_prompter
+from sam_distill.instance_infer import predict_dataset
+from sam_distill.instance_train import train_instance_model
 from sam_distill.students.heads import build_prompter, encoder_taps
 from sam_distill.train import Schedule
 
@@ -114,7 +114,7 @@ def test_prompter_learns_generated_instances_to_ap50_0_9(shapes, tmp_path, head)
     model = tiny_prompter(head)
     schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=2e-3, min_lr=1e-4, weight_decay=0.01,
                         warmup_steps=10, checkpoint_every=1000, log_every=20, max_steps=120)
-    train_prompter(model, dataset, schedule, tmp_path, torch.device("cpu"), log=lambda m: None)
+    train_instance_model(model, dataset, schedule, tmp_path, torch.device("cpu"), log=lambda m: None)
     results = predict_dataset(model, dataset, dataset.classes, torch.device("cpu"), progress=False)
     scores = instance_ap(dataset.coco, results)
     assert scores["mask_AP50"] >= 0.9, scores
@@ -163,8 +163,8 @@ def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch)
     config = tmp_path / "prompter.yaml"
     config.write_text(
         "recipe: prompter\nname: cli\ntrain: {max_steps: 2, batch_size: 2, warmup_steps: 1, checkpoint_every: 1, "
-        "log_every: 1, num_workers: 0}\nprompter:\n  model: {head: anchor, encoder: vit_tiny, image_size: 128, width: 32}\n"
-        "  data: {synthetic: {count: 8, size: 128}, val_fraction: 0.3}\n  eval: {every: 2, overlays: 1}\n")
+        "log_every: 1, num_workers: 0}\nencoder: {name: vit_tiny, image_size: 128}\nprompter: {head: anchor, width: 32}\n"
+        "instances: {synthetic: {count: 8, size: 128}, val_fraction: 0.3, eval: {every: 2, overlays: 1}}\n")
     assert main(["prompter", "train", str(config)]) == 0
     run = tmp_path / "runs" / "cli"
     assert (run / "model" / "prompter.pt").is_file() and (run / "reports" / "ap.json").is_file()
@@ -183,7 +183,7 @@ def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch)
     assert json.loads((tmp_path / "pred" / "results.json").read_text())["images"]
     config.write_text(config.read_text().replace("width: 32", "widht: 32"))
     assert main(["prompter", "train", str(config)]) == 2
-    assert "unknown key 'prompter.model.widht'" in capsys.readouterr().err
+    assert "unknown key 'prompter.widht'" in capsys.readouterr().err
 
 
 def test_resume_continues_bit_for_bit(shapes, tmp_path):
@@ -200,12 +200,12 @@ def test_resume_continues_bit_for_bit(shapes, tmp_path):
         raise KeyboardInterrupt  # evaluation runs after the step-2 checkpoint is written
 
     straight = frozen_prompter()
-    train_prompter(straight, dataset, schedule, tmp_path / "straight", torch.device("cpu"), log=lambda m: None)
+    train_instance_model(straight, dataset, schedule, tmp_path / "straight", torch.device("cpu"), log=lambda m: None)
     with pytest.raises(KeyboardInterrupt):
-        train_prompter(frozen_prompter(), dataset, schedule, tmp_path / "resumed", torch.device("cpu"),
+        train_instance_model(frozen_prompter(), dataset, schedule, tmp_path / "resumed", torch.device("cpu"),
                        evaluate=killed_after_step_2, eval_every=2, log=lambda m: None)
     resumed, messages = frozen_prompter(), []
-    train_prompter(resumed, dataset, schedule, tmp_path / "resumed", torch.device("cpu"), log=messages.append)
+    train_instance_model(resumed, dataset, schedule, tmp_path / "resumed", torch.device("cpu"), log=messages.append)
     assert any("resumed" in m and "step 2/3" in m for m in messages)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name

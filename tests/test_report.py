@@ -214,7 +214,8 @@ def test_report_from_a_fabricated_run(tmp_path):
 def test_reference_rows_are_cited_quoted_and_consistent():
     rows = reference_rows()
     for row in rows:
-        assert row["source"] == "quoted" and row["citation"] and row["hardware"] and row["params"] > 0, row
+        assert row["source"] == "quoted" and row["citation"] and row["hardware"], row
+        assert row.get("params", 1) > 0 and row.get("total_p50_ms", 1) > 0, row
         if row.get("mask_AP") is not None:  # AP protocols differ between sources, so each row names its own
             assert "COCO" in row["note"], row
         fps = re.match(r"([0-9.]+) FPS", row["note"])
@@ -222,6 +223,9 @@ def test_reference_rows_are_cited_quoted_and_consistent():
             assert row["total_p50_ms"] == pytest.approx(1000 / float(fps.group(1)))
     fastsam_s = [r for r in rows if r["model"].startswith("FastSAM-s")]
     assert len(fastsam_s) == 1 and "CPU" in fastsam_s[0]["hardware"] and "mask_AP" not in fastsam_s[0]
+    efficientsam = [r for r in rows if r["model"] == "EfficientSAM-Ti"]
+    assert len(efficientsam) == 1
+    assert efficientsam[0]["total_p50_ms"] == pytest.approx(efficientsam[0]["encoder_p50_ms"] + efficientsam[0]["decoder_p50_ms"])
 
 
 def test_heavy_vs_light_without_teacher_is_a_note():

@@ -1,4 +1,4 @@
-"""Prompter inference: predictions as COCO results (RLE masks at the original resolution) and overlay images."""
+"""Inference of every automatic instance model (RSPrompter heads, SAM-det, SAM-seg): predictions as COCO results (RLE masks at the original resolution) and overlay images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +18,12 @@ from .coco_data import collate
 CHUNK = 16
 
 
-def to_coco_results(model, prediction: dict, item: dict, classes: list[dict]) -> list[dict]:
-    """One image's prediction → COCO result dicts; masks go through SAM's own ``postprocess_masks``."""
-    shim = SimpleNamespace(image_encoder=model.encoder.encoder)
+def to_coco_results(image_size: int, prediction: dict, item: dict, classes: list[dict]) -> list[dict]:
+    """One image's prediction → COCO result dicts; masks go through SAM's own ``postprocess_masks``.
+
+    ``prediction["masks"]`` are logits (> 0 is foreground) on the padded S×S input frame at any resolution.
+    """
+    shim = SimpleNamespace(image_encoder=SimpleNamespace(img_size=image_size))
     height, width = item["original_size"]
     results = []
     scores, labels = prediction["scores"].tolist(), prediction["labels"].tolist()
@@ -56,7 +59,7 @@ def predict_dataset(model, dataset, classes: list[dict], device: torch.device, b
     for images, items in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         predictions = model.predict(images.to(device), score_threshold)
         for prediction, item in zip(predictions, items):
-            results.extend(to_coco_results(model, prediction, item, classes))
+            results.extend(to_coco_results(model.image_size, prediction, item, classes))
     return results
 
 
@@ -105,7 +108,7 @@ def predict_images(model, paths: list[Path], classes: list[dict], score_threshol
         item = {"image_id": len(images) + 1, "original_size": (height, width),
                 "input_size": ResizeLongestSide.get_preprocess_shape(height, width, model.image_size)}
         prediction = model.predict(preprocessing(image)[None].to(device), score_threshold)[0]
-        results.extend(to_coco_results(model, prediction, item, classes))
+        results.extend(to_coco_results(model.image_size, prediction, item, classes))
         images.append({"id": item["image_id"], "file_name": path.name, "height": height, "width": width,
                        "path": str(path)})
     return results, images
