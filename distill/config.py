@@ -169,6 +169,8 @@ class SamDetConfig(SamSegConfig):
         "faster_rcnn", description="faster_rcnn: trained here on the SAM map; coco_results: given detections")
     detections: Optional[Path] = Field(None, description="coco_results: a COCO results json (image_id, "
                                        "category_id, bbox, score) for instances.annotations' images")
+    train_decoder: bool = Field(False, description="faster_rcnn: also fine-tune SAM's mask decoder on the "
+                                "ground-truth boxes (for domains far from SA-1B; the paper keeps SAM frozen)")
 
 
 class RunConfig(Section):

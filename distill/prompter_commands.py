@@ -1,4 +1,7 @@
-"""``distill prompter train|eval|predict``: RSPrompter heads from the command line (export: ``distill export``)."""
+"""``distill prompter train|eval|predict``: RSPrompter heads from the command line (export: ``distill export``).
+
+``eval`` and ``predict`` also take SAM-det / SAM-seg files (``recipe: sam_det`` / ``sam_seg``): every automatic
+instance model answers the same way."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,9 +42,9 @@ def cmd_eval(args) -> int:
     from .eval.coco_ap import instance_ap
     from .fileio import atomic_write_json
     from .instance_infer import predict_dataset
-    from .students.heads import load_prompter
+    from .students.heads import load_instance_model
 
-    model, classes = load_prompter(args.model)
+    model, classes = load_instance_model(args.model)
     device = _device(args.device)
     dataset = CocoInstances(args.annotations, args.images, model.image_size)
     if args.split != "all":
@@ -63,9 +66,9 @@ def cmd_predict(args) -> int:
     from .fileio import atomic_write_json
     from .images import find_images, load_rgb
     from .instance_infer import predict_images, save_overlay
-    from .students.heads import load_prompter
+    from .students.heads import load_instance_model
 
-    model, classes = load_prompter(args.model)
+    model, classes = load_instance_model(args.model)
     paths = find_images(args.images)
     results, images = predict_images(model.to(_device(args.device)), paths, classes, args.score_threshold)
     atomic_write_json(args.out / "results.json", {"images": images, "categories": classes, "annotations": results})
@@ -97,7 +100,7 @@ def register(subparsers) -> None:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="mask and box AP/AP50/AP75 of a prompter on a COCO dataset")
-    evaluate.add_argument("model", type=Path, help="prompter model file (runs/<name>/model/prompter.pt)")
+    evaluate.add_argument("model", type=Path, help="prompter, SAM-det or SAM-seg model file (runs/<name>/model/*.pt)")
     evaluate.add_argument("--annotations", type=Path, required=True)
     evaluate.add_argument("--images", type=Path, required=True)
     evaluate.add_argument("--split", choices=["all", "val", "train"], default="all",

@@ -175,12 +175,15 @@ def _probe(path: Path) -> tuple[str | None, str]:
 def _load_torch_file(path: Path, device: str) -> BenchModel:
     from ..assemble import MODEL_FORMAT, load_model
     from ..students.heads.model import PROMPTER_FORMAT
+    from ..students.heads.rcnn import RCNN_FORMAT
 
     fmt, error = _probe(path)
     if fmt is None and "ultralytics" in error:  # ultralytics pickles its classes; the safe loader names them
         return _load_ultralytics(path, device)
     if fmt == PROMPTER_FORMAT:
         return _load_prompter(path, device)
+    if fmt == RCNN_FORMAT:
+        return _load_rcnn(path, device)
     sam, info = load_model(path)  # raises one line for anything that is not a SAM checkpoint
     if fmt == MODEL_FORMAT:
         return _from_sam(sam, f"{info.student} ({path.name})", "sam-distill", ROLE_STUDENT, path, device)
@@ -213,6 +216,35 @@ def _load_prompter(path: Path, device: str) -> BenchModel:
                       encoder=encoder_and_head, decoder=decoder,
                       notes=[f"encoder + {model.config['head']} head as 'encoder'; SAM's decoder on "
                              f"{prompts.shape[0]} prompt set(s) as 'decoder'"])
+
+
+def _load_rcnn(path: Path, device: str) -> BenchModel:
+    """SAM-det / SAM-seg: the image encoder as 'encoder'; pyramid + R-CNN heads (+ SAM's decoder on each
+    detected box, for SAM-det) as 'decoder'."""
+    from ..students.heads.rcnn import METHODS, load_rcnn
+
+    model, _ = load_rcnn(path)
+    model = model.to(device).eval().requires_grad_(False)
+    size = int(model.image_size)
+    pixels = torch.randn(1, 3, size, size, device=device)
+    with torch.no_grad():
+        embedding = model.encoder(pixels)
+        boxes = len(model.predict_from_embeddings(embedding)[0]["boxes"])
+
+    @torch.no_grad()
+    def encoder():
+        return model.encoder(pixels)
+
+    @torch.no_grad()
+    def decoder():
+        return model.predict_from_embeddings(embedding)
+
+    method = METHODS[model.method]
+    masks = "SAM's decoder on each box" if model.sam_masks else "Mask R-CNN's mask head"
+    return BenchModel(name=f"{method} ({path.name})", kind=model.method, format="pytorch", role=ROLE_STUDENT,
+                      path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
+                      encoder=encoder, decoder=decoder,
+                      notes=[f"'decoder' = pyramid + R-CNN heads + {masks} ({boxes} detections on a random input)"])
 
 
 def _prompter_prompts(model, pixels: torch.Tensor):

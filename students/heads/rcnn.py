@@ -3,7 +3,9 @@
 The encoder's single stride-16 image embedding becomes a ViTDet-style simple feature pyramid (strides
 4 to 64), and torchvision's Faster R-CNN (SAM-det) or Mask R-CNN (SAM-seg) heads run on it with
 torchvision's own RPN/RoI defaults. SAM-det turns each detected box into a SAM box prompt and keeps SAM's
-mask; SAM-seg keeps Mask R-CNN's own mask. Saved like the prompters: one plain-data ``torch.save``
+mask; SAM-seg keeps Mask R-CNN's own mask. SAM-det can also fine-tune SAM's mask decoder on the ground-truth
+boxes (``train_decoder``): the paper keeps SAM frozen, but a domain far from SA-1B, or a SAM without
+pretrained weights, needs it. Saved like the prompters: one plain-data ``torch.save``
 (``{"format": "sam-distill/sam-rcnn", "config", "classes", "state_dict", "meta"}``), weights_only-loadable.
 """
 from __future__ import annotations
@@ -23,10 +25,13 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ...errors import DistillError
 from ...fileio import atomic_torch_save
+from .losses import bce_loss, dice_loss, resize_masks
 
 RCNN_FORMAT = "sam-distill/sam-rcnn"
 METHODS = {"sam_det": "SAM-det", "sam_seg": "SAM-seg"}
 BOX_CHUNK = 64  # box prompts decoded per mask-decoder call
+DECODER_BOXES_PER_IMAGE = 16  # ground-truth boxes prompted per image when the decoder trains
+MASK_LOSS_WEIGHT = 5.0  # as the anchor prompter weighs its mask terms against the detection losses
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -63,7 +68,8 @@ class SimpleFeaturePyramid(nn.Module):
 class SamRCNN(nn.Module):
     """SAM encoder → simple feature pyramid → torchvision R-CNN heads; masks from SAM (sam_det) or Mask R-CNN (sam_seg).
 
-    config keys: method, encoder, image_size, num_classes, width, detections_per_image, train_encoder.
+    config keys: method, encoder, image_size, num_classes, width, detections_per_image, train_encoder,
+    train_decoder (sam_det only).
     """
 
     def __init__(self, sam: Sam, config: dict):
@@ -87,34 +93,52 @@ class SamRCNN(nn.Module):
                        box_detections_per_img=int(config.get("detections_per_image", 100)))
         self.rpn, self.roi_heads = rcnn.rpn, rcnn.roi_heads  # torchvision's heads; its resize/normalise is SAM's here
         self.train_encoder = bool(config.get("train_encoder", False))
-        self.train_decoder = False
+        self.train_decoder = self.sam_masks and bool(config.get("train_decoder", False))
         self.encoder.requires_grad_(self.train_encoder)
-        for part in (self.prompt_encoder, self.mask_decoder):
-            if part is not None:
-                part.requires_grad_(False)
+        if self.sam_masks:
+            self.prompt_encoder.requires_grad_(False)
+            self.mask_decoder.requires_grad_(self.train_decoder)
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.encoder.train(mode and self.train_encoder)  # a frozen encoder stays in inference mode
-        for part in (self.prompt_encoder, self.mask_decoder):
-            if part is not None:
-                part.eval()
+        if self.sam_masks:
+            self.prompt_encoder.eval()
+            self.mask_decoder.train(mode and self.train_decoder)
         return self
 
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, OrderedDict, ImageList]:
-        with nullcontext() if self.train_encoder and torch.is_grad_enabled() else torch.no_grad():
-            embeddings = self.encoder(images)
+    def _image_list(self, embeddings: torch.Tensor) -> ImageList:
+        """The padded S×S inputs as torchvision's RPN sees them (it reads only their size)."""
         size = (self.image_size, self.image_size)
-        return embeddings, self.pyramid(embeddings), ImageList(images, [size] * images.shape[0])
+        return ImageList(embeddings.new_zeros(embeddings.shape[0], 1, *size), [size] * embeddings.shape[0])
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """torchvision's RPN + Fast R-CNN (+ mask) losses; targets: boxes (xyxy, input px), 1-based labels, masks."""
-        _, features, image_list = self._features(images)
+        with nullcontext() if self.train_encoder else torch.no_grad():
+            embeddings = self.encoder(images)
+        features, image_list = self.pyramid(embeddings), self._image_list(embeddings)
         wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
         det_targets = [{k: t[k].to(torch.uint8) if k == "masks" else t[k] for k in wanted} for t in targets]
         proposals, rpn_losses = self.rpn(image_list, features, det_targets)
         _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, det_targets)
-        return {**rpn_losses, **roi_losses}
+        losses = {**rpn_losses, **roi_losses}
+        if self.train_decoder:
+            losses.update(self._decoder_losses(embeddings, targets))
+        return losses
+
+    def _decoder_losses(self, embeddings: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """BCE + Dice of SAM's answer to each ground-truth box against that instance's mask."""
+        logits, wanted = [], []
+        for embedding, target in zip(embeddings, targets):
+            pick = torch.randperm(len(target["boxes"]), device=embeddings.device)[:DECODER_BOXES_PER_IMAGE]
+            if len(pick):
+                low = self.box_masks(embedding[None], target["boxes"][pick])
+                logits.append(low)
+                wanted.append(resize_masks(target["masks"][pick], low.shape[-1]))
+        if not logits:
+            return {}
+        pred, gt = torch.cat(logits).float(), torch.cat(wanted)
+        return {"mask_bce": MASK_LOSS_WEIGHT * bce_loss(pred, gt), "mask_dice": MASK_LOSS_WEIGHT * dice_loss(pred, gt)}
 
     def box_masks(self, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """SAM's single-mask answer (low-res logits n×4G×4G) to each box prompt on one image embedding."""
@@ -123,7 +147,12 @@ class SamRCNN(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
         """Per image: mask logits on the padded S×S input frame, scores, 1-based labels, boxes (input px)."""
-        embeddings, features, image_list = self._features(images)
+        return self.predict_from_embeddings(self.encoder(images), score_threshold)
+
+    @torch.no_grad()
+    def predict_from_embeddings(self, embeddings: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
+        """Everything after the image encoder (what ``distill bench`` times as the decoder phase)."""
+        features, image_list = self.pyramid(embeddings), self._image_list(embeddings)
         proposals, _ = self.rpn(image_list, features)
         detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
         results = []

@@ -1,0 +1,174 @@
+"""SAM-det and SAM-seg (the RSPrompter paper's detector baselines): pyramid shapes, learning on generated
+instances, SAM's masks for the detected boxes, given COCO detections as prompts, file round trip, bench,
+and the ``distill run`` recipes into the shared report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sam_distill.coco_data import CocoInstances, make_synthetic_coco
+from sam_distill.errors import DistillError
+from sam_distill.eval.coco_ap import instance_ap
+from sam_distill.instance_infer import predict_dataset
+from sam_distill.instance_train import train_instance_model
+from sam_distill.students.heads.rcnn import SimpleFeaturePyramid, build_rcnn, load_rcnn, sam_box_masks, save_rcnn
+from sam_distill.train import Schedule
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rcnn_shapes")
+    make_synthetic_coco(folder, 6, SIZE, seed=0)
+    return folder / "annotations.json", folder / "images"
+
+
+def tiny_rcnn(method: str, **overrides):
+    torch.manual_seed(0)
+    config = {"method": method, "encoder": "vit_tiny", "image_size": SIZE, "num_classes": 3, "width": 32}
+    return build_rcnn({**config, **overrides})
+
+
+def test_simple_feature_pyramid_levels():
+    levels = SimpleFeaturePyramid(256, 64)(torch.randn(2, 256, 8, 8))
+    assert list(levels) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(v.shape) for v in levels.values()] == [(2, 64, 32, 32), (2, 64, 16, 16), (2, 64, 8, 8),
+                                                         (2, 64, 4, 4), (2, 64, 2, 2)]
+
+
+def _train(model, shapes, tmp_path, steps=60):
+    dataset = CocoInstances(*shapes, SIZE)
+    schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=5e-3, min_lr=1e-4, weight_decay=0.0,
+                        warmup_steps=5, checkpoint_every=steps, log_every=10, max_steps=steps, amp=False)
+    train_instance_model(model, dataset, schedule, tmp_path, torch.device("cpu"), log=lambda m: None)
+    return dataset
+
+
+@pytest.mark.parametrize("method,metric", [("sam_seg", "mask_AP50"), ("sam_det", "box_AP50")])
+def test_detector_baselines_learn_generated_instances(shapes, tmp_path, method, metric):
+    """Overfit check on a frozen random encoder: the pyramid + R-CNN heads learn to find (and, for SAM-seg,
+    segment) the shapes. SAM-det's masks come from SAM, which is random here, so its box AP is the check."""
+    model = tiny_rcnn(method)
+    dataset = CocoInstances(*shapes, SIZE)
+    before = instance_ap(dataset.coco, predict_dataset(model, dataset, dataset.classes, torch.device("cpu"),
+                                                       progress=False))[metric]
+    _train(model, shapes, tmp_path)
+    after = instance_ap(dataset.coco, predict_dataset(model, dataset, dataset.classes, torch.device("cpu"),
+                                                      progress=False))[metric]
+    assert after >= 0.25 and after > before + 0.2, (before, after)
+
+
+def test_sam_det_masks_are_sams_answers_to_the_detected_boxes(shapes):
+    model = tiny_rcnn("sam_det").eval()
+    images = torch.stack([CocoInstances(*shapes, SIZE)[0]["image"]])
+    prediction = model.predict(images, score_threshold=0.0)[0]
+    assert len(prediction["boxes"]) > 0
+    with torch.no_grad():
+        expected = sam_box_masks(model.prompt_encoder, model.mask_decoder, model.encoder(images), prediction["boxes"])
+    assert prediction["masks"].shape == (len(prediction["boxes"]), 4 * SIZE // 16, 4 * SIZE // 16)
+    torch.testing.assert_close(prediction["masks"], expected)
+
+
+def test_sam_det_decoder_fine_tuning_lowers_the_mask_loss(shapes):
+    model = tiny_rcnn("sam_det", train_decoder=True)
+    assert all(p.requires_grad for p in model.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    dataset = CocoInstances(*shapes, SIZE)
+    items = [dataset[i] for i in range(2)]
+    images = torch.stack([item["image"] for item in items])
+    optimizer = torch.optim.AdamW(model.mask_decoder.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(30):
+        loss = model.losses(images, items)
+        losses.append((loss["mask_bce"] + loss["mask_dice"]).item())
+        optimizer.zero_grad()
+        (loss["mask_bce"] + loss["mask_dice"]).backward()
+        optimizer.step()
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_rcnn_file_round_trip_and_bench(tmp_path):
+    from sam_distill.eval.bench import bench_many
+
+    model = tiny_rcnn("sam_seg").eval()
+    path = save_rcnn(model, tmp_path / "sam_seg.pt", [{"id": 1, "name": "a"}, {"id": 2, "name": "b"},
+                                                      {"id": 3, "name": "c"}])
+    loaded, classes = load_rcnn(path)
+    images = torch.randn(1, 3, SIZE, SIZE)
+    first, second = model.predict(images, 0.0)[0], loaded.predict(images, 0.0)[0]
+    torch.testing.assert_close(first["boxes"], second["boxes"])
+    assert [c["name"] for c in classes] == ["a", "b", "c"] and "prompt_encoder" not in str(list(loaded.state_dict()))
+    row = bench_many([str(path)], runs=1, warmup=0, log=lambda m: None)["rows"][0]
+    assert row["kind"] == "sam_seg" and row["model"] == "SAM-seg (sam_seg.pt)" and row["encoder_p50_ms"] > 0 and row["decoder_p50_ms"] > 0
+    assert row["params"] == sum(p.numel() for p in loaded.parameters())
+    with pytest.raises(DistillError, match="is not a SAM-det/SAM-seg model"):
+        load_rcnn(_not_rcnn(tmp_path))
+
+
+def _not_rcnn(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, path)
+    return path
+
+
+def test_sam_det_prompts_sam_with_given_coco_detections(shapes):
+    from sam_distill.baselines import prompt_with_detections, read_detections
+    from sam_distill.teachers import build_sam
+
+    dataset = CocoInstances(*shapes, SIZE)
+    ground_truth = dataset.coco.dataset["annotations"]
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                  for a in ground_truth]
+    grouped = read_detections(_write(shapes[0].parent / "dets.json", detections), dataset.coco)
+    torch.manual_seed(0)
+    results = prompt_with_detections(build_sam("vit_tiny", SIZE), dataset, grouped, torch.device("cpu"))
+    assert results, "SAM gave every box an empty mask"
+    by_box = {(r["image_id"], tuple(round(v, 3) for v in r["bbox"])): r for r in results}
+    for det in detections:  # class, score and box travel through; the mask is SAM's
+        result = by_box.get((det["image_id"], tuple(round(v, 3) for v in det["bbox"])))
+        if result is not None:
+            assert result["category_id"] == det["category_id"] and result["score"] == pytest.approx(0.9)
+    assert len(by_box) == len(results)
+    with pytest.raises(DistillError, match="image ids \\[999\\]"):
+        read_detections(_write(shapes[0].parent / "bad.json", [{**detections[0], "image_id": 999}]), dataset.coco)
+    with pytest.raises(DistillError, match="every entry needs image_id"):
+        read_detections(_write(shapes[0].parent / "bad2.json", [{"bbox": [0, 0, 1, 1]}]), dataset.coco)
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_distill_run_sam_seg_and_sam_det_into_one_report(tmp_path, monkeypatch, capsys):
+    from sam_distill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    base = ("train: {max_steps: 2, batch_size: 2, warmup_steps: 1, checkpoint_every: 1, log_every: 1, num_workers: 0}\n"
+            f"encoder: {{name: vit_tiny, image_size: {SIZE}}}\n"
+            "instances: {synthetic: {count: 8, size: 128}, val_fraction: 0.4, eval: {every: 2, overlays: 1}}\n")
+    (tmp_path / "seg.yaml").write_text(f"recipe: sam_seg\nname: seg\n{base}sam_seg: {{width: 32}}\n")
+    assert main(["run", "seg.yaml"]) == 0
+    run = tmp_path / "runs" / "seg"
+    metrics = json.loads((run / "reports" / "metrics_sam_seg.json").read_text())
+    assert metrics["model"] == "sam_seg.pt" and set(metrics["metrics"]) == {"mask_AP", "mask_AP50", "mask_AP75"}
+    results = json.loads((run / "reports" / "results.json").read_text())
+    row = next(r for r in results["rows"] if r["model"] == "SAM-seg (sam_seg.pt)")
+    assert row["total_p50_ms"] > 0 and "mask_AP" in row  # latency and accuracy side by side
+    data = run / "data" / "synthetic_coco"
+    capsys.readouterr()
+    assert main(["prompter", "eval", str(run / "model" / "sam_seg.pt"), "--annotations", str(data / "annotations.json"),
+                 "--images", str(data / "images")]) == 0  # every instance model answers the same commands
+    assert {"mask_AP", "box_AP50"} <= set(json.loads(capsys.readouterr().out))
+
+    (tmp_path / "det.yaml").write_text(f"recipe: sam_det\nname: det\n{base}"
+                                       "sam_det: {detector: coco_results, detections: missing.json}\n")
+    assert main(["run", "det.yaml"]) == 2
+    assert "detections file missing.json does not exist" in capsys.readouterr().err
+    (tmp_path / "det.yaml").write_text(f"recipe: sam_det\nname: det2\n{base}sam_det: {{detectr: yolo}}\n")
+    assert main(["run", "det.yaml"]) == 2
+    assert "unknown key 'sam_det.detectr'" in capsys.readouterr().err
