@@ -2,7 +2,8 @@
 
 Both train on the same data, split and schedule as the ``prompter`` recipe and are scored by the same
 AP code into the same report. ``sam_det`` can also skip training and prompt SAM with boxes another
-detector produced (a COCO results json, e.g. from an ultralytics YOLO model's ``val(save_json=True)``).
+detector produced (any detector, a YOLO model included, whose detections are written as a COCO results json
+with the annotation file's image and category ids).
 """
 from __future__ import annotations
 

@@ -172,3 +172,27 @@ def test_distill_run_sam_seg_and_sam_det_into_one_report(tmp_path, monkeypatch, 
     (tmp_path / "det.yaml").write_text(f"recipe: sam_det\nname: det2\n{base}sam_det: {{detectr: yolo}}\n")
     assert main(["run", "det.yaml"]) == 2
     assert "unknown key 'sam_det.detectr'" in capsys.readouterr().err
+
+
+def test_baselines_run_on_the_teacher_or_a_distilled_student(tmp_path, tiny_teacher_checkpoint):
+    """encoder.checkpoint: an official-format SAM file (the teacher) or a sam-distill student model file."""
+    from sam_distill.assemble import save_model
+    from sam_distill.students import create_student
+    from sam_distill.teachers import sam_with_encoder
+
+    teacher_state = torch.load(tiny_teacher_checkpoint, weights_only=True)
+    on_teacher = build_rcnn({"method": "sam_det", "encoder": "vit_tiny", "image_size": 256, "num_classes": 2,
+                             "width": 32}, tiny_teacher_checkpoint)
+    key = "patch_embed.proj.weight"
+    torch.testing.assert_close(on_teacher.encoder.state_dict()[key], teacher_state[f"image_encoder.{key}"])
+    torch.testing.assert_close(on_teacher.mask_decoder.state_dict()["iou_token.weight"],
+                               teacher_state["mask_decoder.iou_token.weight"])
+
+    student = sam_with_encoder(create_student("timm_resnet18", image_size=256), 256)
+    path = save_model(student, tmp_path / "model.pt", "timm_resnet18")
+    on_student = build_rcnn({"method": "sam_seg", "encoder": "timm_resnet18", "image_size": 256, "num_classes": 2,
+                             "width": 32}, path)
+    torch.testing.assert_close(on_student.encoder.state_dict(), student.image_encoder.state_dict())
+    assert len(on_student.eval().predict(torch.randn(1, 3, 256, 256))) == 1
+    with pytest.raises(DistillError, match="holds a timm_resnet18 encoder but the encoder is named 'tinyvit_5m'"):
+        build_rcnn({"method": "sam_seg", "encoder": "tinyvit_5m", "image_size": 256, "num_classes": 2}, path)

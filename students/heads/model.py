@@ -81,10 +81,14 @@ def build_sam_for(encoder: str, image_size: int, checkpoint: Path | None = None)
     if checkpoint is not None:
         from ...assemble import load_model
 
-        sam, _ = load_model(checkpoint)
+        sam, info = load_model(checkpoint)
         if int(sam.image_encoder.img_size) != image_size:
             raise DistillError(f"encoder checkpoint {checkpoint} is for {sam.image_encoder.img_size} px inputs, "
                                f"but image_size is {image_size}; set image_size to {sam.image_encoder.img_size}")
+        held = info.student.removeprefix("sam_")
+        if held != encoder:  # the saved model is rebuilt from the name, so it must be the checkpoint's own
+            raise DistillError(f"encoder checkpoint {checkpoint} holds a {held} encoder but the encoder is named "
+                               f"{encoder!r}; set the encoder name to {held}")
         return sam
     if encoder in ARCHITECTURES:
         return build_sam(encoder, image_size)
