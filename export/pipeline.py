@@ -8,6 +8,7 @@ from pathlib import Path
 from ..assemble import load_model
 from ..errors import DistillError
 from ..students.heads.model import PROMPTER_FORMAT
+from ..students.heads.rcnn import RCNN_FORMAT
 from ..teachers import PickledCheckpoint
 from ..fileio import atomic_write_json, sha256_file
 from ..images import Preprocessing
@@ -37,8 +38,12 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
         EXPORTERS.get(name)  # a one-line error before any work
     if options.int8 and options.calibration is not None:
         check_calibration(options.calibration)
-    if _payload_format(model_path) == PROMPTER_FORMAT:
+    payload_format = _payload_format(model_path)
+    if payload_format == PROMPTER_FORMAT:
         return export_prompter(Path(model_path), formats, Path(out), log)
+    if payload_format == RCNN_FORMAT:
+        raise DistillError(f"{model_path} is a SAM-det/SAM-seg baseline, which `distill export` does not take: it "
+                           f"exports SAM models, YOLO-seg students and RSPrompter prompters")
     try:
         sam, info = load_model(model_path)
     except PickledCheckpoint as err:

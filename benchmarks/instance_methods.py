@@ -1,12 +1,15 @@
-"""NWPU VHR-10: every automatic instance method on the same encoder, data split, schedule and AP code.
+"""Every automatic instance method on the same encoder, data split, schedule and AP code.
 
 RSPrompter (query and anchor prompters) and the paper's baselines SAM-det, SAM-seg and SAM-cls each run as a
-full ``distill run`` of configs/rsprompter_nwpu.yaml with the recipe switched and a reduced size/schedule.
-Then one ``distill report`` over all the run folders puts accuracy and latency side by side. Prints a markdown
-table and writes <out>/instance_methods_nwpu.csv (rows kept per method, so methods can run in separate calls).
+full ``distill run`` of one config (default: configs/rsprompter_nwpu.yaml, NWPU VHR-10) with the recipe
+switched and a reduced size/schedule. Then one ``distill report`` over all the run folders puts accuracy and
+latency side by side (<out>/report/). Prints a markdown table and writes <out>/instance_methods.csv (rows kept
+per method, so methods can run in separate calls).
 
-    nice -n 10 .venv/bin/python benchmarks/instance_methods_nwpu.py --steps 300 --image-size 256 \\
+    nice -n 10 .venv/bin/python benchmarks/instance_methods.py --steps 40 --image-size 256 \\
         --train-images 64 --val-images 16 --out runs/bench_instances_nwpu [--methods sam_seg sam_det]
+    nice -n 10 .venv/bin/python benchmarks/instance_methods.py --config configs/sam_seg_quickstart.yaml \\
+        --encoder vit_tiny --image-size 128 --steps 200 --set instances.synthetic.count=24 --out runs/bench_instances_shapes
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-# method → config overrides on top of configs/rsprompter_nwpu.yaml. SAM's decoder trains wherever a method
+# method → config overrides on top of the chosen config. SAM's decoder trains wherever a method
 # prompts it, because the sandbox's SAM is random-initialised (with a pretrained SAM, leave it frozen).
 METHODS = {
     "rsprompter_query": ["recipe=prompter", "prompter.head=query", "prompter.train_decoder=true"],
@@ -52,6 +55,8 @@ def latency(run_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/rsprompter_nwpu.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--encoder", default="tinyvit_5m")
@@ -69,7 +74,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = args.out / "instance_methods_nwpu.csv"
+    table = args.out / "instance_methods.csv"
     rows = read_rows(table)
     for method in args.methods:
         name = f"{method}_{args.encoder}_{args.image_size}"
@@ -79,9 +84,9 @@ def main() -> None:
             f"train.warmup_steps={args.steps // 10}", "train.lr=1.0e-3", "train.num_workers=0",
             f"train.checkpoint_every={args.steps}", f"instances.eval.every={args.steps // 2}",
             f"instances.max_train_images={args.train_images}", f"instances.max_val_images={args.val_images}",
-            "instances.eval.overlays=2"]
+            "instances.eval.overlays=2", *args.set]
         started = time.time()
-        run_dir = run(load_config("configs/rsprompter_nwpu.yaml", overrides)).path
+        run_dir = run(load_config(args.config, overrides)).path
         ap = json.loads((run_dir / "reports" / "ap.json").read_text())
         rows[method] = {"method": method, "encoder": f"{args.encoder} (random init, frozen)", "steps": args.steps,
                         "wall_s": round(time.time() - started),
