@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "sam_distill.commands",
     "sam_distill.fastsam_commands",
     "sam_distill.prompter_commands",
+    "sam_distill.sam_cls_commands",
     "sam_distill.export.commands",
     "sam_distill.eval.commands",
 ]

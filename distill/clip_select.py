@@ -25,24 +25,44 @@ class ClipScorer:
     device: torch.device
 
     @torch.inference_mode()
-    def similarity(self, crops: list[np.ndarray], text: str) -> torch.Tensor:
-        """Cosine similarity of each H×W×3 uint8 crop with ``text``."""
+    def image_features(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """Unit-length CLIP embeddings of H×W×3 uint8 crops (N×D, on the CPU)."""
         from PIL import Image
 
         images = torch.stack([self.preprocess(Image.fromarray(crop)) for crop in crops]).to(self.device)
-        image_features = torch.nn.functional.normalize(self.model.encode_image(images).float(), dim=-1)
-        text_features = torch.nn.functional.normalize(
-            self.model.encode_text(self.tokenizer([text]).to(self.device)).float(), dim=-1)
-        return (image_features @ text_features.T)[:, 0].cpu()
+        return torch.nn.functional.normalize(self.model.encode_image(images).float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def text_features(self, names: list[str], templates: list[str] = ("{}",)) -> torch.Tensor:
+        """One unit-length embedding per name, averaged over the prompt templates (CLIP's prompt ensembling)."""
+        bad = [t for t in templates if "{}" not in t]
+        if bad:
+            raise DistillError(f"CLIP prompt template {bad[0]!r} has no '{{}}' where the class name goes")
+        features = []
+        for name in names:
+            tokens = self.tokenizer([t.format(name) for t in templates]).to(self.device)
+            per_template = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            features.append(torch.nn.functional.normalize(per_template.mean(0), dim=-1))
+        return torch.stack(features).cpu()
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    def similarity(self, crops: list[np.ndarray], text: str) -> torch.Tensor:
+        """Cosine similarity of each H×W×3 uint8 crop with ``text``."""
+        return (self.image_features(crops) @ self.text_features([text]).T)[:, 0]
 
 
 def load_clip(checkpoint: Path | str | None, model_name: str = "ViT-B-32", model_config: Path | None = None,
-              device: str | torch.device = "cpu") -> ClipScorer:
-    """open_clip ``model_name`` with weights from a local file; ``model_config`` registers a custom architecture JSON."""
+              device: str | torch.device = "cpu", key: str = "--clip-checkpoint",
+              purpose: str = "text prompts need") -> ClipScorer:
+    """open_clip ``model_name`` with weights from a local file; ``model_config`` registers a custom architecture JSON.
+    ``key`` names the option or config key that gives the checkpoint, for the error a user reads."""
     if checkpoint is None or not Path(checkpoint).is_file():
         where = f" ({checkpoint} does not exist)" if checkpoint else ""
-        raise DistillError(f"text prompts need a local CLIP checkpoint{where}; pass --clip-checkpoint FILE "
-                           f"(open_clip weights of --clip-model, e.g. ViT-B-32's open_clip_pytorch_model.bin)")
+        raise DistillError(f"{purpose} a local CLIP checkpoint{where}; give {key} FILE (the open_clip weights of "
+                           f"{model_name}, e.g. ViT-B-32's open_clip_pytorch_model.bin)")
     try:
         import open_clip
     except ImportError:
@@ -81,3 +101,15 @@ def select_by_text(scorer: ClipScorer, image: np.ndarray, masks: np.ndarray, tex
         return None, scores
     scores[kept] = scorer.similarity(crops, text)
     return int(scores.argmax()), scores
+
+
+def classify_masks(scorer: ClipScorer, image: np.ndarray, masks: np.ndarray, text_features: torch.Tensor,
+                   logit_scale: float) -> torch.Tensor:
+    """Zero-shot class probabilities (N×K softmax over the K text embeddings) of each mask's crop, the same crops
+    and embeddings as :func:`select_by_text`; masks too small to crop get all-zero rows."""
+    crops, kept = mask_crops(image, masks)
+    probabilities = torch.zeros(len(masks), len(text_features))
+    if crops:
+        logits = logit_scale * scorer.image_features(crops) @ text_features.T
+        probabilities[kept] = logits.softmax(dim=-1)
+    return probabilities

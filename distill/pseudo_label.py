@@ -62,10 +62,11 @@ def label_path(out: Path, relative: str) -> Path:
     return Path(out) / "masks" / f"{relative}.json"
 
 
-def make_generator(teacher: Teacher, settings: dict, device: torch.device):
+def make_generator(teacher: Teacher | torch.nn.Module, settings: dict, device: torch.device):
+    """segment-anything's generator on a Teacher's SAM or on any ``Sam`` (e.g. one around a student encoder)."""
     from segment_anything import SamAutomaticMaskGenerator
 
-    model = teacher.model.to(device).eval()
+    model = getattr(teacher, "model", teacher).to(device).eval()
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **settings)
 
 
@@ -80,18 +81,21 @@ def label_image(generator, image) -> list[dict]:
              "crop_box": [float(v) for v in m["crop_box"]]} for i, m in enumerate(masks)]
 
 
+def image_list(images: Path | list[Path]) -> tuple[list[Path], Path]:
+    """(sorted image paths, the folder their label paths are relative to) of a folder or a list of files."""
+    if isinstance(images, (str, Path)):
+        images = Path(images)
+        return find_images(images), images if images.is_dir() else images.parent
+    paths = sorted(Path(p) for p in images)
+    return paths, Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
 def pseudo_label(teacher: Teacher, images: Path | list[Path], out: Path, settings: dict | None = None,
                  context: DistContext = DistContext(), log=print) -> dict:
     """Label every image of ``images`` (a folder or a list of files) not yet labelled in ``out``. Safe to kill and rerun."""
     settings = settings or generator_settings()
     out = Path(out)
-    if isinstance(images, (str, Path)):
-        images = Path(images)
-        paths = find_images(images)
-        root = images if images.is_dir() else images.parent
-    else:
-        paths = sorted(Path(p) for p in images)
-        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    paths, root = image_list(images)
     if context.is_main:
         claim_identity(out / "labels.json", label_identity(teacher, settings, root), f"label folder {out}")
     context.barrier()

@@ -131,3 +131,4 @@ def run(config: RunConfig) -> RunDir:
 from . import fastsam  # noqa: E402,F401  (registers the fastsam recipe)
 from . import prompter_train  # noqa: E402,F401  (registers the prompter recipe)
 from . import baselines  # noqa: E402,F401  (registers the sam_det and sam_seg recipes)
+from . import sam_cls  # noqa: E402,F401  (registers the sam_cls recipe)

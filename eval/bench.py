@@ -174,6 +174,7 @@ def _probe(path: Path) -> tuple[str | None, str]:
 
 def _load_torch_file(path: Path, device: str) -> BenchModel:
     from ..assemble import MODEL_FORMAT, load_model
+    from ..sam_cls import SAM_CLS_FORMAT
     from ..students.heads.model import PROMPTER_FORMAT
     from ..students.heads.rcnn import RCNN_FORMAT
 
@@ -184,6 +185,8 @@ def _load_torch_file(path: Path, device: str) -> BenchModel:
         return _load_prompter(path, device)
     if fmt == RCNN_FORMAT:
         return _load_rcnn(path, device)
+    if fmt == SAM_CLS_FORMAT:
+        return _load_sam_cls(path, device)
     sam, info = load_model(path)  # raises one line for anything that is not a SAM checkpoint
     if fmt == MODEL_FORMAT:
         return _from_sam(sam, f"{info.student} ({path.name})", "sam-distill", ROLE_STUDENT, path, device)
@@ -245,6 +248,36 @@ def _load_rcnn(path: Path, device: str) -> BenchModel:
                       path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
                       encoder=encoder, decoder=decoder,
                       notes=[f"'decoder' = pyramid + R-CNN heads + {masks} ({boxes} detections on a random input)"])
+
+
+def _load_sam_cls(path: Path, device: str) -> BenchModel:
+    """A SAM-cls model: the image encoder as 'encoder'; everything mode's point-grid decoding plus the mask
+    classifier as 'decoder' (the generator's thresholds, NMS and RLE encoding are bookkeeping, not timed)."""
+    from ..sam_cls import load_sam_cls
+
+    model = load_sam_cls(path).to(device)
+    model.sam.requires_grad_(False)
+    size, settings = model.image_size, model.config["generator"]
+    pixels = torch.randn(1, 3, size, size, device=device)
+    with torch.no_grad():
+        embedding = model.embed(pixels[0])
+
+    @torch.no_grad()
+    def encoder():
+        return model.sam.image_encoder(pixels)
+
+    def decoder():
+        return model.decode_and_classify(embedding)
+
+    classify = ("+ pooled-feature MLP on each point's mask" if model.classifier is not None
+                else "(CLIP crop classification needs the CLIP checkpoint: not timed)")
+    return BenchModel(name=f"sam-cls {model.config['classifier']} ({path.name})", kind="sam-cls", format="pytorch",
+                      role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.sam.parameters()) + sum(
+                          p.numel() for p in (model.classifier.parameters() if model.classifier is not None else [])),
+                      image_size=size, encoder=encoder, decoder=decoder, sam=model.sam,
+                      notes=[f"image encoder as 'encoder'; everything mode's {settings['points_per_side']}² point grid "
+                             f"through SAM's decoder ({settings['points_per_batch']} points a batch) {classify} as "
+                             f"'decoder'"])
 
 
 def _prompter_prompts(model, pixels: torch.Tensor):
