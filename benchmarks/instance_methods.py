@@ -26,7 +26,8 @@ METHODS = {
     "rsprompter_anchor": ["recipe=prompter", "prompter.head=anchor", "prompter.train_decoder=true"],
     "sam_det": ["recipe=sam_det", "sam_det.train_decoder=true"],
     "sam_seg": ["recipe=sam_seg"],
-    "sam_cls": ["recipe=sam_cls"],
+    # everything mode at 16² points (SAM's default 32² is 4× the decoder work); the MLP takes bigger batches
+    "sam_cls": ["recipe=sam_cls", "sam_cls.everything.points_per_side=16", "train.batch_size=64"],
 }
 
 

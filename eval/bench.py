@@ -271,7 +271,7 @@ def _load_sam_cls(path: Path, device: str) -> BenchModel:
 
     classify = ("+ pooled-feature MLP on each point's mask" if model.classifier is not None
                 else "(CLIP crop classification needs the CLIP checkpoint: not timed)")
-    return BenchModel(name=f"sam-cls {model.config['classifier']} ({path.name})", kind="sam-cls", format="pytorch",
+    return BenchModel(name=f"SAM-cls {model.config['classifier']} ({path.name})", kind="sam_cls", format="pytorch",
                       role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.sam.parameters()) + sum(
                           p.numel() for p in (model.classifier.parameters() if model.classifier is not None else [])),
                       image_size=size, encoder=encoder, decoder=decoder, sam=model.sam,

@@ -109,7 +109,7 @@ def test_recipe_writes_reports_model_and_bench(pooled_run, shapes):
     assert payload["format"] == "sam-distill/sam-cls" and [c["name"] for c in payload["classes"]] == \
         ["disc", "square", "triangle"]
     bench = json.loads((run / "reports" / "bench.json").read_text())
-    row = next(r for r in bench["rows"] if r["kind"] == "sam-cls")
+    row = next(r for r in bench["rows"] if r["kind"] == "sam_cls")
     assert row["encoder_p50_ms"] > 0 and row["decoder_p50_ms"] > 0 and row["params"] > 0
     assert "sam_cls.pt" in json.dumps(json.loads((run / "reports" / "results.json").read_text()))
 
@@ -154,7 +154,7 @@ def test_bench_times_encoder_and_everything_mode(pooled_run):
     logits = model.decode_and_classify(torch.randn(256, 8, 8))
     assert logits.shape == (EVERYTHING["points_per_side"] ** 2, 4)  # one mask per grid point, background + 3
     bench = load_bench_model(str(pooled_run / "run" / "model" / "sam_cls.pt"))
-    assert bench.kind == "sam-cls" and bench.image_size == 128 and "point grid" in bench.notes[0]
+    assert bench.kind == "sam_cls" and bench.image_size == 128 and "point grid" in bench.notes[0]
     assert bench.encoder().shape == (1, 256, 8, 8)
 
 
