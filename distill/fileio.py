@@ -47,6 +47,27 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def save_tagged_model(path: Path, tag: str, model: torch.nn.Module, **fields: Any) -> Path:
+    """One of our model files: plain data (``{"format": tag, **fields, "state_dict": ...}``), so it loads
+    with ``weights_only=True``; written atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": tag, **fields, "state_dict": state}, Path(path))
+    return Path(path)
+
+
+def load_tagged(path: Path, tag: str, what: str, how_to_make: str) -> dict:
+    """The payload of one of our plain-data files whose ``format`` is ``tag``; anything else is one sentence."""
+    from .errors import DistillError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"{what} {path} does not exist")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != tag:
+        raise DistillError(f"{path} is not a {what} of this toolkit ({how_to_make})")
+    return payload
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

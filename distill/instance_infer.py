@@ -86,29 +86,55 @@ def save_overlay(image: np.ndarray, results: list[dict], classes: list[dict], pa
     return path
 
 
+def write_predictions(out: Path, results: list[dict], images: list[dict], classes: list[dict], overlays: int,
+                      min_score: float = 0.3) -> None:
+    """What every ``predict`` command writes: ``results.json`` (a COCO results list, ready for pycocotools'
+    ``loadRes`` or ``distill mask-ap``), ``images.json`` (its images and categories) and ``overlays/``."""
+    from .fileio import atomic_write_json
+    from .images import load_rgb
+
+    out = Path(out)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_json(out / "images.json", {"images": images, "categories": classes})
+    for entry in images[:overlays]:
+        save_overlay(load_rgb(entry["path"]), [r for r in results if r["image_id"] == entry["id"]], classes,
+                     out / "overlays" / f"{Path(entry['file_name']).stem}.png", min_score)
+    print(f"{len(results)} instance(s) in {len(images)} image(s); COCO results in {out / 'results.json'}")
+
+
+def readable_images(paths: list[Path], image_size: int, desc: str = "predict", progress: bool = True, log=print):
+    """Yields (image H×W×3 uint8, item, COCO image entry with its ``path``) for each readable file, numbered
+    from 1; an unreadable one is skipped with one line. The item carries the sizes ``to_coco_results`` needs."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from .images import UnreadableImage, load_rgb
+
+    count = 0
+    for path in tqdm(paths, desc=desc, unit="image", disable=not progress):
+        try:
+            image = load_rgb(path)
+        except UnreadableImage as err:
+            log(f"skipped {path}: {err}")
+            continue
+        count += 1
+        height, width = image.shape[:2]
+        item = {"image_id": count, "original_size": (height, width),
+                "input_size": ResizeLongestSide.get_preprocess_shape(height, width, image_size)}
+        yield image, item, {"id": count, "file_name": path.name, "height": height, "width": width, "path": str(path)}
+
+
 @torch.no_grad()
 def predict_images(model, paths: list[Path], classes: list[dict], score_threshold: float = 0.05,
                    progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Unannotated images → (COCO results, COCO image entries with their ``path``); unreadable files are skipped."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    from .images import Preprocessing, UnreadableImage, load_rgb
+    from .images import Preprocessing
 
     model.eval()
     preprocessing = Preprocessing(model.image_size)
     device = next(model.parameters()).device
     results, images = [], []
-    for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
-        try:
-            image = load_rgb(path)
-        except UnreadableImage as err:
-            print(f"skipped {path}: {err}")
-            continue
-        height, width = image.shape[:2]
-        item = {"image_id": len(images) + 1, "original_size": (height, width),
-                "input_size": ResizeLongestSide.get_preprocess_shape(height, width, model.image_size)}
+    for image, item, entry in readable_images(paths, model.image_size, progress=progress):
         prediction = model.predict(preprocessing(image)[None].to(device), score_threshold)[0]
         results.extend(to_coco_results(model.image_size, prediction, item, classes))
-        images.append({"id": item["image_id"], "file_name": path.name, "height": height, "width": width,
-                       "path": str(path)})
+        images.append(entry)
     return results, images

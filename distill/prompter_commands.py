@@ -63,19 +63,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .fileio import atomic_write_json
-    from .images import find_images, load_rgb
-    from .instance_infer import predict_images, save_overlay
+    from .images import find_images
+    from .instance_infer import predict_images, write_predictions
     from .students.heads import load_instance_model
 
     model, classes = load_instance_model(args.model)
     paths = find_images(args.images)
     results, images = predict_images(model.to(_device(args.device)), paths, classes, args.score_threshold)
-    atomic_write_json(args.out / "results.json", {"images": images, "categories": classes, "annotations": results})
-    for info in images[: args.overlays]:
-        save_overlay(load_rgb(info["path"]), [r for r in results if r["image_id"] == info["id"]], classes,
-                     args.out / "overlays" / f"{Path(info['file_name']).stem}.png", args.overlay_min_score)
-    print(f"{len(results)} instances in {len(images)} images: {args.out / 'results.json'}")
+    write_predictions(args.out, results, images, classes, args.overlays, args.overlay_min_score)
     return 0
 
 
@@ -112,7 +107,7 @@ def register(subparsers) -> None:
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_eval)
 
-    predict = commands.add_parser("predict", help="instance masks for an image folder: COCO results json + overlays")
+    predict = commands.add_parser("predict", help="instance masks for an image folder: results.json (COCO results), images.json, overlays/")
     predict.add_argument("model", type=Path)
     predict.add_argument("images", type=Path)
     predict.add_argument("--out", type=Path, required=True)

@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from .errors import DistillError
-from .fileio import atomic_torch_save, read_json, sha256_file
+from .fileio import atomic_torch_save, load_tagged, read_json, sha256_file
 from .run import RECIPES  # run.py imports this module at its bottom to register the recipe
 
 SAM_CLS_FORMAT = "sam-distill/sam-cls"
@@ -188,12 +188,7 @@ class SamCls:
 def load_sam_cls(path: Path) -> SamCls:
     from .students.heads.model import build_sam_for
 
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"SAM-cls model {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != SAM_CLS_FORMAT:
-        raise DistillError(f"{path} is not a SAM-cls model of this toolkit (make one with a `recipe: sam_cls` run)")
+    payload = load_tagged(path, SAM_CLS_FORMAT, "SAM-cls model", "make one with a `recipe: sam_cls` run")
     config = payload["config"]
     sam = build_sam_for(config["encoder"], int(config["image_size"]))
     sam.load_state_dict(payload["sam_state_dict"])

@@ -12,27 +12,18 @@ def predict_images(model, paths: list[Path], generator, score_threshold: float, 
                    log=print) -> tuple[list[dict], list[dict]]:
     """(COCO results, COCO image entries with their ``path``): everything mode → classifier; with ``text`` only
     the mask CLIP matches best to it (its ``text_similarity`` added). Unreadable images are skipped."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-    from tqdm import tqdm
-
     from .clip_select import select_by_text
-    from .images import Preprocessing, UnreadableImage, load_rgb
+    from .images import Preprocessing
+    from .instance_infer import readable_images
     from .pseudo_label import label_image
     from .sam_cls import decode_rles
 
     preprocessing = Preprocessing(model.image_size)
     results, images = [], []
-    for path in tqdm(paths, desc="sam-cls", unit="image"):
-        try:
-            image = load_rgb(path)
-        except UnreadableImage as err:
-            log(f"skipped {path}: {err}")
-            continue
-        height, width = image.shape[:2]
-        image_id = len(images) + 1
-        input_size = ResizeLongestSide.get_preprocess_shape(height, width, model.image_size)
+    for image, item, entry in readable_images(paths, model.image_size, desc="sam-cls", log=log):
+        image_id, input_size = item["image_id"], item["input_size"]
         proposals = label_image(generator, image)
-        masks = decode_rles(proposals, height, width)
+        masks = decode_rles(proposals, *item["original_size"])
         embedding = model.embed(preprocessing(image)) if model.classifier is not None else None
         probabilities = model.probabilities(embedding, masks, input_size, image, scorer)
         if text is None:
@@ -43,7 +34,7 @@ def predict_images(model, paths: list[Path], generator, score_threshold: float, 
                 labels, scores, _ = model.label(proposals, probabilities)
                 found = model.result(proposals[best], image_id, labels[best], scores[best])
                 results.append({**found, "text": text, "text_similarity": float(similarity[best])})
-        images.append({"id": image_id, "file_name": path.name, "height": height, "width": width, "path": str(path)})
+        images.append(entry)
     return results, images
 
 
@@ -51,9 +42,8 @@ def cmd_predict(args) -> int:
     import torch
 
     from .clip_select import load_clip
-    from .fileio import atomic_write_json
-    from .images import find_images, load_rgb
-    from .instance_infer import save_overlay
+    from .images import find_images
+    from .instance_infer import write_predictions
     from .pseudo_label import make_generator
     from .sam_cls import load_sam_cls
 
@@ -70,13 +60,7 @@ def cmd_predict(args) -> int:
     paths = find_images(args.images) if args.images.is_dir() else [args.images]
     generator = make_generator(model.sam, model.config["generator"], device)
     results, images = predict_images(model, paths, generator, args.score_threshold, scorer, args.text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "results.json", results)
-    atomic_write_json(args.out / "images.json", {"images": images, "categories": model.classes})
-    for entry in images[: args.overlays]:
-        save_overlay(load_rgb(entry["path"]), [r for r in results if r["image_id"] == entry["id"]], model.classes,
-                     args.out / "overlays" / f"{Path(entry['file_name']).stem}.png", min_score=0.0)
-    print(f"{len(results)} instance(s) in {len(images)} image(s); COCO results in {args.out / 'results.json'}")
+    write_predictions(args.out, results, images, model.classes, args.overlays, min_score=0.0)
     return 0
 
 

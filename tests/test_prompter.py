@@ -180,7 +180,8 @@ def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch)
     assert {"mask_AP", "box_AP75"} <= set(json.loads(capsys.readouterr().out))
     assert main(["prompter", "predict", str(run / "model" / "prompter.pt"), str(data / "images"),
                  "--out", str(tmp_path / "pred"), "--overlays", "1"]) == 0
-    assert json.loads((tmp_path / "pred" / "results.json").read_text())["images"]
+    assert json.loads((tmp_path / "pred" / "images.json").read_text())["images"]
+    assert isinstance(json.loads((tmp_path / "pred" / "results.json").read_text()), list)  # COCO results list
     config.write_text(config.read_text().replace("width: 32", "widht: 32"))
     assert main(["prompter", "train", str(config)]) == 2
     assert "unknown key 'prompter.widht'" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch.nn as nn
 from segment_anything.modeling import Sam
 
 from ...errors import DistillError
-from ...fileio import atomic_torch_save
+from ...fileio import load_tagged, save_tagged_model
 from . import create_head
 from .aggregator import Aggregator, TappedEncoder
 
@@ -104,20 +104,12 @@ def build_prompter(config: dict, checkpoint: Path | None = None) -> RSPrompterMo
 
 
 def save_prompter(model: RSPrompterModel, path: Path, classes: list[dict], meta: dict | None = None) -> Path:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": PROMPTER_FORMAT, "config": model.config, "classes": classes, "state_dict": state,
-                       "meta": meta or {}}, Path(path))
-    return Path(path)
+    return save_tagged_model(path, PROMPTER_FORMAT, model, config=model.config, classes=classes, meta=meta or {})
 
 
 def load_prompter(path: Path) -> tuple[RSPrompterModel, list[dict]]:
     """A saved prompter and its classes (COCO categories in label order, label i+1 = classes[i])."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"prompter model {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != PROMPTER_FORMAT:
-        raise DistillError(f"{path} is not a prompter model of this toolkit (train one with `distill prompter train`)")
+    payload = load_tagged(path, PROMPTER_FORMAT, "prompter model", "train one with `distill prompter train`")
     model = build_prompter(payload["config"])
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["classes"]

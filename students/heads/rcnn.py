@@ -24,7 +24,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ...errors import DistillError
-from ...fileio import atomic_torch_save
+from ...fileio import load_tagged, save_tagged_model
 from .losses import bce_loss, dice_loss, resize_masks
 
 RCNN_FORMAT = "sam-distill/sam-rcnn"
@@ -189,21 +189,13 @@ def build_rcnn(config: dict, checkpoint: Path | None = None) -> SamRCNN:
 
 
 def save_rcnn(model: SamRCNN, path: Path, classes: list[dict], meta: dict | None = None) -> Path:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": RCNN_FORMAT, "config": model.config, "classes": classes, "state_dict": state,
-                       "meta": meta or {}}, Path(path))
-    return Path(path)
+    return save_tagged_model(path, RCNN_FORMAT, model, config=model.config, classes=classes, meta=meta or {})
 
 
 def load_rcnn(path: Path) -> tuple[SamRCNN, list[dict]]:
     """A saved SAM-det / SAM-seg model and its classes (label i+1 = classes[i])."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"SAM-det/SAM-seg model {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != RCNN_FORMAT:
-        raise DistillError(f"{path} is not a SAM-det/SAM-seg model of this toolkit (train one with "
-                           f"`distill run` and `recipe: sam_det` or `recipe: sam_seg`)")
+    payload = load_tagged(path, RCNN_FORMAT, "SAM-det/SAM-seg model",
+                          "train one with `distill run` and `recipe: sam_det` or `recipe: sam_seg`")
     model = build_rcnn(payload["config"])
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["classes"]
