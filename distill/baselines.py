@@ -14,7 +14,6 @@ import torch
 from tqdm import tqdm
 
 from .errors import DistillError
-from .fileio import read_json
 from .instance_train import (describe_encoder, resolve_coco_data, run_trained_instance_recipe, split_datasets,
                              write_instance_reports)
 from .run import RECIPES  # run.py imports this module at its bottom to register the recipes
@@ -38,9 +37,9 @@ def _run_rcnn(config, run_dir, method: str) -> dict:
 
 def read_detections(path: Path, coco) -> dict[int, list[dict]]:
     """A COCO results json (a list of {image_id, category_id, bbox [x, y, w, h], score}) grouped by image."""
-    detections = read_json(Path(path)) if Path(path).is_file() else None
-    if detections is None:
-        raise DistillError(f"detections file {path} does not exist; give sam_det.detections a COCO results json")
+    from .eval.coco_ap import load_json
+
+    detections = load_json(Path(path), "sam_det.detections")
     if not isinstance(detections, list) or any(not isinstance(d, dict) or not {"image_id", "category_id", "bbox", "score"}
                                                <= set(d) for d in detections):
         raise DistillError(f"{path} is not a COCO results list: every entry needs image_id, category_id, bbox "

@@ -190,12 +190,6 @@ def describe_encoder(spec) -> str:
         f"{spec.name} with RANDOM-INITIALISED weights (no pretrained encoder)"
 
 
-def schedule_of(train) -> Schedule:
-    return Schedule(train.epochs, train.batch_size, train.grad_accum, train.lr, train.min_lr, train.weight_decay,
-                    train.warmup_steps, train.checkpoint_every, train.log_every, train.max_steps, train.amp,
-                    train.num_workers)
-
-
 def write_instance_reports(run_dir, method: str, model_name: str, val_set, results: list[dict], encoder: str,
                            overlays: int) -> dict:
     """Validation AP of ``results`` into ``reports/`` (ap.json, val_results.json, the report's
@@ -248,7 +242,7 @@ def run_trained_instance_recipe(config, run_dir, method: str, build: Callable[[i
                                   evaluation.score_threshold, progress=False)
         return instance_ap(val_set.coco, results, val_set.image_ids)
 
-    summary = train_instance_model(model, train_set, schedule_of(train), run_dir.sub(f"checkpoints/{method}"), device,
+    summary = train_instance_model(model, train_set, Schedule.from_config(train), run_dir.sub(f"checkpoints/{method}"), device,
                                    config.seed, evaluate if len(val_set) else None, evaluation.every,
                                    log=run_dir.log, meta=meta, title=f"{method} on {config.encoder.name}")
     model_path = save(model, run_dir.sub("model") / model_file, train_set.classes, meta)

@@ -26,16 +26,6 @@ def materialise_random_teacher(name: str, image_size: int, seed: int, folder: Pa
     return path
 
 
-def schedule_from(config: TrainConfig | PromptStageConfig) -> Schedule:
-    return Schedule(
-        epochs=config.epochs, batch_size=config.batch_size, grad_accum=getattr(config, "grad_accum", 1),
-        lr=config.lr, min_lr=getattr(config, "min_lr", config.lr * 0.01), weight_decay=getattr(config, "weight_decay", 0.0),
-        warmup_steps=getattr(config, "warmup_steps", 0), checkpoint_every=config.checkpoint_every,
-        log_every=getattr(config, "log_every", 1), max_steps=config.max_steps, amp=getattr(config, "amp", True),
-        num_workers=config.num_workers,
-    )
-
-
 def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Module:
     student = create_student(name, image_size=image_size)
     if init is not None:
@@ -50,14 +40,14 @@ def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Modu
 def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[int], config: TrainConfig,
                 out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
     dataset = DistillDataset(cache, indices)
-    return run_training(student, dataset, schedule_from(config), out_dir, context, seed=seed, log=log, meta=meta)
+    return run_training(student, dataset, Schedule.from_config(config), out_dir, context, seed=seed, log=log, meta=meta)
 
 
 def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCache, indices: list[int],
                  config: PromptStageConfig, out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
     loss = PromptLoopLoss(teacher.model, config.prompts_per_image, config.refine_iterations, seed=seed)
     dataset = DistillDataset(cache, indices)
-    return run_training(student, dataset, schedule_from(config), out_dir, context, loss_fn=loss, seed=seed,
+    return run_training(student, dataset, Schedule.from_config(config), out_dir, context, loss_fn=loss, seed=seed,
                         log=log, meta=meta)
 
 

@@ -62,12 +62,11 @@ def label_path(out: Path, relative: str) -> Path:
     return Path(out) / "masks" / f"{relative}.json"
 
 
-def make_generator(teacher: Teacher | torch.nn.Module, settings: dict, device: torch.device):
-    """segment-anything's generator on a Teacher's SAM or on any ``Sam`` (e.g. one around a student encoder)."""
+def make_generator(sam: torch.nn.Module, settings: dict, device: torch.device):
+    """segment-anything's generator on any ``Sam`` (a teacher's, or one around a student encoder)."""
     from segment_anything import SamAutomaticMaskGenerator
 
-    model = getattr(teacher, "model", teacher).to(device).eval()
-    return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **settings)
+    return SamAutomaticMaskGenerator(sam.to(device).eval(), output_mode="coco_rle", **settings)
 
 
 def label_image(generator, image) -> list[dict]:
@@ -109,7 +108,7 @@ def pseudo_label(teacher: Teacher, images: Path | list[Path], out: Path, setting
     skipped_file = out / f"skipped-r{context.rank:03d}.json"
     skipped = read_json(skipped_file) if skipped_file.exists() else {}
     counts = {"labelled": 0, "masks": 0, "images_without_masks": 0}
-    generator = make_generator(teacher, settings, context.device) if pending else None
+    generator = make_generator(teacher.model, settings, context.device) if pending else None
     started = time.time()
     for path, rel in tqdm(pending, desc="pseudo-label", unit="img", disable=not pending or not context.is_main):
         try:

@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from .errors import DistillError
-from .fileio import atomic_torch_save, load_tagged, read_json, sha256_file
+from .fileio import load_tagged, read_json, save_tagged_model, sha256_file
 from .run import RECIPES  # run.py imports this module at its bottom to register the recipe
 
 SAM_CLS_FORMAT = "sam-distill/sam-cls"
@@ -178,11 +178,8 @@ class SamCls:
     def save(self, path: Path, meta: dict | None = None) -> Path:
         state = ({k: v.detach().cpu() for k, v in self.classifier.state_dict().items()} if self.classifier is not None
                  else {"text_features": self.text_features.cpu(), "logit_scale": torch.tensor(self.logit_scale)})
-        atomic_torch_save({"format": SAM_CLS_FORMAT, "config": self.config, "classes": self.classes,
-                           "classifier_state": state,
-                           "sam_state_dict": {k: v.detach().cpu() for k, v in self.sam.state_dict().items()},
-                           "meta": meta or {}}, Path(path))
-        return Path(path)
+        return save_tagged_model(path, SAM_CLS_FORMAT, self.sam, config=self.config, classes=self.classes,
+                                 classifier_state=state, meta=meta or {})
 
 
 def load_sam_cls(path: Path) -> SamCls:
@@ -191,7 +188,7 @@ def load_sam_cls(path: Path) -> SamCls:
     payload = load_tagged(path, SAM_CLS_FORMAT, "SAM-cls model", "make one with a `recipe: sam_cls` run")
     config = payload["config"]
     sam = build_sam_for(config["encoder"], int(config["image_size"]))
-    sam.load_state_dict(payload["sam_state_dict"])
+    sam.load_state_dict(payload["state_dict"])
     return SamCls(sam, config, payload["classes"], payload["classifier_state"])
 
 
@@ -211,11 +208,10 @@ def train_classifier(classifier, features: torch.Tensor, labels: torch.Tensor, t
                      device: torch.device, seed: int = 0, log=print) -> dict:
     """Cross-entropy over precomputed features with the foundation's AdamW + warm-up/cosine schedule; one row per
     ``log_every`` steps to ``metrics.csv``. Seconds of work, so it restarts rather than resumes."""
-    from .instance_train import schedule_of
     from .rundir import MetricsWriter
-    from .train import Optimisation
+    from .train import Optimisation, Schedule
 
-    schedule = schedule_of(train)
+    schedule = Schedule.from_config(train)
     per_epoch = math.ceil(len(features) / schedule.batch_size)
     classifier.to(device).train()
     opt = Optimisation.build(classifier, schedule, per_epoch, device)

@@ -44,6 +44,17 @@ class Schedule:
     amp: bool = True
     num_workers: int = 0
 
+    @classmethod
+    def from_config(cls, config) -> "Schedule":
+        """From a config section (``train:`` or ``prompt_stage:``); keys a section lacks take neutral values."""
+        return cls(
+            epochs=config.epochs, batch_size=config.batch_size, grad_accum=getattr(config, "grad_accum", 1),
+            lr=config.lr, min_lr=getattr(config, "min_lr", config.lr * 0.01),
+            weight_decay=getattr(config, "weight_decay", 0.0), warmup_steps=getattr(config, "warmup_steps", 0),
+            checkpoint_every=config.checkpoint_every, log_every=getattr(config, "log_every", 1),
+            max_steps=config.max_steps, amp=getattr(config, "amp", True), num_workers=config.num_workers,
+        )
+
 
 class EpochSampler(Sampler[int]):
     """This rank's share of a seeded per-epoch permutation, starting ``skip`` samples in (for resume)."""

@@ -23,7 +23,8 @@ STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", 
 INSTANCE_METRICS = ("AP", "AP50", "AP75")
 
 
-def _load(source, what: str):
+def load_json(source, what: str):
+    """A JSON file (or the same structure already in memory); a missing or broken file is one sentence."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -74,8 +75,8 @@ def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list
     ``class_agnostic`` ignores categories (COCOeval's ``useCats=0``): the right measure for a
     student of SAM's everything mode, whose masks have no class.
     """
-    gt_data = _load(ground_truth, "ground truth")
-    result_list = _load(results, "results")
+    gt_data = load_json(ground_truth, "ground truth")
+    result_list = load_json(results, "results")
     if not isinstance(gt_data, dict) or "annotations" not in gt_data:
         raise DistillError("ground truth must be a COCO instance file (images, annotations, categories)")
     gt_data = dict(gt_data)
@@ -100,7 +101,7 @@ def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | st
         from ..coco_data import load_coco
 
         ground_truth = load_coco(Path(ground_truth))
-    result_list = _load(results, "results")
+    result_list = load_json(results, "results")
     metrics = {f"{kind}_{name}": 0.0 for kind in ("mask", "box") for name in INSTANCE_METRICS}
     if not result_list:
         return metrics

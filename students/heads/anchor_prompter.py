@@ -24,6 +24,12 @@ ROI_SIZE = 7
 STRIDE = 16
 
 
+def padded_image_list(like: torch.Tensor, image_size: int) -> ImageList:
+    """A batch of padded S×S inputs as torchvision's RPN sees them (it reads only their size)."""
+    size = (image_size, image_size)
+    return ImageList(like.new_zeros(like.shape[0], 1, *size), [size] * like.shape[0])
+
+
 @HEADS.register("anchor")
 class AnchorPrompter(nn.Module):
     def __init__(self, width: int, num_classes: int, image_size: int, prompts_per_object: int = 4,
@@ -46,10 +52,6 @@ class AnchorPrompter(nn.Module):
         self.prompt_head = nn.Sequential(nn.Flatten(), mlp(width * ROI_SIZE ** 2, 256, prompts_per_object * PROMPT_DIM))
         self.matcher = Matcher(0.5, 0.5, allow_low_quality_matches=False)
 
-    def _image_list(self, features: torch.Tensor) -> ImageList:
-        size = (self.image_size, self.image_size)
-        return ImageList(features.new_zeros(features.shape[0], 1, *size), [size] * features.shape[0])
-
     def prompts(self, features: torch.Tensor, boxes: list[torch.Tensor], box_embedding) -> list[torch.Tensor]:
         """K prompt embeddings per box: RoI feature through the prompt head, plus SAM's corner encoding."""
         pooled = roi_align(features, boxes, ROI_SIZE, spatial_scale=1 / STRIDE, sampling_ratio=2, aligned=True)
@@ -59,7 +61,7 @@ class AnchorPrompter(nn.Module):
         return list(prompts.split([len(b) for b in boxes]))
 
     def losses(self, model, features, embeddings, targets) -> dict[str, torch.Tensor]:
-        images, feature_dict = self._image_list(features), OrderedDict([("0", features)])
+        images, feature_dict = padded_image_list(features, self.image_size), OrderedDict([("0", features)])
         det_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         proposals, rpn_losses = self.rpn(images, feature_dict, det_targets)
         _, det_losses = self.roi_heads(feature_dict, proposals, images.image_sizes, det_targets)
@@ -91,7 +93,7 @@ class AnchorPrompter(nn.Module):
         return loss
 
     def detect(self, features: torch.Tensor) -> list[dict]:
-        images, feature_dict = self._image_list(features), OrderedDict([("0", features)])
+        images, feature_dict = padded_image_list(features, self.image_size), OrderedDict([("0", features)])
         proposals, _ = self.rpn(images, feature_dict)
         detections, _ = self.roi_heads(feature_dict, proposals, images.image_sizes)
         return detections

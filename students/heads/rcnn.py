@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ...errors import DistillError
 from ...fileio import load_tagged, save_tagged_model
+from .anchor_prompter import padded_image_list
 from .losses import bce_loss, dice_loss, resize_masks
 
 RCNN_FORMAT = "sam-distill/sam-rcnn"
@@ -107,16 +107,11 @@ class SamRCNN(nn.Module):
             self.mask_decoder.train(mode and self.train_decoder)
         return self
 
-    def _image_list(self, embeddings: torch.Tensor) -> ImageList:
-        """The padded S×S inputs as torchvision's RPN sees them (it reads only their size)."""
-        size = (self.image_size, self.image_size)
-        return ImageList(embeddings.new_zeros(embeddings.shape[0], 1, *size), [size] * embeddings.shape[0])
-
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """torchvision's RPN + Fast R-CNN (+ mask) losses; targets: boxes (xyxy, input px), 1-based labels, masks."""
         with nullcontext() if self.train_encoder else torch.no_grad():
             embeddings = self.encoder(images)
-        features, image_list = self.pyramid(embeddings), self._image_list(embeddings)
+        features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
         wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
         det_targets = [{k: t[k].to(torch.uint8) if k == "masks" else t[k] for k in wanted} for t in targets]
         proposals, rpn_losses = self.rpn(image_list, features, det_targets)
@@ -152,7 +147,7 @@ class SamRCNN(nn.Module):
     @torch.no_grad()
     def predict_from_embeddings(self, embeddings: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
         """Everything after the image encoder (what ``distill bench`` times as the decoder phase)."""
-        features, image_list = self.pyramid(embeddings), self._image_list(embeddings)
+        features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
         proposals, _ = self.rpn(image_list, features)
         detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
         results = []
