@@ -20,9 +20,9 @@ def main() -> None:
 
     import torch
 
-    from sam_distill.coco_data import CocoInstances
+    from sam_distill.data.coco import CocoInstances
+    from sam_distill.methods.rcnn.model import load_rcnn
     from sam_distill.students.heads.losses import resize_masks
-    from sam_distill.students.heads.rcnn import load_rcnn
 
     model, _ = load_rcnn(args.run_dir / "model" / "sam_det.pt")
     data = args.run_dir / "data" / "synthetic_coco"

@@ -11,9 +11,9 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from sam_distill.cache import DistillDataset, EmbeddingCache
+from sam_distill.data.cache import DistillDataset, EmbeddingCache
 from sam_distill.students import create_student
-from sam_distill.train import embedding_mse
+from sam_distill.train.loop import embedding_mse
 
 
 def main() -> None:

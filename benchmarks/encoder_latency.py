@@ -13,8 +13,8 @@ import statistics
 import torch
 
 from sam_distill.eval.bench import time_runs
+from sam_distill.sam.build import build_sam
 from sam_distill.students import create_student
-from sam_distill.teachers import build_sam
 
 
 def time_encoder(model: torch.nn.Module, runs: int, size: int = 1024) -> list[float]:

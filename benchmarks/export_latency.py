@@ -16,14 +16,14 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from sam_distill.assemble import save_model
+from sam_distill.core.fileio import atomic_write_json, read_json
+from sam_distill.core.images import make_synthetic_images
 from sam_distill.eval.bench import time_runs
 from sam_distill.export.onnx_export import TraceableSamOnnxModel, decoder_example
 from sam_distill.export.pipeline import export_model
 from sam_distill.export.registry import ExportOptions
-from sam_distill.fileio import atomic_write_json, read_json
-from sam_distill.images import make_synthetic_images
-from sam_distill.teachers import build_sam
+from sam_distill.sam.build import build_sam
+from sam_distill.sam.model_file import save_model
 
 
 def median_seconds(run, repeats: int) -> float:

@@ -8,8 +8,8 @@ import argparse
 import time
 from pathlib import Path
 
-from sam_distill.fastsam import plot_results, train_yolo
-from sam_distill.yolo_data import convert_coco
+from sam_distill.data.yolo import convert_coco
+from sam_distill.methods.fastsam.recipe import plot_results, train_yolo
 
 NWPU = Path(__file__).resolve().parents[2] / "shared" / "data" / "nwpu_vhr10"
 

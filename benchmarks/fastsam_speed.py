@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -29,9 +29,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from sam_distill.images import make_synthetic_images
-    from sam_distill.pseudo_label import generator_settings, pseudo_label
-    from sam_distill.teachers import load_teacher
+    from sam_distill.core.images import make_synthetic_images
+    from sam_distill.data.everything import generator_settings, pseudo_label
+    from sam_distill.sam.teachers import load_teacher
 
     teacher = load_teacher("vit_b", random_init=True, image_size=1024)
     with tempfile.TemporaryDirectory() as tmp:

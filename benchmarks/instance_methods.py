@@ -69,9 +69,9 @@ def main() -> None:
 
     import torch
 
-    from sam_distill.config import load_config
+    from sam_distill.core.config import load_config
     from sam_distill.eval.report import build_report
-    from sam_distill.run import run
+    from sam_distill.runner import run
 
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,13 @@ def main() -> None:
 
     import torch
 
+    from sam_distill.core.fileio import atomic_write_json
+    from sam_distill.data.everything import generator_settings
     from sam_distill.eval.bench import bench_many, format_bench_table
-    from sam_distill.fileio import atomic_write_json
-    from sam_distill.pseudo_label import generator_settings
-    from sam_distill.sam_cls import SamCls
-    from sam_distill.students.heads import build_prompter, save_prompter
-    from sam_distill.students.heads.model import build_sam_for
-    from sam_distill.students.heads.rcnn import build_rcnn, save_rcnn
+    from sam_distill.methods.prompter.model import build_prompter, save_prompter
+    from sam_distill.methods.rcnn.model import build_rcnn, save_rcnn
+    from sam_distill.methods.sam_cls.model import SamCls
+    from sam_distill.sam.model_file import build_sam_for
 
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)

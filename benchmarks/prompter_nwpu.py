@@ -42,9 +42,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from sam_distill.config import load_config
-    from sam_distill.rundir import read_metrics
-    from sam_distill.run import run
+    from sam_distill.core.config import load_config
+    from sam_distill.core.rundir import read_metrics
+    from sam_distill.runner import run
 
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sam_distill.config import load_config  # noqa: E402
+from sam_distill.core.config import load_config  # noqa: E402
+from sam_distill.core.rundir import read_metrics  # noqa: E402
 from sam_distill.eval.fidelity import format_table  # noqa: E402
-from sam_distill.rundir import read_metrics  # noqa: E402
-from sam_distill.run import run  # noqa: E402
+from sam_distill.runner import run  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import DistillError
+from sam_distill.core.errors import DistillError
 
 ROLE_TEACHER, ROLE_STUDENT = "teacher", "student"
 PHASES = ("encoder", "decoder", "total")
@@ -137,7 +137,7 @@ class BenchModel:
 
 
 def _sam_callables(sam, device: str) -> tuple[Callable, Callable]:
-    from ..prompts import decode
+    from sam_distill.sam.prompts import decode
 
     size = int(sam.image_encoder.img_size)
     pixels = torch.randn(1, 3, size, size, device=device)
@@ -173,10 +173,10 @@ def _probe(path: Path) -> tuple[str | None, str]:
 
 
 def _load_torch_file(path: Path, device: str) -> BenchModel:
-    from ..assemble import MODEL_FORMAT, load_model
-    from ..sam_cls import SAM_CLS_FORMAT
-    from ..students.heads.model import PROMPTER_FORMAT
-    from ..students.heads.rcnn import RCNN_FORMAT
+    from sam_distill.methods.prompter.model import PROMPTER_FORMAT
+    from sam_distill.methods.rcnn.model import RCNN_FORMAT
+    from sam_distill.methods.sam_cls.model import SAM_CLS_FORMAT
+    from sam_distill.sam.model_file import MODEL_FORMAT, load_model
 
     fmt, error = _probe(path)
     if fmt is None and "ultralytics" in error:  # ultralytics pickles its classes; the safe loader names them
@@ -197,7 +197,7 @@ def _load_torch_file(path: Path, device: str) -> BenchModel:
 
 def _load_prompter(path: Path, device: str) -> BenchModel:
     """An RSPrompter model: encoder + head (prompts) timed as the encoder phase, SAM's decoder on its prompts as the decoder."""
-    from ..students.heads import load_prompter
+    from sam_distill.methods.prompter.model import load_prompter
 
     model, _ = load_prompter(path)
     model = model.to(device).eval().requires_grad_(False)  # inference only; the FLOP counter hooks grads otherwise
@@ -224,7 +224,7 @@ def _load_prompter(path: Path, device: str) -> BenchModel:
 def _load_rcnn(path: Path, device: str) -> BenchModel:
     """SAM-det / SAM-seg: the image encoder as 'encoder'; pyramid + R-CNN heads (+ SAM's decoder on each
     detected box, for SAM-det) as 'decoder'."""
-    from ..students.heads.rcnn import METHODS, load_rcnn
+    from sam_distill.methods.rcnn.model import DISPLAY_NAMES, load_rcnn
 
     model, _ = load_rcnn(path)
     model = model.to(device).eval().requires_grad_(False)
@@ -242,7 +242,7 @@ def _load_rcnn(path: Path, device: str) -> BenchModel:
     def decoder():
         return model.predict_from_embeddings(embedding)
 
-    method = METHODS[model.method]
+    method = DISPLAY_NAMES[model.method]
     masks = "SAM's decoder on each box" if model.sam_masks else "Mask R-CNN's mask head"
     return BenchModel(name=f"{method} ({path.name})", kind=model.method, format="pytorch", role=ROLE_STUDENT,
                       path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
@@ -253,7 +253,7 @@ def _load_rcnn(path: Path, device: str) -> BenchModel:
 def _load_sam_cls(path: Path, device: str) -> BenchModel:
     """A SAM-cls model: the image encoder as 'encoder'; everything mode's point-grid decoding plus the mask
     classifier as 'decoder' (the generator's thresholds, NMS and RLE encoding are bookkeeping, not timed)."""
-    from ..sam_cls import load_sam_cls
+    from sam_distill.methods.sam_cls.model import load_sam_cls
 
     model = load_sam_cls(path).to(device)
     model.sam.requires_grad_(False)
@@ -282,7 +282,7 @@ def _load_sam_cls(path: Path, device: str) -> BenchModel:
 
 def _prompter_prompts(model, pixels: torch.Tensor):
     """The image embedding and the prompt embeddings the head emits for one image."""
-    from ..export.prompter_onnx import AnchorHeadGraph, QueryHeadGraph
+    from sam_distill.methods.prompter.onnx import AnchorHeadGraph, QueryHeadGraph
 
     embedding, taps = model.encoder(pixels)
     head = QueryHeadGraph(model) if model.config["head"] == "query" else AnchorHeadGraph(model)
@@ -371,7 +371,7 @@ def load_bench_model(spec: str, device: str = "cpu", threads: int = 1, random_in
     """A model file or (with ``random_init``) a teacher name, ready to be timed."""
     path = Path(spec)
     if random_init and not path.exists():
-        from ..teachers import load_teacher
+        from sam_distill.sam.teachers import load_teacher
 
         teacher = load_teacher(spec, random_init=True, image_size=image_size)
         return _from_sam(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
@@ -420,8 +420,8 @@ def bench_model(model: BenchModel, runs: int = 10, warmup: int = 2, device: str 
 def add_fidelity(row: dict, model: BenchModel, teacher: BenchModel, cache_dir: Path, max_images: int = 20,
                  points: int = 4, device: str = "cpu") -> None:
     """Fidelity to the teacher (mIoU point/box, embedding cosine) on the cache's held-out images."""
-    from ..cache import EmbeddingCache
-    from .fidelity import fidelity
+    from sam_distill.data.cache import EmbeddingCache
+    from sam_distill.eval.fidelity import fidelity
 
     if model.sam is None or teacher.sam is None:
         row["notes"].append("fidelity needs PyTorch SAM models (teacher and student); not computed")

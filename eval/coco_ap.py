@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..errors import DistillError
+from sam_distill.core.errors import DistillError
 
 # The order of COCOeval.stats for iouType segm.
 STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small",
@@ -98,7 +98,7 @@ def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | st
     ``image_ids`` restricts the evaluation (e.g. to a validation split of a shared json).
     """
     if not isinstance(ground_truth, COCO):
-        from ..coco_data import load_coco
+        from sam_distill.data.coco import load_coco
 
         ground_truth = load_coco(Path(ground_truth))
     result_list = load_json(results, "results")

@@ -17,9 +17,9 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..cache import EmbeddingCache
-from ..fileio import atomic_write_json
-from ..images import load_rgb
+from sam_distill.core.fileio import atomic_write_json
+from sam_distill.core.images import load_rgb
+from sam_distill.data.cache import EmbeddingCache
 
 
 def _set_embedding(predictor: SamPredictor, embedding: torch.Tensor, original_size, input_size) -> None:

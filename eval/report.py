@@ -28,11 +28,11 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import DistillError
-from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from .bench import ROLE_TEACHER
-from .coco_ap import mask_ap as coco_mask_ap
-from .reference import reference_rows
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from sam_distill.eval.bench import ROLE_TEACHER
+from sam_distill.eval.coco_ap import mask_ap as coco_mask_ap
+from sam_distill.eval.reference import reference_rows
 
 # Accuracy axes in order of preference: task accuracy against ground truth beats fidelity to the teacher.
 METRICS = {"mask_AP": "mask AP (COCO, %)", "point_miou": "1-point mIoU vs teacher", "box_miou": "box mIoU vs teacher"}
@@ -374,7 +374,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
 
 def run_models(run_dir: Path, config) -> list[Path]:
     """A run's teacher checkpoint (when it is a local file) and every model file it wrote or exported."""
-    from ..teachers import TEACHERS, checkpoint_cache_dir
+    from sam_distill.sam.official import TEACHERS, checkpoint_cache_dir
 
     spec = config.teacher
     if spec.random_init:
@@ -396,7 +396,7 @@ def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:
     """
     import torch
 
-    from .bench import bench_many
+    from sam_distill.eval.bench import bench_many
 
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None

@@ -5,4 +5,4 @@ register their own formats (heads, YOLO-seg students) the same way and import th
 This package imports nothing heavy, so ``sam_distill.export.runtime`` stays usable without PyTorch; the built-in
 exporters register when ``sam_distill.export.pipeline`` (``distill export``) is imported.
 """
-from .registry import EXPORTERS, ExportedFile, ExportOptions, Tolerance  # noqa: F401
+from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions, Tolerance  # noqa: F401

@@ -15,7 +15,7 @@ import torch.nn as nn
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
-from .registry import EXPORTERS, ExportedFile, ExportOptions
+from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions
 
 PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16"}
 
@@ -85,7 +85,7 @@ def describe_mlpackage(path: Path) -> tuple[list[dict], list[dict]]:
 @EXPORTERS.register("coreml")
 def export_coreml(sam: Sam, info, options: ExportOptions, out: Path) -> list[ExportedFile]:
     """Encoder and decoder ``.mlpackage`` in fp32, and fp16 with ``--fp16``."""
-    from .onnx_export import ENCODER_NOTE, decoder_example
+    from sam_distill.export.onnx_export import ENCODER_NOTE, decoder_example
 
     size = int(sam.image_encoder.img_size)
     decoder_inputs = {k: v for k, v in decoder_example(sam, options.static_points).items() if k != "orig_im_size"}

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
-from ..errors import DistillError
-from ..fileio import atomic_write_bytes
-from .registry import EXPORTERS, ExportedFile, ExportOptions
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import atomic_write_bytes
+from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions
 
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
@@ -132,7 +132,7 @@ def to_fp16(source: Path, target: Path) -> Path:
 @EXPORTERS.register("onnx")
 def export_onnx(sam: Sam, info, options: ExportOptions, out: Path) -> list[ExportedFile]:
     """fp32 encoder and decoder; with options, fp16, INT8 (dynamic and calibrated static) and static-shape variants."""
-    from .quantize import quantize_dynamic_file, quantize_static_files
+    from sam_distill.export.quantize import quantize_dynamic_file, quantize_static_files
 
     check_opset(options.opset)
     out.mkdir(parents=True, exist_ok=True)

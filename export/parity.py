@@ -10,10 +10,10 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
-from ..errors import DistillError
-from ..images import find_images, load_rgb, make_synthetic_images
-from .registry import ExportedFile, ExportOptions, Tolerance
-from .runtime import SamOnnxPredictor
+from sam_distill.core.errors import DistillError
+from sam_distill.core.images import find_images, load_rgb, make_synthetic_images
+from sam_distill.export.registry import ExportedFile, ExportOptions, Tolerance
+from sam_distill.export.runtime import SamOnnxPredictor
 
 
 def sample_prompts(image_hw: tuple[int, int], count: int, seed: int) -> list[dict]:

@@ -5,17 +5,17 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from ..assemble import load_model
-from ..errors import DistillError
-from ..students.heads.model import PROMPTER_FORMAT
-from ..students.heads.rcnn import RCNN_FORMAT
-from ..teachers import PickledCheckpoint
-from ..fileio import atomic_write_json, sha256_file
-from ..images import Preprocessing
-from . import coreml, onnx_export, tensorrt  # noqa: F401  (registration side effects)
-from .parity import TorchReference, check_parity, enforce_fp32, parity_images
-from .quantize import check_calibration
-from .registry import EXPORTERS, ExportOptions, Tolerance
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import atomic_write_json, sha256_file
+from sam_distill.core.images import Preprocessing
+from sam_distill.export import coreml, onnx_export, tensorrt  # noqa: F401  (registration side effects)
+from sam_distill.export.parity import TorchReference, check_parity, enforce_fp32, parity_images
+from sam_distill.export.quantize import check_calibration
+from sam_distill.export.registry import EXPORTERS, ExportOptions, Tolerance
+from sam_distill.methods.prompter.model import PROMPTER_FORMAT
+from sam_distill.methods.rcnn.model import RCNN_FORMAT
+from sam_distill.sam.checkpoint import PickledCheckpoint
+from sam_distill.sam.model_file import load_model
 
 DEFAULT_TOLERANCE = Tolerance()
 
@@ -98,8 +98,8 @@ def _payload_format(path: Path) -> str | None:
 
 def export_prompter(model_path: Path, formats: list[str], out: Path, log=print) -> dict:
     """RSPrompter models: encoder (embedding + taps), head and prompt-embedding decoder as ONNX, parity-checked."""
-    from ..students.heads import load_prompter
-    from .prompter_onnx import export_prompter_onnx
+    from sam_distill.methods.prompter.model import load_prompter
+    from sam_distill.methods.prompter.onnx import export_prompter_onnx
 
     if set(formats) != {"onnx"}:
         raise DistillError(f"prompter models export to onnx only (asked for {', '.join(formats)}); use --format onnx")
@@ -128,7 +128,7 @@ def export_ultralytics(model_path: Path, formats: list[str], out: Path, options:
     import onnxruntime as ort
     import torch
 
-    from ..fastsam import export_yolo, offline
+    from sam_distill.methods.fastsam.recipe import export_yolo, offline
 
     offline()
     from ultralytics import YOLO

@@ -12,10 +12,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..errors import DistillError
-from ..images import UnreadableImage, find_images, load_rgb
-from .registry import ExportOptions
-from .runtime import SamOnnxPredictor, preprocess
+from sam_distill.core.errors import DistillError
+from sam_distill.core.images import UnreadableImage, find_images, load_rgb
+from sam_distill.export.registry import ExportOptions
+from sam_distill.export.runtime import SamOnnxPredictor, preprocess
 
 INT8_OPS = {"matmul": ["MatMul"], "all": None}
 # Static QDQ quantises only the heavy operators: quantising everything also quantised the decoder's
@@ -40,7 +40,7 @@ def calibration_images(source: Path, count: int) -> list[np.ndarray]:
     """Up to ``count`` RGB images from an image folder or from a teacher cache's source images."""
     source = Path(source)
     if (source / "cache.json").is_file():
-        from ..cache import EmbeddingCache
+        from sam_distill.data.cache import EmbeddingCache
 
         paths = [Path(entry["source"]) for entry in EmbeddingCache(source).entries]
     else:
@@ -71,7 +71,7 @@ class FeedReader(CalibrationDataReader):
 def quantize_static_files(sam: Sam, encoder: Path, decoder: Path, out: Path, options: ExportOptions) -> dict[str, Path]:
     """Static QDQ INT8 for both files: encoder calibrated on preprocessed images, decoder on their fp32 embeddings
     with point and box prompts."""
-    from .parity import sample_prompts
+    from sam_distill.export.parity import sample_prompts
 
     images = calibration_images(options.calibration, options.calibration_count)
     size = int(sam.image_encoder.img_size)

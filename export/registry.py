@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..registry import Registry
+from sam_distill.core.registry import Registry
 
 EXPORTERS: Registry = Registry("exporter")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from segment_anything.modeling import Sam
 
-from ..fileio import atomic_write_bytes
-from .registry import EXPORTERS, ExportedFile, ExportOptions
+from sam_distill.core.fileio import atomic_write_bytes
+from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions
 
 
 def trtexec_commands(folder: Path) -> list[str]:
@@ -32,7 +32,7 @@ def build_engine(onnx_path: Path, engine_path: Path) -> Path:
 
 @EXPORTERS.register("engine")
 def export_engine(sam: Sam, info, options: ExportOptions, out: Path) -> list[ExportedFile]:
-    from .onnx_export import ENCODER_NOTE, export_encoder, export_static, onnx_file
+    from sam_distill.export.onnx_export import ENCODER_NOTE, export_encoder, export_static, onnx_file
 
     encoder = out / "encoder.onnx"
     files = [] if encoder.exists() else [onnx_file(export_encoder(sam, encoder, options.opset), "encoder", "fp32", ENCODER_NOTE)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..registry import Registry
+from sam_distill.core.registry import Registry
 
 STUDENTS: Registry = Registry("student")
 
@@ -24,4 +24,4 @@ def list_students() -> list[str]:
     return STUDENTS.names()
 
 
-from . import tinyvit, timm_student  # noqa: E402,F401  (registration side effects)
+from sam_distill.students import timm_student, tinyvit  # noqa: E402,F401  (registration side effects)

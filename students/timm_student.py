@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 
-from ..errors import DistillError
-from . import STUDENTS
+from sam_distill.core.errors import DistillError
+from sam_distill.students import STUDENTS
 
 EMBED_DIM = 256
 EMBED_STRIDE = 16

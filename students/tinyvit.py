@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import STUDENTS
+from sam_distill.students import STUDENTS
 
 TINYVIT_5M = dict(
     embed_dims=[64, 128, 160, 320],

@@ -25,7 +25,7 @@ def _offline_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_teacher_checkpoint(tmp_path_factory) -> Path:
     """A vit_tiny SAM (SAM's ViT encoder, 4 blocks) at 256 px, saved as a plain SAM state dict."""
-    from sam_distill.teachers import load_teacher
+    from sam_distill.sam.teachers import load_teacher
 
     teacher = load_teacher("vit_tiny", random_init=True, image_size=TINY_SIZE, seed=0)
     path = tmp_path_factory.mktemp("teacher") / "vit_tiny.pth"
@@ -35,14 +35,14 @@ def tiny_teacher_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_teacher_checkpoint):
-    from sam_distill.teachers import load_teacher
+    from sam_distill.sam.teachers import load_teacher
 
     return load_teacher("vit_tiny", tiny_teacher_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
-    from sam_distill.images import make_synthetic_images
+    from sam_distill.core.images import make_synthetic_images
 
     folder = tmp_path_factory.mktemp("images")
     make_synthetic_images(folder, 6, size=160, seed=1)
@@ -51,8 +51,8 @@ def image_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_teacher, image_folder, tmp_path_factory) -> Path:
-    from sam_distill.cache import build_cache
-    from sam_distill.dist import DistContext
+    from sam_distill.core.device import DistContext
+    from sam_distill.data.cache import build_cache
 
     cache_dir = tmp_path_factory.mktemp("cache")
     build_cache(tiny_teacher, image_folder, cache_dir, shard_size=4, context=DistContext(), log=lambda m: None)

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from sam_distill.coco_data import CocoInstances, make_synthetic_coco
-from sam_distill.errors import DistillError
+from sam_distill.core.errors import DistillError
+from sam_distill.data.coco import CocoInstances, make_synthetic_coco
 from sam_distill.eval.coco_ap import instance_ap
-from sam_distill.instance_infer import predict_dataset
-from sam_distill.instance_train import train_instance_model
-from sam_distill.students.heads.rcnn import SimpleFeaturePyramid, build_rcnn, load_rcnn, sam_box_masks, save_rcnn
-from sam_distill.train import Schedule
+from sam_distill.methods.instance_predict import predict_dataset
+from sam_distill.methods.instances import train_instance_model
+from sam_distill.methods.rcnn.model import SimpleFeaturePyramid, build_rcnn, load_rcnn, sam_box_masks, save_rcnn
+from sam_distill.train.loop import Schedule
 
 SIZE = 128
 
@@ -116,8 +116,8 @@ def _not_rcnn(tmp_path):
 
 
 def test_sam_det_prompts_sam_with_given_coco_detections(shapes):
-    from sam_distill.baselines import prompt_with_detections, read_detections
-    from sam_distill.teachers import build_sam
+    from sam_distill.methods.rcnn.recipe import prompt_with_detections, read_detections
+    from sam_distill.sam.build import build_sam
 
     dataset = CocoInstances(*shapes, SIZE)
     ground_truth = dataset.coco.dataset["annotations"]
@@ -178,9 +178,9 @@ def test_distill_run_sam_seg_and_sam_det_into_one_report(tmp_path, monkeypatch, 
 
 def test_baselines_run_on_the_teacher_or_a_distilled_student(tmp_path, tiny_teacher_checkpoint):
     """encoder.checkpoint: an official-format SAM file (the teacher) or a sam-distill student model file."""
-    from sam_distill.assemble import save_model
+    from sam_distill.sam.build import sam_with_encoder
+    from sam_distill.sam.model_file import save_model
     from sam_distill.students import create_student
-    from sam_distill.teachers import sam_with_encoder
 
     teacher_state = torch.load(tiny_teacher_checkpoint, weights_only=True)
     on_teacher = build_rcnn({"method": "sam_det", "encoder": "vit_tiny", "image_size": 256, "num_classes": 2,

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from sam_distill.export import EXPORTERS, ExportOptions  # noqa: E402
 from sam_distill.export.coreml import convert, describe_mlpackage  # noqa: E402
+from sam_distill.export.registry import EXPORTERS, ExportOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ import torch
 from segment_anything import SamPredictor
 
 from sam_distill.cli import main
-from sam_distill.errors import DistillError
-from sam_distill.export import EXPORTERS
+from sam_distill.core.errors import DistillError
+from sam_distill.core.images import find_images, load_rgb
 from sam_distill.export.parity import enforce_fp32
 from sam_distill.export.pipeline import export_model
-from sam_distill.export.registry import ExportedFile, ExportOptions, Tolerance
-from sam_distill.images import load_rgb, find_images
+from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions, Tolerance
 
 # segment-anything's scripts/export_onnx_model.py: every input and output is float32; these are the ranks.
 SAM_DECODER_INPUTS = {"image_embeddings": 4, "point_coords": 3, "point_labels": 2, "mask_input": 4,
@@ -57,7 +56,7 @@ def test_encoder_input_and_manifest(exported, tiny_teacher_checkpoint):
     encoder = entry(manifest, "encoder.onnx")
     assert encoder["inputs"] == [{"name": "image", "shape": [1, 3, 256, 256], "dtype": "float32"}]
     assert encoder["outputs"] == [{"name": "image_embeddings", "shape": [1, 256, 16, 16], "dtype": "float32"}]
-    from sam_distill.fileio import sha256_file
+    from sam_distill.core.fileio import sha256_file
 
     assert manifest["source"]["sha256"] == sha256_file(tiny_teacher_checkpoint)
     assert manifest["preprocessing"]["pixel_mean"] == [123.675, 116.28, 103.53]

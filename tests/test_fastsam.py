@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from sam_distill.errors import DistillError
+from sam_distill.core.errors import DistillError
+from sam_distill.data.yolo import convert_coco, is_val, mask_to_polygon, split_names
 from sam_distill.eval.coco_ap import mask_ap, masks_to_results
-from sam_distill.yolo_data import convert_coco, is_val, mask_to_polygon, split_names
 
 
 def _rect(h, w, y1, y2, x1, x2):
@@ -102,8 +102,8 @@ def test_convert_coco_layout(coco_dataset, tmp_path):
 
 
 def test_pseudo_labels_resume_refusal_and_empty(tiny_teacher, image_folder, tmp_path):
-    from sam_distill.pseudo_label import generator_settings, pseudo_label, read_label_set
-    from sam_distill.yolo_data import convert_pseudo_labels
+    from sam_distill.data.everything import generator_settings, pseudo_label, read_label_set
+    from sam_distill.data.yolo import convert_pseudo_labels
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -144,7 +144,7 @@ def test_unknown_variant_is_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def trained_student(coco_dataset, tmp_path_factory):
-    from sam_distill.fastsam import train_yolo
+    from sam_distill.methods.fastsam.recipe import train_yolo
 
     out = tmp_path_factory.mktemp("yolo")
     data = convert_coco(coco_dataset / "annotations.json", coco_dataset, out / "data", val_fraction=0.3)
@@ -161,16 +161,16 @@ def test_trained_pt_loads_in_ultralytics_and_resumes_finished(trained_student):
     assert YOLO(str(weights)).task == "segment"
     result = FastSAM(str(weights))(np.zeros((64, 64, 3), np.uint8), imgsz=64, conf=0.001, verbose=False)[0]
     assert result.orig_shape == (64, 64)
-    from sam_distill.fastsam import train_yolo
+    from sam_distill.methods.fastsam.recipe import train_yolo
 
     again = train_yolo(data_dir / "data.yaml", "yolov8n-seg", Path(summary["run"]).parent, epochs=1, log=lambda m: None)
     assert again["best"] == summary["best"]  # finished runs are not retrained
 
 
 def test_prompt_modes_and_ap(trained_student, coco_dataset):
-    from sam_distill.fastsam import evaluate_yolo
-    from sam_distill.images import load_rgb
-    from sam_distill.students.yolo_seg import YoloSegStudent
+    from sam_distill.core.images import load_rgb
+    from sam_distill.methods.fastsam.recipe import evaluate_yolo
+    from sam_distill.methods.fastsam.student import YoloSegStudent
 
     weights, data_dir, _ = trained_student
     student = YoloSegStudent(weights, imgsz=64, conf=0.001)
@@ -216,7 +216,7 @@ def test_clip_text_selection(tmp_path):
     import open_clip
     import torch
 
-    from sam_distill.clip_select import load_clip, select_by_text
+    from sam_distill.sam.text_prompts import load_clip, select_by_text
 
     config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -236,8 +236,8 @@ def test_clip_text_selection(tmp_path):
 
 
 def test_fastsam_recipe_end_to_end_and_rerun(tmp_path, tiny_teacher_checkpoint):
-    from sam_distill.config import parse_config
-    from sam_distill.run import run
+    from sam_distill.core.config import parse_config
+    from sam_distill.runner import run
 
     config = parse_config({
         "recipe": "fastsam", "name": "fs", "run_dir": str(tmp_path / "run"), "device": "cpu",

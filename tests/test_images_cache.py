@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_distill.cache import EmbeddingCache, build_cache, read_entries
-from sam_distill.dist import DistContext
-from sam_distill.errors import DistillError
-from sam_distill.images import Preprocessing, UnreadableImage, find_images, load_rgb
-from sam_distill.teachers import load_teacher
+from sam_distill.core.device import DistContext
+from sam_distill.core.errors import DistillError
+from sam_distill.core.images import Preprocessing, UnreadableImage, find_images, load_rgb
+from sam_distill.data.cache import EmbeddingCache, build_cache, read_entries
+from sam_distill.sam.teachers import load_teacher
 
 quiet = dict(context=DistContext(), log=lambda m: None)
 

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from sam_distill.coco_data import CocoInstances, hash_split, make_synthetic_coco
-from sam_distill.errors import DistillError
+from sam_distill.core.errors import DistillError
+from sam_distill.data.coco import CocoInstances, hash_split, make_synthetic_coco
 from sam_distill.eval.coco_ap import instance_ap
-from sam_distill.instance_infer import predict_dataset
-from sam_distill.instance_train import train_instance_model
-from sam_distill.students.heads import build_prompter, encoder_taps
-from sam_distill.train import Schedule
+from sam_distill.methods.instance_predict import predict_dataset
+from sam_distill.methods.instances import train_instance_model
+from sam_distill.methods.prompter.model import build_prompter
+from sam_distill.students.heads.aggregator import encoder_taps
+from sam_distill.train.loop import Schedule
 
 SIZE = 128
 
@@ -50,7 +51,7 @@ def test_taps_and_aggregator_on_every_encoder_family(encoder, channels):
 
 
 def test_bad_taps_name_the_valid_range():
-    from sam_distill.teachers import build_sam
+    from sam_distill.sam.build import build_sam
 
     with pytest.raises(DistillError, match=r"use indices 0\.\.3"):
         encoder_taps(build_sam("vit_tiny", SIZE).image_encoder, [0, 7])
@@ -123,7 +124,7 @@ def test_prompter_learns_generated_instances_to_ap50_0_9(shapes, tmp_path, head)
 @pytest.mark.parametrize("head", ["query", "anchor"])
 def test_onnx_encoder_head_decoder_match_pytorch(tmp_path, head):
     pytest.importorskip("onnxruntime")
-    from sam_distill.export.prompter_onnx import export_prompter_onnx
+    from sam_distill.methods.prompter.onnx import export_prompter_onnx
 
     model = tiny_prompter(head)
     report = export_prompter_onnx(model, tmp_path, classes=[{"id": 1, "name": "a"}])
@@ -135,7 +136,7 @@ def test_onnx_encoder_head_decoder_match_pytorch(tmp_path, head):
 
 def test_distill_export_takes_prompter_files(tmp_path):
     from sam_distill.cli import main
-    from sam_distill.students.heads import save_prompter
+    from sam_distill.methods.prompter.model import save_prompter
 
     path = save_prompter(tiny_prompter("query"), tmp_path / "prompter.pt", [{"id": 1, "name": "a"}])
     assert main(["export", str(path), "--out", str(tmp_path / "onnx")]) == 0
@@ -147,7 +148,7 @@ def test_distill_export_takes_prompter_files(tmp_path):
 
 def test_bench_times_prompter_files(tmp_path):
     from sam_distill.eval.bench import bench_many
-    from sam_distill.students.heads import save_prompter
+    from sam_distill.methods.prompter.model import save_prompter
 
     path = save_prompter(tiny_prompter("anchor"), tmp_path / "prompter.pt", [{"id": 1, "name": "a"}])
     row = bench_many([str(path)], runs=1, warmup=0, threads=1, log=lambda m: None)["rows"][0]
@@ -157,7 +158,7 @@ def test_bench_times_prompter_files(tmp_path):
 
 def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch):
     from sam_distill.cli import main
-    from sam_distill.rundir import read_metrics
+    from sam_distill.core.rundir import read_metrics
 
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "prompter.yaml"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sam_distill.cli import main
-from sam_distill.errors import DistillError
+from sam_distill.core.errors import DistillError
 from sam_distill.eval.bench import bench_many, bench_model, latency_stats, load_bench_model, time_runs
 from sam_distill.eval.fidelity import mask_iou
 from sam_distill.eval.reference import reference_rows

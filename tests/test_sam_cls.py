@@ -9,7 +9,7 @@ import torch
 import yaml
 from pycocotools import mask as mask_utils
 
-from sam_distill.errors import DistillError
+from sam_distill.core.errors import DistillError
 
 EVERYTHING = {"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
@@ -27,7 +27,7 @@ def _rect(y1, y2, x1, x2, size=40):
 
 
 def test_match_proposals_by_mask_iou():
-    from sam_distill.sam_cls import match_proposals
+    from sam_distill.methods.sam_cls.model import match_proposals
 
     gt = [_rect(0, 10, 0, 10), _rect(20, 40, 20, 40)]
     proposals = [_rect(0, 10, 0, 10),          # exact: class 3
@@ -60,7 +60,7 @@ def test_pooled_features_average_inside_the_mask():
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from sam_distill.coco_data import make_synthetic_coco
+    from sam_distill.data.coco import make_synthetic_coco
 
     folder = tmp_path_factory.mktemp("shapes")
     make_synthetic_coco(folder, 8, size=128, seed=3)
@@ -88,7 +88,7 @@ def pooled_run(shapes, tmp_path_factory):
 
 
 def test_recipe_writes_reports_model_and_bench(pooled_run, shapes):
-    from sam_distill.coco_data import load_coco
+    from sam_distill.data.coco import load_coco
 
     run = pooled_run / "run"
     metrics = json.loads((run / "reports" / "metrics_sam_cls.json").read_text())
@@ -116,9 +116,10 @@ def test_recipe_writes_reports_model_and_bench(pooled_run, shapes):
 
 def test_classifier_overfits_its_training_features(pooled_run, shapes):
     """The trained MLP separates its training masks (≥ 0.9); an untrained one of the same shape does not."""
-    from sam_distill.instance_train import split_datasets
-    from sam_distill.config import InstancesConfig
-    from sam_distill.sam_cls import SamCls, _proposal_reader, load_sam_cls, training_features
+    from sam_distill.core.config import InstancesConfig
+    from sam_distill.methods.instances import split_datasets
+    from sam_distill.methods.sam_cls.model import SamCls, load_sam_cls
+    from sam_distill.methods.sam_cls.recipe import _proposal_reader, training_features
 
     model = load_sam_cls(pooled_run / "run" / "model" / "sam_cls.pt")
     spec = InstancesConfig(annotations=shapes / "annotations.json", images=shapes / "images", val_fraction=0.3,
@@ -137,8 +138,8 @@ def test_classifier_overfits_its_training_features(pooled_run, shapes):
 
 
 def test_rerun_reuses_cached_proposals(pooled_run):
-    from sam_distill.config import load_config
-    from sam_distill.run import run
+    from sam_distill.core.config import load_config
+    from sam_distill.runner import run
 
     log = pooled_run / "run" / "logs" / "run.log"
     before = log.read_text().count("\n")
@@ -148,7 +149,7 @@ def test_rerun_reuses_cached_proposals(pooled_run):
 
 def test_bench_times_encoder_and_everything_mode(pooled_run):
     from sam_distill.eval.bench import load_bench_model
-    from sam_distill.sam_cls import load_sam_cls
+    from sam_distill.methods.sam_cls.model import load_sam_cls
 
     model = load_sam_cls(pooled_run / "run" / "model" / "sam_cls.pt")
     logits = model.decode_and_classify(torch.randn(256, 8, 8))
@@ -175,7 +176,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_zero_shot_shares_fastsam_embeddings(tiny_clip):
-    from sam_distill.clip_select import classify_masks, load_clip, mask_crops, select_by_text
+    from sam_distill.sam.text_prompts import classify_masks, load_clip, mask_crops, select_by_text
 
     scorer = load_clip(tiny_clip / "tiny_clip.pt", "tiny-clip-sc", tiny_clip / "tiny-clip-sc.json")
     image = np.random.default_rng(0).integers(0, 255, (40, 40, 3)).astype(np.uint8)
@@ -199,8 +200,8 @@ def test_clip_zero_shot_shares_fastsam_embeddings(tiny_clip):
 
 def test_clip_recipe_and_text_prompt_command(shapes, tiny_clip, tmp_path):
     from sam_distill.cli import main
-    from sam_distill.config import parse_config
-    from sam_distill.run import run
+    from sam_distill.core.config import parse_config
+    from sam_distill.runner import run
 
     config = parse_config(_config(shapes, tmp_path / "run", classifier="clip",
                                   clip_checkpoint=str(tiny_clip / "tiny_clip.pt"), clip_model="tiny-clip-sc",
@@ -247,7 +248,7 @@ def test_predict_command_matches_the_recipes_validation(pooled_run, shapes, tmp_
     """`distill sam-cls predict` on a validation image gives what the recipe scored for it (same proposals,
     embedding and classifier), written as COCO results with an overlay."""
     from sam_distill.cli import main
-    from sam_distill.coco_data import load_coco
+    from sam_distill.data.coco import load_coco
 
     run = pooled_run / "run"
     expected = json.loads((run / "reports" / "val_results.json").read_text())

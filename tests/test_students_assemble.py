@@ -3,11 +3,11 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from sam_distill.assemble import assemble, load_model, save_mobilesam_layout, save_model
-from sam_distill.cache import EmbeddingCache
-from sam_distill.errors import DistillError
+from sam_distill.core.errors import DistillError
+from sam_distill.core.images import find_images, load_rgb
+from sam_distill.data.cache import EmbeddingCache
 from sam_distill.eval.fidelity import fidelity, format_table
-from sam_distill.images import find_images, load_rgb
+from sam_distill.sam.model_file import assemble, load_model, save_mobilesam_layout, save_model
 from sam_distill.students import create_student, list_students
 
 
@@ -76,7 +76,7 @@ def test_assembled_model_works_with_sam_predictor_and_round_trips(tiny_teacher, 
 def test_mobilesam_layout_loads_in_ultralytics(tiny_teacher, tmp_path):
     from ultralytics.models.sam.build import build_mobile_sam
 
-    from sam_distill.teachers import build_sam
+    from sam_distill.sam.build import build_sam
 
     teacher = build_sam("vit_tiny", 1024)
     torch.manual_seed(1)

@@ -3,9 +3,11 @@ import hashlib
 import pytest
 import torch
 
-from sam_distill.errors import DistillError
-from sam_distill.teachers import (TEACHERS, build_sam, checkpoint_cache_dir, download, load_sam_checkpoint,
-                                  load_teacher, read_state_dict, resolve_official)
+from sam_distill.core.errors import DistillError
+from sam_distill.sam.build import build_sam
+from sam_distill.sam.checkpoint import load_sam_checkpoint, read_state_dict
+from sam_distill.sam.official import TEACHERS, checkpoint_cache_dir, download, resolve_official
+from sam_distill.sam.teachers import load_teacher
 
 
 def test_official_names_resolve_to_official_urls():

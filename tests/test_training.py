@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 
-from sam_distill.cache import DistillDataset, EmbeddingCache
-from sam_distill.dist import DistContext
-from sam_distill.errors import DistillError
-from sam_distill.prompt_stage import PromptLoopLoss
-from sam_distill.rundir import read_metrics
+from sam_distill.core.device import DistContext
+from sam_distill.core.errors import DistillError
+from sam_distill.core.rundir import read_metrics
+from sam_distill.data.cache import DistillDataset, EmbeddingCache
 from sam_distill.students import create_student
-from sam_distill.train import EpochSampler, Schedule, embedding_mse, lr_lambda, run_training
+from sam_distill.train.loop import EpochSampler, Schedule, embedding_mse, lr_lambda, run_training
+from sam_distill.train.prompt_loop import PromptLoopLoss
 
 STUDENT = "timm_test_efficientnet"
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...errors import DistillError
+from sam_distill.core.errors import DistillError
 
 
 @dataclass

@@ -8,17 +8,17 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
+from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection._utils import Matcher
 from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_align
 
-from . import HEADS
-from .losses import bce_loss, dice_loss, resize_masks
-from .query_prompter import PROMPT_DIM, mlp
+from sam_distill.students.heads import HEADS
+from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
+from sam_distill.students.heads.query_prompter import PROMPT_DIM, mlp
 
 ROI_SIZE = 7
 STRIDE = 16

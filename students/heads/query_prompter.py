@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
-from . import HEADS
-from .losses import bce_loss, dice_loss, pairwise_mask_costs, resize_masks
+from sam_distill.students.heads import HEADS
+from sam_distill.students.heads.losses import bce_loss, dice_loss, pairwise_mask_costs, resize_masks
 
 PROMPT_DIM = 256
 

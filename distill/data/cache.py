@@ -1,0 +1,271 @@
+"""The teacher embedding cache: each image's SAM embedding, computed once, stored as fp16 shards.
+
+Layout of a cache folder::
+
+    cache.json                 teacher, checkpoint sha256, preprocessing, embedding shape (the identity)
+    shards/r000-s00000.npy     N×256×64×64 float16 embeddings
+    shards/r000-s00000.json    the N entries of that shard; its presence commits the shard
+    skipped-r000.json          files a rank could not read, with the reason
+    manifest.jsonl             every entry, merged across ranks (for people and other tools)
+
+A shard's ``.npy`` and then its ``.json`` are each written atomically, so a process killed at any
+moment leaves either a committed shard or an orphan ``.npy`` that the next run deletes and redoes.
+Each torchrun rank writes only shards named with its own rank.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from sam_distill.core.device import DistContext, init_distributed
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_identity, read_json
+from sam_distill.core.images import Preprocessing, UnreadableImage, find_images, load_rgb
+from sam_distill.sam.teachers import Teacher
+
+CACHE_FORMAT = "sam-distill/embedding-cache/1"
+
+
+def cache_identity(teacher: Teacher, preprocessing: Preprocessing) -> dict:
+    """What must match for two embeddings to be interchangeable."""
+    size = preprocessing.image_size // 16
+    return {
+        "format": CACHE_FORMAT,
+        "teacher": teacher.identity,
+        "preprocessing": preprocessing.as_dict(),
+        "embedding_shape": [256, size, size],
+        "dtype": "float16",
+    }
+
+
+class _ImageReader(Dataset):
+    """Reads, hashes and preprocesses images in DataLoader workers; failures come back as reasons."""
+
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
+        self.paths = paths
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            image = load_rgb(path)
+        except (UnreadableImage, OSError) as err:
+            return {"path": str(path), "error": str(err)}
+        return {"path": str(path), "sha256": digest, "orig_size": list(image.shape[:2]),
+                "tensor": self.preprocessing(image)}
+
+
+def _collate(batch):
+    return batch
+
+
+class _ShardWriter:
+    def __init__(self, shard_dir: Path, rank: int, shard_size: int):
+        self.shard_dir = shard_dir
+        self.rank = rank
+        self.shard_size = shard_size
+        existing = sorted(shard_dir.glob(f"r{rank:03d}-s*.json"))
+        self.next_seq = 1 + max((int(p.stem.split("-s")[1]) for p in existing), default=-1)
+        self.embeddings: list[np.ndarray] = []
+        self.entries: list[dict] = []
+
+    def add(self, embedding: np.ndarray, entry: dict) -> None:
+        self.embeddings.append(embedding)
+        self.entries.append(entry)
+        if len(self.entries) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        stem = f"r{self.rank:03d}-s{self.next_seq:05d}"
+        array = np.stack(self.embeddings).astype(np.float16)
+        buffer = _npy_bytes(array)
+        atomic_write_bytes(self.shard_dir / f"{stem}.npy", buffer)
+        entries = [dict(entry, shard=stem, row=row) for row, entry in enumerate(self.entries)]
+        atomic_write_json(self.shard_dir / f"{stem}.json", {"shard": f"{stem}.npy", "entries": entries})
+        self.next_seq += 1
+        self.embeddings, self.entries = [], []
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def _clean_orphans(shard_dir: Path, rank: int) -> None:
+    """Delete what a killed run of this rank left half-done: temp files and shards never committed."""
+    for tmp in shard_dir.glob(f".r{rank:03d}-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for npy in shard_dir.glob(f"r{rank:03d}-s*.npy"):
+        if not npy.with_suffix(".json").exists():
+            npy.unlink()
+
+
+def read_entries(cache_dir: Path) -> list[dict]:
+    """All committed entries, in shard order, first occurrence of each content hash only."""
+    seen: set[str] = set()
+    entries = []
+    for index_file in sorted((Path(cache_dir) / "shards").glob("r*-s*.json")):
+        for entry in read_json(index_file)["entries"]:
+            if entry["sha256"] in seen:
+                continue
+            seen.add(entry["sha256"])
+            entries.append(entry)
+    return entries
+
+
+def write_manifest(cache_dir: Path) -> list[dict]:
+    entries = read_entries(cache_dir)
+    atomic_write_text(cache_dir / "manifest.jsonl", "".join(json.dumps(e) + "\n" for e in entries))
+    return entries
+
+
+def build_cache(
+    teacher: Teacher,
+    images: Path | list[Path],
+    cache_dir: Path,
+    shard_size: int = 16,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    context: DistContext | None = None,
+    log=print,
+) -> dict:
+    """Embed every image not yet in the cache. Safe to kill and rerun; splits across torchrun ranks."""
+    context = context or init_distributed()
+    cache_dir = Path(cache_dir)
+    preprocessing = Preprocessing(teacher.image_size)
+    shard_dir = cache_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        claim_identity(cache_dir / "cache.json", cache_identity(teacher, preprocessing), f"cache {cache_dir}")
+    context.barrier()
+    claim_identity(cache_dir / "cache.json", cache_identity(teacher, preprocessing), f"cache {cache_dir}")
+    _clean_orphans(shard_dir, context.rank)
+
+    paths = find_images(images) if isinstance(images, (str, Path)) else sorted(Path(p) for p in images)
+    done = read_entries(cache_dir)
+    done_sources = {entry["source"] for entry in done}
+    done_hashes = {entry["sha256"] for entry in done}
+    pending = [p for p in paths if str(p.resolve()) not in done_sources]
+    mine = pending[context.rank :: context.world_size]
+    if context.is_main:
+        log(f"embed: {len(paths)} images, {len(paths) - len(pending)} already cached, {len(pending)} to do "
+            f"on {context.world_size} process(es); teacher {teacher.describe()}")
+
+    model = teacher.model.image_encoder.to(context.device).eval()
+    writer = _ShardWriter(shard_dir, context.rank, shard_size)
+    loader = DataLoader(_ImageReader([p.resolve() for p in mine], preprocessing), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=_collate)
+    skipped, duplicates, started = [], 0, time.time()
+    with tqdm(total=len(mine), desc="embed", unit="img", disable=not context.is_main) as bar:
+        for batch in loader:
+            good = []
+            for item in batch:
+                if "error" in item:
+                    skipped.append({"path": item["path"], "reason": item["error"]})
+                    log(f"embed: skipped {item['path']}: {item['error']}")
+                elif item["sha256"] in done_hashes:
+                    duplicates += 1
+                else:
+                    done_hashes.add(item["sha256"])
+                    good.append(item)
+            if good:
+                pixels = torch.stack([item["tensor"] for item in good]).to(context.device)
+                with torch.inference_mode():
+                    embeddings = model(pixels).float().cpu().numpy()
+                for item, embedding in zip(good, embeddings):
+                    writer.add(embedding, {"source": item["path"], "sha256": item["sha256"],
+                                           "orig_size": item["orig_size"]})
+            bar.update(len(batch))
+    writer.flush()
+    atomic_write_json(cache_dir / f"skipped-r{context.rank:03d}.json", skipped)
+    context.barrier()
+    entries = write_manifest(cache_dir) if context.is_main else read_entries(cache_dir)
+    all_skipped = [s for f in sorted(cache_dir.glob("skipped-r*.json")) for s in read_json(f)]
+    summary = {"cached": len(entries), "new": len(mine) - len(skipped) - duplicates, "skipped": all_skipped,
+               "duplicates": duplicates, "seconds": round(time.time() - started, 2)}
+    if context.is_main:
+        log(f"embed: cache {cache_dir} holds {len(entries)} embeddings ({len(all_skipped)} files skipped)")
+    return summary
+
+
+class EmbeddingCache:
+    """Read side of the cache: entries, identity, and embeddings by index (memory-mapped shards)."""
+
+    def __init__(self, cache_dir: Path | str):
+        self.dir = Path(cache_dir)
+        header = self.dir / "cache.json"
+        if not header.exists():
+            raise DistillError(f"{self.dir} is not an embedding cache (no cache.json); build it with `distill embed`")
+        self.identity = read_json(header)
+        self.entries = read_entries(self.dir)
+        if not self.entries:
+            raise DistillError(f"embedding cache {self.dir} is empty; run `distill embed` first")
+        self._shards: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.identity["preprocessing"]["image_size"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        p = self.identity["preprocessing"]
+        return Preprocessing(p["image_size"], tuple(p["pixel_mean"]), tuple(p["pixel_std"]))
+
+    def embedding(self, index: int) -> torch.Tensor:
+        entry = self.entries[index]
+        shard = self._shards.get(entry["shard"])
+        if shard is None:
+            shard = np.load(self.dir / "shards" / f"{entry['shard']}.npy", mmap_mode="r")
+            self._shards[entry["shard"]] = shard
+        return torch.from_numpy(np.array(shard[entry["row"]], dtype=np.float32))
+
+    def split(self, holdout_fraction: float, max_holdout: int | None = None) -> tuple[list[int], list[int]]:
+        """A split by content hash: stable across runs and machines, at least one held-out image."""
+        order = sorted(range(len(self.entries)), key=lambda i: self.entries[i]["sha256"])
+        if holdout_fraction <= 0 or len(order) < 2:
+            return order, []
+        count = max(1, round(len(order) * holdout_fraction))
+        if max_holdout:
+            count = min(count, max_holdout)
+        count = min(count, len(order) - 1)
+        return sorted(order[count:]), sorted(order[:count])
+
+
+class DistillDataset(Dataset):
+    """(preprocessed image, teacher embedding) pairs for decoupled distillation."""
+
+    def __init__(self, cache: EmbeddingCache, indices: list[int] | None = None):
+        self.cache = cache
+        self.indices = list(range(len(cache))) if indices is None else list(indices)
+        self.preprocessing = cache.preprocessing
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        source = self.cache.entries[index]["source"]
+        try:
+            image = load_rgb(source)
+        except (UnreadableImage, OSError) as err:
+            raise DistillError(f"cached image {source} can no longer be read ({err}); restore it or rebuild the cache") from None
+        return self.preprocessing(image), self.cache.embedding(index)

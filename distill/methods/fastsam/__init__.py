@@ -1,0 +1,16 @@
+"""FastSAM-style YOLO-seg students trained by ultralytics on SAM's everything-mode pseudo-labels.
+
+Their model files are ultralytics ``.pt`` files, which pickle ultralytics' classes: they are loaded by ultralytics
+itself (the one exception to ``weights_only`` loading), and only files whose pickles name ultralytics classes."""
+from sam_distill.core.model_files import ModelKind, Probe, register_kind
+from sam_distill.methods.fastsam import recipe  # noqa: F401  (registers the recipe)
+
+
+def _is_ultralytics(probe: Probe) -> bool:
+    return bool(probe.pickled) and probe.pickled.startswith("ultralytics")
+
+
+register_kind(ModelKind(
+    name="yolo_seg", what="a YOLO-seg student (an ultralytics .pt)",
+    how_to_make="make one with a `recipe: fastsam` run or `distill yolo train`",
+    matches=_is_ultralytics, load="sam_distill.methods.fastsam.student:YoloSegStudent"))

@@ -1,0 +1,48 @@
+"""What several methods read from a run's config: the images (a folder, a subset or generated ones) and
+the teacher (official, a local file, or random weights written once so every stage and rerun uses them)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sam_distill.core.config import RunConfig
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import atomic_torch_save
+from sam_distill.core.images import find_images, make_synthetic_images
+from sam_distill.core.rundir import RunDir
+from sam_distill.sam.teachers import load_teacher
+
+
+def resolve_images(config: RunConfig, run_dir: RunDir) -> Path | list[Path]:
+    if config.data.images is not None:
+        if config.data.max_images:
+            return find_images(config.data.images)[: config.data.max_images]
+        return config.data.images
+    if config.data.synthetic is not None:
+        folder = run_dir.path / "data" / "synthetic"
+        spec = config.data.synthetic
+        if not folder.exists() or len(list(folder.glob("*.png"))) < spec.count:
+            make_synthetic_images(folder, spec.count, spec.size, spec.seed)
+            run_dir.log(f"data: generated {spec.count} synthetic images in {folder}")
+        return folder
+    raise DistillError("config: set data.images (an image folder) or data.synthetic (generated images)")
+
+
+def resolve_teacher(config: RunConfig, run_dir: RunDir):
+    spec = config.teacher
+    checkpoint = spec.checkpoint
+    if spec.random_init:
+        checkpoint = materialise_random_teacher(spec.name, spec.image_size, config.seed, run_dir.sub("teacher"))
+        run_dir.log(f"teacher: {spec.name} with RANDOM-INITIALISED weights (not pretrained; figures are for "
+                    f"smoke testing only), saved at {checkpoint}")
+    teacher = load_teacher(spec.name, checkpoint)
+    teacher.random_init = spec.random_init
+    return teacher
+
+
+def materialise_random_teacher(name: str, image_size: int, seed: int, folder: Path) -> Path:
+    """Write a random-initialised teacher once, so every stage (and every rerun) uses the same weights."""
+    path = folder / f"{name}-random-init-{image_size}-seed{seed}.pth"
+    if not path.exists():
+        teacher = load_teacher(name, random_init=True, image_size=image_size, seed=seed)
+        atomic_torch_save(teacher.model.state_dict(), path)
+    return path

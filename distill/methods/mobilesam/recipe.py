@@ -1,0 +1,69 @@
+"""The ``mobilesam`` recipe: cache the teacher's embeddings, distil the student (decoupled, then optionally
+EdgeSAM's prompt-in-the-loop stage), assemble a full SAM and measure its fidelity."""
+from __future__ import annotations
+
+import torch
+
+from sam_distill.core.config import RunConfig
+from sam_distill.core.device import init_distributed
+from sam_distill.core.rundir import RunDir
+from sam_distill.data.cache import EmbeddingCache, build_cache
+from sam_distill.methods.inputs import resolve_images, resolve_teacher
+from sam_distill.methods.mobilesam.stages import (
+    init_student,
+    load_trained_student,
+    prompt_stage,
+    train_stage,
+    write_models,
+)
+from sam_distill.methods.registry import METHODS
+
+
+@METHODS.register("mobilesam")
+def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
+    context = init_distributed(config.device)
+    torch.manual_seed(config.seed)
+    log = run_dir.log if context.is_main else (lambda message: None)
+    images = resolve_images(config, run_dir)
+    teacher = resolve_teacher(config, run_dir)
+    cache_dir = config.cache.dir or run_dir.path / "cache"
+
+    summary = build_cache(teacher, images, cache_dir, config.cache.shard_size, config.cache.batch_size,
+                          config.cache.num_workers, context=context, log=log)
+    cache = EmbeddingCache(cache_dir)
+    train_indices, holdout = cache.split(config.data.holdout_fraction, config.data.max_holdout)
+    log(f"data: {len(train_indices)} training and {len(holdout)} held-out images")
+    meta = {"teacher": teacher.describe(), "teacher_checkpoint_sha256": teacher.checkpoint_sha256,
+            "student": config.student.name, "run": str(run_dir.path)}
+
+    student = init_student(config.student.name, cache.image_size, config.student.init)
+    distill_dir = run_dir.sub("checkpoints/distill")
+    result = {"embed": summary}
+    result["train"] = train_stage(student, cache, train_indices, config.train, distill_dir, context,
+                                  config.seed, log, meta)
+    final_state = distill_dir / "last.pt"
+    if config.prompt_stage.enabled:
+        student = load_trained_student(config.student.name, cache.image_size, final_state)
+        prompt_dir = run_dir.sub("checkpoints/prompt")
+        result["prompt_stage"] = prompt_stage(student, teacher, cache, train_indices, config.prompt_stage,
+                                              prompt_dir, context, config.seed, log, meta)
+        final_state = prompt_dir / "last.pt"
+    if not context.is_main:
+        return result
+    student = load_trained_student(config.student.name, cache.image_size, final_state)
+    result["models"] = write_models(student, config.student.name, teacher, run_dir.sub("model"), meta)
+    log(f"model: {', '.join(result['models'].values())}")
+
+    if config.fidelity.enabled and holdout:
+        from sam_distill.eval.fidelity import fidelity, format_table, write_fidelity
+        from sam_distill.sam.model_file import load_model
+
+        student_sam, _ = load_model(result["models"]["model"])
+        limit = holdout[: config.fidelity.max_images] if config.fidelity.max_images else holdout
+        report = fidelity(teacher.model, student_sam, cache, limit, config.fidelity.points_per_image,
+                          seed=config.seed, device=context.device)
+        report["teacher"] = teacher.describe()
+        write_fidelity(report, run_dir.sub("reports") / "fidelity.json")
+        log(format_table(report))
+        result["fidelity"] = report["summary"]
+    return result

@@ -1,0 +1,92 @@
+"""``RSPrompterModel``: encoder (frozen by default) → feature taps → aggregator → prompter → SAM's prompt
+encoder and mask decoder (frozen by default). Saved as one plain-data ``torch.save`` that loads with
+``weights_only=True``: ``{"format": "sam-distill/prompter", "config": {...}, "classes": [...], "state_dict": ...}``."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from segment_anything.modeling import Sam
+
+from sam_distill.core.fileio import load_tagged, save_tagged_model
+from sam_distill.sam.model_file import build_sam_for
+from sam_distill.students.heads import create_head
+from sam_distill.students.heads.aggregator import Aggregator, TappedEncoder
+
+PROMPTER_FORMAT = "sam-distill/prompter"
+
+
+class RSPrompterModel(nn.Module):
+    def __init__(self, sam: Sam, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        self.image_size = int(sam.image_encoder.img_size)
+        self.grid = self.image_size // 16
+        self.encoder = TappedEncoder(sam.image_encoder, config.get("taps"))
+        self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
+        width = int(config.get("width", 128))
+        self.aggregator = Aggregator(self.encoder.channels, self.grid, width)
+        self.head = create_head(config["head"], width=width, num_classes=int(config["num_classes"]),
+                                image_size=self.image_size, **config.get("head_kwargs", {}))
+        self.train_encoder = bool(config.get("train_encoder", False))
+        self.train_decoder = bool(config.get("train_decoder", False))
+        self.encoder.requires_grad_(self.train_encoder)
+        self.prompt_encoder.requires_grad_(False)
+        self.mask_decoder.requires_grad_(self.train_decoder)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.train(mode and self.train_encoder)  # a frozen encoder stays in inference mode
+        self.mask_decoder.train(mode and self.train_decoder)
+        return self
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embeddings B×256×G×G, aggregated map B×W×G×G)."""
+        with nullcontext() if self.train_encoder and torch.is_grad_enabled() else torch.no_grad():
+            embeddings, taps = self.encoder(images)
+        return embeddings, self.aggregator(taps)
+
+    def box_embedding(self, boxes: torch.Tensor) -> torch.Tensor:
+        """SAM's own encoding of box corners (n×2×256), as its prompt encoder makes it for a box prompt."""
+        return self.prompt_encoder._embed_boxes(boxes)
+
+    def decode(self, embedding: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's embedding (1×256×G×G) and n×K×256 sparse prompts → low-res mask logits n×4G×4G, IoU n."""
+        if prompts.shape[0] == 0:
+            size = 4 * embedding.shape[-1]
+            return embedding.new_zeros(0, size, size), embedding.new_zeros(0)
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *embedding.shape[-2:])
+        masks, iou = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                                       sparse_prompt_embeddings=prompts.to(embedding.dtype),
+                                       dense_prompt_embeddings=dense, multimask_output=False)
+        return masks[:, 0], iou[:, 0]
+
+    def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        embeddings, features = self.features(images)
+        return self.head.losses(self, features, embeddings, targets)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
+        """Per image: low-res mask logits (n×4G×4G, on the padded S×S input), scores and 1-based labels."""
+        embeddings, features = self.features(images)
+        return self.head.predict(self, features, embeddings, score_threshold)
+
+
+def build_prompter(config: dict, checkpoint: Path | None = None) -> RSPrompterModel:
+    """config keys: encoder, image_size, head, num_classes, taps, width, head_kwargs, train_encoder, train_decoder."""
+    sam = build_sam_for(config["encoder"], int(config["image_size"]), checkpoint)
+    return RSPrompterModel(sam, config)
+
+
+def save_prompter(model: RSPrompterModel, path: Path, classes: list[dict], meta: dict | None = None) -> Path:
+    return save_tagged_model(path, PROMPTER_FORMAT, model, config=model.config, classes=classes, meta=meta or {})
+
+
+def load_prompter(path: Path) -> tuple[RSPrompterModel, list[dict]]:
+    """A saved prompter and its classes (COCO categories in label order, label i+1 = classes[i])."""
+    payload = load_tagged(path, PROMPTER_FORMAT, "prompter model", "train one with `distill prompter train`")
+    model = build_prompter(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload["classes"]

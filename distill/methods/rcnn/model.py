@@ -1,0 +1,196 @@
+"""SAM-det and SAM-seg, the RSPrompter paper's detector baselines, on any SAM encoder (teacher or student).
+
+The encoder's single stride-16 image embedding becomes a ViTDet-style simple feature pyramid (strides
+4 to 64), and torchvision's Faster R-CNN (SAM-det) or Mask R-CNN (SAM-seg) heads run on it with
+torchvision's own RPN/RoI defaults. SAM-det turns each detected box into a SAM box prompt and keeps SAM's
+mask; SAM-seg keeps Mask R-CNN's own mask. SAM-det can also fine-tune SAM's mask decoder on the ground-truth
+boxes (``train_decoder``): the paper keeps SAM frozen, but a domain far from SA-1B, or a SAM without
+pretrained weights, needs it. Saved like the prompters: one plain-data ``torch.save``
+(``{"format": "sam-distill/sam-rcnn", "config", "classes", "state_dict", "meta"}``), weights_only-loadable.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import load_tagged, save_tagged_model
+from sam_distill.students.heads.anchor_prompter import padded_image_list
+from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
+
+RCNN_FORMAT = "sam-distill/sam-rcnn"
+DISPLAY_NAMES = {"sam_det": "SAM-det", "sam_seg": "SAM-seg"}
+BOX_CHUNK = 64  # box prompts decoded per mask-decoder call
+DECODER_BOXES_PER_IMAGE = 16  # ground-truth boxes prompted per image when the decoder trains
+MASK_LOSS_WEIGHT = 5.0  # as the anchor prompter weighs its mask terms against the detection losses
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple pyramid: strides 4 and 8 by transposed convolutions, 16 as is, 32 by max-pooling,
+    each projected to ``width`` channels; plus torchvision's extra ``pool`` level (stride 64)."""
+
+    def __init__(self, in_channels: int = 256, width: int = 256):
+        super().__init__()
+        half, quarter = in_channels // 2, in_channels // 4
+        self.rescale = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(in_channels, half, 2, 2), _norm(half), nn.GELU(),
+                          nn.ConvTranspose2d(half, quarter, 2, 2)),
+            nn.ConvTranspose2d(in_channels, half, 2, 2),
+            nn.Identity(),
+            nn.MaxPool2d(2),
+        ])
+        self.project = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width),
+                          nn.Conv2d(width, width, 3, padding=1, bias=False), _norm(width))
+            for c in (quarter, half, in_channels, in_channels))
+        self.out_channels = width
+
+    def forward(self, embedding: torch.Tensor) -> OrderedDict:
+        levels = OrderedDict((str(i), project(rescale(embedding)))
+                             for i, (rescale, project) in enumerate(zip(self.rescale, self.project)))
+        levels["pool"] = F.max_pool2d(levels["3"], 1, 2)
+        return levels
+
+
+class SamRCNN(nn.Module):
+    """SAM encoder → simple feature pyramid → torchvision R-CNN heads; masks from SAM (sam_det) or Mask R-CNN (sam_seg).
+
+    config keys: method, encoder, image_size, num_classes, width, detections_per_image, train_encoder,
+    train_decoder (sam_det only).
+    """
+
+    def __init__(self, sam: Sam, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        self.method = config["method"]
+        if self.method not in DISPLAY_NAMES:
+            raise DistillError(f"unknown detector baseline {self.method!r}; use one of {', '.join(DISPLAY_NAMES)}")
+        self.image_size = int(sam.image_encoder.img_size)
+        self.encoder = sam.image_encoder
+        self.sam_masks = self.method == "sam_det"
+        # SAM-seg never prompts SAM, so it neither carries nor times SAM's prompt encoder and decoder.
+        self.prompt_encoder = sam.prompt_encoder if self.sam_masks else None
+        self.mask_decoder = sam.mask_decoder if self.sam_masks else None
+        self.pyramid = SimpleFeaturePyramid(int(sam.prompt_encoder.embed_dim), int(config.get("width", 256)))
+        scale = self.image_size / 1024  # torchvision's anchor sizes are meant for ~1024-px inputs
+        anchors = AnchorGenerator(tuple((max(4, round(size * scale)),) for size in (32, 64, 128, 256, 512)),
+                                  ((0.5, 1.0, 2.0),) * 5)
+        builder = FasterRCNN if self.sam_masks else MaskRCNN
+        rcnn = builder(self.pyramid, num_classes=int(config["num_classes"]) + 1, rpn_anchor_generator=anchors,
+                       box_detections_per_img=int(config.get("detections_per_image", 100)))
+        self.rpn, self.roi_heads = rcnn.rpn, rcnn.roi_heads  # torchvision's heads; its resize/normalise is SAM's here
+        self.train_encoder = bool(config.get("train_encoder", False))
+        self.train_decoder = self.sam_masks and bool(config.get("train_decoder", False))
+        self.encoder.requires_grad_(self.train_encoder)
+        if self.sam_masks:
+            self.prompt_encoder.requires_grad_(False)
+            self.mask_decoder.requires_grad_(self.train_decoder)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.train(mode and self.train_encoder)  # a frozen encoder stays in inference mode
+        if self.sam_masks:
+            self.prompt_encoder.eval()
+            self.mask_decoder.train(mode and self.train_decoder)
+        return self
+
+    def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """torchvision's RPN + Fast R-CNN (+ mask) losses; targets: boxes (xyxy, input px), 1-based labels, masks."""
+        with nullcontext() if self.train_encoder else torch.no_grad():
+            embeddings = self.encoder(images)
+        features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
+        wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
+        det_targets = [{k: t[k].to(torch.uint8) if k == "masks" else t[k] for k in wanted} for t in targets]
+        proposals, rpn_losses = self.rpn(image_list, features, det_targets)
+        _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, det_targets)
+        losses = {**rpn_losses, **roi_losses}
+        if self.train_decoder:
+            losses.update(self._decoder_losses(embeddings, targets))
+        return losses
+
+    def _decoder_losses(self, embeddings: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """BCE + Dice of SAM's answer to each ground-truth box against that instance's mask."""
+        logits, wanted = [], []
+        for embedding, target in zip(embeddings, targets):
+            pick = torch.randperm(len(target["boxes"]), device=embeddings.device)[:DECODER_BOXES_PER_IMAGE]
+            if len(pick):
+                low = self.box_masks(embedding[None], target["boxes"][pick])
+                logits.append(low)
+                wanted.append(resize_masks(target["masks"][pick], low.shape[-1]))
+        if not logits:
+            return {}
+        pred, gt = torch.cat(logits).float(), torch.cat(wanted)
+        return {"mask_bce": MASK_LOSS_WEIGHT * bce_loss(pred, gt), "mask_dice": MASK_LOSS_WEIGHT * dice_loss(pred, gt)}
+
+    def box_masks(self, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """SAM's single-mask answer (low-res logits n×4G×4G) to each box prompt on one image embedding."""
+        return sam_box_masks(self.prompt_encoder, self.mask_decoder, embedding, boxes)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
+        """Per image: mask logits on the padded S×S input frame, scores, 1-based labels, boxes (input px)."""
+        return self.predict_from_embeddings(self.encoder(images), score_threshold)
+
+    @torch.no_grad()
+    def predict_from_embeddings(self, embeddings: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
+        """Everything after the image encoder (what ``distill bench`` times as the decoder phase)."""
+        features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
+        proposals, _ = self.rpn(image_list, features)
+        detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+        results = []
+        for i, detection in enumerate(detections):
+            keep = detection["scores"] >= score_threshold
+            boxes = detection["boxes"][keep]
+            if self.sam_masks:
+                masks = self.box_masks(embeddings[i:i + 1], boxes)
+            else:  # Mask R-CNN's 28×28 probabilities pasted into the input frame; > 0.5 is foreground
+                pasted = paste_masks_in_image(detection["masks"][keep], boxes, (self.image_size, self.image_size))
+                masks = (pasted[:, 0] - 0.5).half()
+            results.append({"masks": masks, "scores": detection["scores"][keep], "labels": detection["labels"][keep],
+                            "boxes": boxes})
+        return results
+
+
+def sam_box_masks(prompt_encoder, mask_decoder, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """SAM's single-mask logits (n×4G×4G) for n box prompts (xyxy, input px) on one embedding (1×C×G×G),
+    decoded ``BOX_CHUNK`` at a time: the decoder repeats the embedding per prompt."""
+    size = 4 * embedding.shape[-1]
+    chunks = [embedding.new_zeros(0, size, size)]
+    for start in range(0, len(boxes), BOX_CHUNK):
+        sparse, dense = prompt_encoder(points=None, boxes=boxes[start:start + BOX_CHUNK], masks=None)
+        low, _ = mask_decoder(image_embeddings=embedding, image_pe=prompt_encoder.get_dense_pe(),
+                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        chunks.append(low[:, 0])
+    return torch.cat(chunks)
+
+
+def build_rcnn(config: dict, checkpoint: Path | None = None) -> SamRCNN:
+    from sam_distill.sam.model_file import build_sam_for
+
+    return SamRCNN(build_sam_for(config["encoder"], int(config["image_size"]), checkpoint), config)
+
+
+def save_rcnn(model: SamRCNN, path: Path, classes: list[dict], meta: dict | None = None) -> Path:
+    return save_tagged_model(path, RCNN_FORMAT, model, config=model.config, classes=classes, meta=meta or {})
+
+
+def load_rcnn(path: Path) -> tuple[SamRCNN, list[dict]]:
+    """A saved SAM-det / SAM-seg model and its classes (label i+1 = classes[i])."""
+    payload = load_tagged(path, RCNN_FORMAT, "SAM-det/SAM-seg model",
+                          "train one with `distill run` and `recipe: sam_det` or `recipe: sam_seg`")
+    model = build_rcnn(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload["classes"]

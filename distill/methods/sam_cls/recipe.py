@@ -1,0 +1,205 @@
+"""SAM-cls, the ``sam_cls`` recipe: SAM's everything mode proposes class-agnostic masks, a classifier labels them.
+
+Two classifiers (``sam_cls.classifier``):
+
+* ``pooled``: :class:`~sam_distill.students.heads.mask_classifier.MaskClassifier`, an MLP on the frozen
+  encoder's embedding averaged inside each mask. Its training set is the training split's everything-mode
+  proposals, each labelled with the class of the ground-truth mask it overlaps by ``match_iou`` (mask IoU,
+  pycocotools) or background, plus the ground-truth masks themselves (so every class has clean examples
+  even when the proposals miss it).
+* ``clip``: zero-shot CLIP on each mask's crop against the dataset's class names (prompt-template
+  ensembles) and background names; the same crops and embeddings as FastSAM's text mode (``clip_select``).
+
+Proposals come from segment-anything's ``SamAutomaticMaskGenerator`` through ``pseudo_label`` (one atomic
+JSON per image, resumable, refused if the encoder or generator settings change). The model file
+``model/sam_cls.pt`` holds the SAM, the generator settings, the classes and the classifier, as plain data.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sam_distill.core.errors import DistillError
+from sam_distill.core.fileio import read_json, sha256_file
+from sam_distill.methods.registry import METHODS
+from sam_distill.methods.sam_cls.model import SamCls, decode_rles, input_frame, load_clip_for, match_proposals
+
+TRAIN_FIELDS = ["step", "epoch", "lr", "loss", "accuracy", "seconds"]
+
+
+def train_classifier(classifier, features: torch.Tensor, labels: torch.Tensor, train, out_dir: Path,
+                     device: torch.device, seed: int = 0, log=print) -> dict:
+    """Cross-entropy over precomputed features with the foundation's AdamW + warm-up/cosine schedule; one row per
+    ``log_every`` steps to ``metrics.csv``. Seconds of work, so it restarts rather than resumes."""
+    from sam_distill.core.rundir import MetricsWriter
+    from sam_distill.train.loop import Optimisation, Schedule
+
+    schedule = Schedule.from_config(train)
+    per_epoch = math.ceil(len(features) / schedule.batch_size)
+    classifier.to(device).train()
+    opt = Optimisation.build(classifier, schedule, per_epoch, device)
+    metrics = MetricsWriter(Path(out_dir) / "metrics.csv", TRAIN_FIELDS)
+    generator = torch.Generator().manual_seed(seed)
+    features, labels = features.to(device), labels.to(device)
+    step, started, window = 0, time.time(), []
+    bar = tqdm(total=opt.total_steps, desc="sam-cls classifier", unit="step")
+    for epoch in range(schedule.epochs):
+        order = torch.randperm(len(features), generator=generator).to(device)
+        for start in range(0, len(order), schedule.batch_size):
+            batch = order[start:start + schedule.batch_size]
+            logits = classifier(features[batch])
+            loss = F.cross_entropy(logits, labels[batch])
+            opt.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.optimizer.step()
+            opt.scheduler.step()
+            step += 1
+            window.append((loss.item(), (logits.argmax(1) == labels[batch]).float().mean().item()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3g}")
+            if step % schedule.log_every == 0 or step == opt.total_steps:
+                metrics.write({"step": step, "epoch": epoch, "lr": opt.scheduler.get_last_lr()[0],
+                               "loss": np.mean([w[0] for w in window]), "accuracy": np.mean([w[1] for w in window]),
+                               "seconds": round(time.time() - started, 2)})
+                window = []
+            if step >= opt.total_steps:
+                break
+        if step >= opt.total_steps:
+            break
+    bar.close()
+    metrics.close()
+    classifier.eval()
+    with torch.no_grad():
+        accuracy = (classifier(features).argmax(1) == labels).float().mean().item()
+    log(f"sam_cls: classifier trained {step} steps on {len(features)} masks; training accuracy {accuracy:.3f}")
+    return {"steps": step, "masks": len(features), "train_accuracy": accuracy,
+            "background_fraction": (labels == 0).float().mean().item()}
+
+
+def _encoder_identity(sam, spec, seed: int):
+    """The encoder as a Teacher, so ``pseudo_label`` can stamp and guard the proposal cache with it."""
+    from sam_distill.sam.teachers import Teacher
+
+    checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
+    digest = sha256_file(checkpoint) if checkpoint else f"random-init:{spec.name}:{spec.image_size}:seed{seed}"
+    return Teacher(sam, spec.name, spec.name, checkpoint, digest, checkpoint is None)
+
+
+def _proposal_reader(datasets, label_dir: Path):
+    """``image_id → proposal list`` over the label folder ``pseudo_label`` wrote for these datasets' images."""
+    from sam_distill.data.everything import image_list, label_path
+
+    paths = {image_id: ds.images_dir / ds.coco.imgs[image_id]["file_name"] for ds in datasets for image_id in ds.image_ids}
+    _, root = image_list(list(paths.values()))
+
+    def read(image_id: int) -> list[dict]:
+        path = label_path(label_dir, paths[image_id].relative_to(root).as_posix())
+        if not path.is_file():
+            raise DistillError(f"no everything-mode masks for {paths[image_id]} (unreadable image?); "
+                               f"see {label_dir}/skipped-r000.json")
+        return read_json(path)["annotations"]
+
+    return sorted(paths.values()), read
+
+
+def training_features(model: SamCls, dataset, proposals_of, min_iou: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features and labels of the training split's proposals (matched to ground truth) and ground truth."""
+    features, labels = [], []
+    for index in tqdm(range(len(dataset)), desc="sam-cls features", unit="image"):
+        item = dataset[index]
+        info = dataset.coco.imgs[item["image_id"]]
+        anns = [a for a in dataset.coco.imgToAnns[item["image_id"]] if not a.get("iscrowd", 0)]
+        proposals = proposals_of(item["image_id"])
+        matched = match_proposals([p["segmentation"] for p in proposals], [dataset.coco.annToRLE(a) for a in anns],
+                                  [dataset.label_of[a["category_id"]] for a in anns], min_iou)
+        embedding = model.embed(item["image"])
+        frame = input_frame(decode_rles(proposals, info["height"], info["width"]), item["input_size"], model.image_size)
+        features += [model.features(embedding, frame, item["input_size"]),
+                     model.features(embedding, item["masks"], item["input_size"])]
+        labels += [torch.from_numpy(matched), item["labels"]]
+    return torch.cat(features).cpu(), torch.cat(labels).long()
+
+
+def predict_split(model: SamCls, dataset, proposals_of, score_threshold: float, scorer=None) -> list[dict]:
+    """COCO results of a split from its cached everything-mode proposals."""
+    from sam_distill.core.images import load_rgb
+
+    results = []
+    for index in tqdm(range(len(dataset)), desc="sam-cls predict", unit="image"):
+        item = dataset[index]
+        info = dataset.coco.imgs[item["image_id"]]
+        proposals = proposals_of(item["image_id"])
+        masks = decode_rles(proposals, info["height"], info["width"])
+        if model.classifier is not None:
+            probabilities = model.probabilities(model.embed(item["image"]), masks, item["input_size"])
+        else:
+            probabilities = model.probabilities(None, masks, item["input_size"],
+                                                load_rgb(dataset.images_dir / info["file_name"]), scorer)
+        results += model.to_results(proposals, probabilities, item["image_id"], score_threshold)
+    return results
+
+
+@METHODS.register("sam_cls")
+def run_sam_cls(config, run_dir) -> dict:
+    from sam_distill.core.device import init_distributed
+    from sam_distill.data.everything import generator_settings, pseudo_label
+    from sam_distill.methods.instances import (
+        describe_encoder,
+        resolve_coco_data,
+        split_datasets,
+        write_instance_reports,
+    )
+    from sam_distill.sam.model_file import build_sam_for
+
+    spec, context = config.sam_cls, init_distributed(config.device)
+    if context.distributed:
+        raise DistillError("the sam_cls recipe runs on one process; start it without torchrun")
+    device = context.device
+    scorer = load_clip_for(spec, device) if spec.classifier == "clip" else None  # fail before any heavy work
+    annotations, images = resolve_coco_data(config, run_dir)
+    plain = config.instances.model_copy(update={"augment": False})  # features of the images as they are
+    train_set, val_set = split_datasets(annotations, images, plain, config.encoder.image_size)
+    if not len(val_set):
+        raise DistillError("config: the split left no validation images to score; raise instances.val_fraction")
+    encoder = describe_encoder(config.encoder)
+    run_dir.log(f"sam_cls: {spec.classifier} classifier on everything-mode masks of {encoder}; "
+                f"{len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes")
+    torch.manual_seed(config.seed)
+    sam = build_sam_for(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint).to(device).eval()
+    settings = generator_settings(**spec.everything.model_dump())
+    used = [train_set, val_set] if spec.classifier == "pooled" else [val_set]
+    paths, proposals_of = _proposal_reader(used, run_dir.path / "proposals")
+    counts = pseudo_label(_encoder_identity(sam, config.encoder, config.seed), paths, run_dir.sub("proposals"),
+                          settings, context, log=run_dir.log)
+    run_dir.log(f"sam_cls: everything mode gave {counts['masks']} new mask(s) on {counts['labelled']} new image(s)")
+    model_config = {"encoder": config.encoder.name, "image_size": config.encoder.image_size,
+                    "classifier": spec.classifier, "generator": settings, "geometry": spec.geometry,
+                    "hidden": spec.hidden, "match_iou": spec.match_iou}
+    result = {}
+    if spec.classifier == "pooled":
+        model = SamCls(sam, model_config, train_set.classes, {}).to(device)
+        features, labels = training_features(model, train_set, proposals_of, spec.match_iou)
+        result["train"] = train_classifier(model.classifier, features, labels, config.train,
+                                           run_dir.sub("checkpoints/sam_cls"), device, config.seed, run_dir.log)
+    else:
+        names = [c["name"] for c in train_set.classes] + list(spec.background)
+        model_config.update(clip_model=spec.clip_model, templates=list(spec.templates), background=list(spec.background),
+                            clip_checkpoint=str(spec.clip_checkpoint),
+                            clip_config=str(spec.clip_config) if spec.clip_config else None)
+        state = {"text_features": scorer.text_features(names, spec.templates),
+                 "logit_scale": torch.tensor(scorer.logit_scale)}
+        model = SamCls(sam, model_config, train_set.classes, state).to(device)
+    meta = {"method": "sam_cls", "encoder": encoder, "run": str(run_dir.path), "annotations": str(annotations)}
+    model_path = model.save(run_dir.sub("model") / "sam_cls.pt", meta)
+    results = predict_split(model, val_set, proposals_of, config.instances.eval.score_threshold, scorer)
+    result["ap"] = write_instance_reports(run_dir, "sam_cls", model_path.name, val_set, results,
+                                          encoder, config.instances.eval.overlays)
+    result["model"] = str(model_path)
+    run_dir.log(f"sam_cls: model at {model_path}")
+    return result

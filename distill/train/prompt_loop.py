@@ -1,0 +1,79 @@
+"""EdgeSAM's prompt-in-the-loop distillation as a loss for the shared training loop.
+
+Per image, prompts are drawn from the teacher's own masks (random points, then boxes around the
+masks those points give). Student and teacher embeddings go through the same frozen prompt
+encoder and mask decoder; the student's mask logits are pulled towards the teacher's masks with
+BCE + Dice. ``refine_iterations`` adds EdgeSAM's extra points from the region where they disagree.
+The teacher's heavy encoder is not rerun: its embedding comes from the cache, its decoder runs online.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from sam_distill.sam.prompts import decode, error_points, mask_boxes, random_points
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    probs = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    return (1 - (2 * (probs * target).sum(1) + 1) / (probs.sum(1) + target.sum(1) + 1)).mean()
+
+
+class PromptLoopLoss:
+    def __init__(self, teacher_sam: Sam, prompts_per_image: int = 4, refine_iterations: int = 1, seed: int = 0):
+        self.decoder_sam = teacher_sam
+        for p in self.decoder_sam.parameters():
+            p.requires_grad_(False)
+        self.prompts_per_image = prompts_per_image
+        self.refine_iterations = refine_iterations
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _teacher(self, embedding, **prompt):
+        # Single-mask output for teacher and student alike, so both answer the same question.
+        with torch.no_grad():
+            return decode(self.decoder_sam, embedding, **prompt)[0]
+
+    def __call__(self, student: nn.Module, images: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+        image_size = images.shape[-1]
+        device = images.device
+        self.decoder_sam.to(device)
+        student_embeddings = student(images)
+        total, terms = 0.0, 0
+        for b in range(images.shape[0]):
+            n = self.prompts_per_image
+            s_emb = student_embeddings[b : b + 1].expand(n, -1, -1, -1)
+            t_emb = teacher_embeddings[b : b + 1].expand(n, -1, -1, -1)
+            # Valid region: SAM pads bottom-right with zeros after normalising; find it from the input.
+            valid = images[b].abs().sum(0) > 0
+            h = int(valid.any(1).nonzero().max()) + 1 if valid.any() else image_size
+            w = int(valid.any(0).nonzero().max()) + 1 if valid.any() else image_size
+            coords = random_points(n, (h, w), self.generator).to(device)[:, None]
+            labels = torch.ones(n, 1, device=device)
+            point_masks = self._teacher(t_emb, points=(coords, labels)) > 0
+            boxes = mask_boxes(point_masks.cpu(), image_size).to(device)
+            half = n // 2
+            prompt_sets = [dict(points=(coords[:half or n], labels[:half or n]))]
+            if half:
+                prompt_sets.append(dict(boxes=boxes[half:]))
+            for prompt in prompt_sets:
+                rows = prompt["points"][0].shape[0] if "points" in prompt else prompt["boxes"].shape[0]
+                target = self._teacher(t_emb[:rows], **prompt) > 0
+                for iteration in range(self.refine_iterations + 1):
+                    logits, _ = decode(self.decoder_sam, s_emb[:rows], **prompt)
+                    target_f = target.float()
+                    total = total + F.binary_cross_entropy_with_logits(logits, target_f) + dice_loss(logits, target_f)
+                    terms += 1
+                    if iteration == self.refine_iterations:
+                        break
+                    extra, extra_labels = error_points(logits.detach().cpu(), target.cpu(), image_size, self.generator)
+                    extra, extra_labels = extra.to(device), extra_labels.to(device)
+                    if "points" in prompt:
+                        points = (torch.cat([prompt["points"][0], extra], 1), torch.cat([prompt["points"][1], extra_labels], 1))
+                    else:
+                        points = (extra, extra_labels)
+                    prompt = dict(prompt, points=points)
+                    target = self._teacher(t_emb[:rows], **prompt) > 0
+        return total / max(terms, 1)
