@@ -69,8 +69,8 @@ def main() -> None:
 
     import torch
 
-    from sam_distill.core.config import load_config
     from sam_distill.eval.report import build_report
+    from sam_distill.methods.config import load_config
     from sam_distill.runner import run
 
     torch.set_num_threads(2)

@@ -42,8 +42,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from sam_distill.core.config import load_config
     from sam_distill.core.rundir import read_metrics
+    from sam_distill.methods.config import load_config
     from sam_distill.runner import run
 
     torch.set_num_threads(2)

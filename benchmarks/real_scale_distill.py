@@ -16,9 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sam_distill.core.config import load_config  # noqa: E402
 from sam_distill.core.rundir import read_metrics  # noqa: E402
 from sam_distill.eval.fidelity import format_table  # noqa: E402
+from sam_distill.methods.config import load_config  # noqa: E402
 from sam_distill.runner import run  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from sam_distill.cli import main
-from sam_distill.core.config import load_config
+from sam_distill.methods.config import load_config
 
 
 def _run(argv, capsys):

@@ -236,7 +236,7 @@ def test_clip_text_selection(tmp_path):
 
 
 def test_fastsam_recipe_end_to_end_and_rerun(tmp_path, tiny_teacher_checkpoint):
-    from sam_distill.core.config import parse_config
+    from sam_distill.methods.config import parse_config
     from sam_distill.runner import run
 
     config = parse_config({

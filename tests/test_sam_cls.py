@@ -116,10 +116,10 @@ def test_recipe_writes_reports_model_and_bench(pooled_run, shapes):
 
 def test_classifier_overfits_its_training_features(pooled_run, shapes):
     """The trained MLP separates its training masks (≥ 0.9); an untrained one of the same shape does not."""
-    from sam_distill.core.config import InstancesConfig
     from sam_distill.methods.instances import split_datasets
     from sam_distill.methods.sam_cls.model import SamCls, load_sam_cls
     from sam_distill.methods.sam_cls.recipe import _proposal_reader, training_features
+    from sam_distill.methods.sections import InstancesConfig
 
     model = load_sam_cls(pooled_run / "run" / "model" / "sam_cls.pt")
     spec = InstancesConfig(annotations=shapes / "annotations.json", images=shapes / "images", val_fraction=0.3,
@@ -138,7 +138,7 @@ def test_classifier_overfits_its_training_features(pooled_run, shapes):
 
 
 def test_rerun_reuses_cached_proposals(pooled_run):
-    from sam_distill.core.config import load_config
+    from sam_distill.methods.config import load_config
     from sam_distill.runner import run
 
     log = pooled_run / "run" / "logs" / "run.log"
@@ -200,7 +200,7 @@ def test_clip_zero_shot_shares_fastsam_embeddings(tiny_clip):
 
 def test_clip_recipe_and_text_prompt_command(shapes, tiny_clip, tmp_path):
     from sam_distill.cli import main
-    from sam_distill.core.config import parse_config
+    from sam_distill.methods.config import parse_config
     from sam_distill.runner import run
 
     config = parse_config(_config(shapes, tmp_path / "run", classifier="clip",

@@ -23,7 +23,7 @@ def _load_teacher(args):
 
 
 def cmd_run(args) -> int:
-    from sam_distill.core.config import load_config
+    from sam_distill.methods.config import load_config
     from sam_distill.runner import run
 
     config = load_config(args.config, args.set)
@@ -44,10 +44,10 @@ def cmd_embed(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from sam_distill.core.config import TrainConfig
     from sam_distill.core.device import init_distributed
     from sam_distill.data.cache import EmbeddingCache
     from sam_distill.methods.mobilesam.stages import init_student, train_stage
+    from sam_distill.methods.sections import TrainConfig
 
     context = init_distributed(args.device)
     cache = EmbeddingCache(args.cache)

@@ -10,7 +10,7 @@ from sam_distill.core.errors import DistillError
 
 
 def cmd_train(args) -> int:
-    from sam_distill.core.config import load_config, parse_config
+    from sam_distill.methods.config import load_config, parse_config
     from sam_distill.runner import run
 
     if args.config is not None:

@@ -42,9 +42,9 @@ def cmd_predict(args) -> int:
     import torch
 
     from sam_distill.core.images import find_images
-    from sam_distill.data.everything import make_generator
     from sam_distill.methods.instance_predict import write_predictions
     from sam_distill.methods.sam_cls.model import load_sam_cls
+    from sam_distill.sam.teachers import make_generator
     from sam_distill.sam.text_prompts import load_clip
 
     model = load_sam_cls(args.model)

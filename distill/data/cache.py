@@ -167,7 +167,7 @@ def build_cache(
         log(f"embed: {len(paths)} images, {len(paths) - len(pending)} already cached, {len(pending)} to do "
             f"on {context.world_size} process(es); teacher {teacher.describe()}")
 
-    model = teacher.model.image_encoder.to(context.device).eval()
+    teacher.to(context.device).model.eval()
     writer = _ShardWriter(shard_dir, context.rank, shard_size)
     loader = DataLoader(_ImageReader([p.resolve() for p in mine], preprocessing), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
@@ -185,9 +185,7 @@ def build_cache(
                     done_hashes.add(item["sha256"])
                     good.append(item)
             if good:
-                pixels = torch.stack([item["tensor"] for item in good]).to(context.device)
-                with torch.inference_mode():
-                    embeddings = model(pixels).float().cpu().numpy()
+                embeddings = teacher.embed(torch.stack([item["tensor"] for item in good])).float().cpu().numpy()
                 for item, embedding in zip(good, embeddings):
                     writer.add(embedding, {"source": item["path"], "sha256": item["sha256"],
                                            "orig_size": item["orig_size"]})

@@ -61,13 +61,6 @@ def label_path(out: Path, relative: str) -> Path:
     return Path(out) / "masks" / f"{relative}.json"
 
 
-def make_generator(sam: torch.nn.Module, settings: dict, device: torch.device):
-    """segment-anything's generator on any ``Sam`` (a teacher's, or one around a student encoder)."""
-    from segment_anything import SamAutomaticMaskGenerator
-
-    return SamAutomaticMaskGenerator(sam.to(device).eval(), output_mode="coco_rle", **settings)
-
-
 def label_image(generator, image) -> list[dict]:
     """The generator's masks as SA-1B annotations (ids in order of decreasing predicted IoU)."""
     with torch.inference_mode():
@@ -107,7 +100,7 @@ def pseudo_label(teacher: Teacher, images: Path | list[Path], out: Path, setting
     skipped_file = out / f"skipped-r{context.rank:03d}.json"
     skipped = read_json(skipped_file) if skipped_file.exists() else {}
     counts = {"labelled": 0, "masks": 0, "images_without_masks": 0}
-    generator = make_generator(teacher.model, settings, context.device) if pending else None
+    generator = teacher.everything_generator(settings, context.device) if pending else None
     started = time.time()
     for path, rel in tqdm(pending, desc="pseudo-label", unit="img", disable=not pending or not context.is_main):
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sam_distill.core.config import RunConfig
+from sam_distill.core.config import RunConfigBase as RunConfig
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_torch_save
 from sam_distill.core.images import find_images, make_synthetic_images

@@ -13,10 +13,25 @@ from sam_distill.core.fileio import sha256_file
 from sam_distill.sam.build import ARCHITECTURES, build_sam
 from sam_distill.sam.checkpoint import load_sam_checkpoint
 from sam_distill.sam.official import TEACHERS, resolve_official
+from sam_distill.sam.prompts import decode
+
+
+def make_generator(sam: Sam, settings: dict, device: torch.device):
+    """segment-anything's ``SamAutomaticMaskGenerator`` on any ``Sam`` (a teacher's, or one around a student
+    encoder), COCO-RLE output."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    return SamAutomaticMaskGenerator(sam.to(device).eval(), output_mode="coco_rle", **settings)
 
 
 @dataclass
 class Teacher:
+    """A SAM teacher, and the seam every other teacher family fits: what the data and training layers ask of a
+    teacher goes through ``embed`` (images → what the student learns to reproduce), ``decode`` (prompts on
+    embeddings → mask logits and IoU) and ``everything_generator`` (SAM's automatic masks), plus ``identity``
+    (what caches and label folders are stamped with). A SAM 2 or HQ-SAM teacher implements these for its own
+    package; ``model`` is the segment-anything ``Sam`` whose prompt encoder and decoder a student is assembled with."""
+
     model: Sam
     name: str
     arch: str
@@ -33,6 +48,23 @@ class Teacher:
         """What must match for two outputs of this teacher to be interchangeable."""
         return {"name": self.name, "arch": self.arch, "checkpoint_sha256": self.checkpoint_sha256,
                 "random_init": self.random_init}
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        self.model.to(device)
+        return self
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """SAM-preprocessed B×3×S×S images → B×256×S/16×S/16 image embeddings (the distillation target)."""
+        return self.model.image_encoder(pixels.to(next(self.model.parameters()).device))
+
+    def decode(self, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               boxes: torch.Tensor | None = None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res mask logits and IoU scores of one prompt set per embedding row (model-input coordinates)."""
+        return decode(self.model, embeddings, points=points, boxes=boxes, multimask=multimask)
+
+    def everything_generator(self, settings: dict, device: torch.device):
+        return make_generator(self.model, settings, device)
 
     def describe(self) -> str:
         if self.random_init:

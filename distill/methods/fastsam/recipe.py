@@ -13,7 +13,9 @@ import shutil
 from pathlib import Path
 
 from sam_distill.core.errors import DistillError
-from sam_distill.methods.registry import METHODS
+from sam_distill.methods.fastsam.config import FastSAMConfig
+from sam_distill.methods.registry import register_method
+from sam_distill.methods.sections import DataConfig, TeacherConfig
 
 VARIANTS = [f"yolov8{s}-seg" for s in "nsmlx"] + [f"yolo11{s}-seg" for s in "nsmlx"]
 
@@ -177,7 +179,7 @@ def evaluate_yolo(weights: Path, dataset_dir: Path, imgsz: int, class_agnostic: 
     return mask_ap(val_coco, results, class_agnostic=class_agnostic)
 
 
-@METHODS.register("fastsam")
+@register_method("fastsam", {"teacher": TeacherConfig, "data": DataConfig, "fastsam": FastSAMConfig})
 def run_fastsam(config, run_dir) -> dict:
     """pseudo-label → convert → train → evaluate → export → report, each stage resumable."""
     from sam_distill.core.device import init_distributed

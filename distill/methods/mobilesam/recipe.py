@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from sam_distill.core.config import RunConfig
+from sam_distill.core.config import RunConfigBase as RunConfig
 from sam_distill.core.device import init_distributed
 from sam_distill.core.rundir import RunDir
 from sam_distill.data.cache import EmbeddingCache, build_cache
 from sam_distill.methods.inputs import resolve_images, resolve_teacher
+from sam_distill.methods.mobilesam.config import FidelityConfig, PromptStageConfig, StudentConfig
 from sam_distill.methods.mobilesam.stages import (
     init_student,
     load_trained_student,
@@ -16,10 +17,12 @@ from sam_distill.methods.mobilesam.stages import (
     train_stage,
     write_models,
 )
-from sam_distill.methods.registry import METHODS
+from sam_distill.methods.registry import register_method
+from sam_distill.methods.sections import CacheConfig, DataConfig, TeacherConfig, TrainConfig
 
 
-@METHODS.register("mobilesam")
+@register_method("mobilesam", {"teacher": TeacherConfig, "data": DataConfig, "cache": CacheConfig, "student": StudentConfig,
+                              "train": TrainConfig, "prompt_stage": PromptStageConfig, "fidelity": FidelityConfig})
 def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
     context = init_distributed(config.device)
     torch.manual_seed(config.seed)

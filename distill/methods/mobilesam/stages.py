@@ -5,10 +5,11 @@ from pathlib import Path
 
 import torch
 
-from sam_distill.core.config import PromptStageConfig, TrainConfig
 from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
 from sam_distill.data.cache import DistillDataset, EmbeddingCache
+from sam_distill.methods.mobilesam.config import PromptStageConfig
+from sam_distill.methods.sections import TrainConfig
 from sam_distill.sam.model_file import assemble, load_model, save_mobilesam_layout, save_model
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students import create_student

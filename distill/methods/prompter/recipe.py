@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from sam_distill.methods.instances import run_trained_instance_recipe
-from sam_distill.methods.registry import METHODS
+from sam_distill.methods.prompter.config import PrompterConfig
+from sam_distill.methods.registry import register_method
+from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
 
 
 def prompter_model_config(config, num_classes: int) -> dict:
@@ -13,7 +15,8 @@ def prompter_model_config(config, num_classes: int) -> dict:
             "head_kwargs": {"num_queries": spec.num_queries, "prompts_per_object": spec.prompts_per_object}}
 
 
-@METHODS.register("prompter")
+@register_method("prompter", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,
+                             "prompter": PrompterConfig})
 def run_prompter(config, run_dir) -> dict:
     from sam_distill.methods.prompter.model import build_prompter, save_prompter
 

@@ -21,7 +21,9 @@ from sam_distill.methods.instances import (
     split_datasets,
     write_instance_reports,
 )
-from sam_distill.methods.registry import METHODS
+from sam_distill.methods.rcnn.config import SamDetConfig, SamSegConfig
+from sam_distill.methods.registry import register_method
+from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
 
 
 def rcnn_config(config, method: str, num_classes: int) -> dict:
@@ -107,13 +109,15 @@ def _run_given_detections(config, run_dir) -> dict:
                                          config.instances.eval.overlays)}
 
 
-@METHODS.register("sam_det")
+@register_method("sam_det", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,
+                            "sam_det": SamDetConfig})
 def run_sam_det(config, run_dir) -> dict:
     if config.sam_det.detector == "coco_results":
         return _run_given_detections(config, run_dir)
     return _run_rcnn(config, run_dir, "sam_det")
 
 
-@METHODS.register("sam_seg")
+@register_method("sam_seg", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,
+                            "sam_seg": SamSegConfig})
 def run_sam_seg(config, run_dir) -> dict:
     return _run_rcnn(config, run_dir, "sam_seg")

@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import read_json, sha256_file
-from sam_distill.methods.registry import METHODS
+from sam_distill.methods.registry import register_method
+from sam_distill.methods.sam_cls.config import SamClsConfig
 from sam_distill.methods.sam_cls.model import SamCls, decode_rles, input_frame, load_clip_for, match_proposals
+from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
 
 TRAIN_FIELDS = ["step", "epoch", "lr", "loss", "accuracy", "seconds"]
 
@@ -145,7 +147,8 @@ def predict_split(model: SamCls, dataset, proposals_of, score_threshold: float, 
     return results
 
 
-@METHODS.register("sam_cls")
+@register_method("sam_cls", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,
+                            "sam_cls": SamClsConfig})
 def run_sam_cls(config, run_dir) -> dict:
     from sam_distill.core.device import init_distributed
     from sam_distill.data.everything import generator_settings, pseudo_label

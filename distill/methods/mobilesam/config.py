@@ -1,0 +1,34 @@
+"""The ``mobilesam`` method's own config sections."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from sam_distill.core.config import Section
+
+
+class StudentConfig(Section):
+    name: str = "tinyvit_5m"
+    init: Optional[Path] = Field(None, description="start from these encoder weights (our model file or MobileSAM's)")
+
+
+class PromptStageConfig(Section):
+    """EdgeSAM's prompt-in-the-loop stage: student masks are matched to the teacher's through the frozen decoder."""
+
+    enabled: bool = False
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    prompts_per_image: int = Field(4, ge=1)
+    refine_iterations: int = Field(1, ge=0, description="extra points sampled from the disagreement region")
+    checkpoint_every: int = Field(200, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class FidelityConfig(Section):
+    enabled: bool = True
+    points_per_image: int = Field(8, ge=1)
+    max_images: Optional[int] = Field(50, ge=1)

@@ -1,0 +1,96 @@
+"""The config sections several methods read: the teacher and its images, the embedding cache, the training
+schedule, the SAM an instance method builds on, COCO instance data, and SAM's everything-mode settings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from sam_distill.core.config import Section
+
+
+class TeacherConfig(Section):
+    """An official name (sam_vit_h, sam_vit_l, sam_vit_b, mobile_sam) or an architecture (vit_b, ...)."""
+
+    name: str = "sam_vit_h"
+    checkpoint: Optional[Path] = None
+    random_init: bool = Field(False, description="random weights of the architecture: smoke runs only")
+    image_size: int = Field(1024, description="only for random_init; checkpoints carry their own")
+
+
+class SyntheticImages(Section):
+    count: int = Field(8, ge=2)
+    size: int = Field(512, ge=16)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    images: Optional[Path] = None
+    max_images: Optional[int] = Field(None, ge=1, description="use only the first N images (sorted by path)")
+    synthetic: Optional[SyntheticImages] = None
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_holdout: Optional[int] = Field(200, ge=1)
+
+
+class CacheConfig(Section):
+    dir: Optional[Path] = Field(None, description="default: <run_dir>/cache; share one between runs of one teacher")
+    shard_size: int = Field(16, ge=1)
+    batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(8, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    amp: bool = True
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(2, ge=0)
+
+
+class PseudoLabelConfig(Section):
+    """segment-anything's SamAutomaticMaskGenerator settings (its defaults)."""
+
+    points_per_side: int = Field(32, ge=1)
+    points_per_batch: int = Field(64, ge=1)
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    crop_n_layers: int = Field(0, ge=0)
+    min_mask_region_area: int = Field(0, ge=0)
+
+
+class EncoderConfig(Section):
+    """The SAM the instance recipes (prompter, sam_det, sam_seg, sam_cls) build on: the teacher or a distilled
+    student, so every method can be compared on the same encoder."""
+
+    name: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m or a student (timm_<model>)")
+    checkpoint: Optional[Path] = Field(None, description="SAM or sam-distill model file; else RANDOM weights")
+    image_size: int = Field(1024, ge=64, multiple_of=16)
+    train: bool = Field(False, description="fine-tune the encoder with the head (default: frozen, as RSPrompter)")
+
+
+class InstanceEvalConfig(Section):
+    every: int = Field(100, ge=1, description="validation AP every this many steps (and at the end)")
+    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    overlays: int = Field(4, ge=0, description="overlay images written of the validation split")
+
+
+class InstancesConfig(Section):
+    """COCO instance data shared by the instance recipes: one fixed split, one AP code, one report."""
+
+    annotations: Optional[Path] = Field(None, description="COCO instances json (polygons or RLE)")
+    images: Optional[Path] = Field(None, description="folder holding the json's file_name entries")
+    synthetic: Optional[SyntheticImages] = Field(None, description="generate shape images with known instances")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fixed split by file-name hash")
+    max_train_images: Optional[int] = Field(None, ge=1)
+    max_val_images: Optional[int] = Field(None, ge=1)
+    augment: bool = True
+    eval: InstanceEvalConfig = InstanceEvalConfig()
