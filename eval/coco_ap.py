@@ -37,19 +37,23 @@ def load_json(source, what: str):
 
 
 def masks_to_results(image_id: int, masks: np.ndarray, scores, category_ids=None) -> list[dict]:
-    """N×H×W boolean masks of one image → COCO result entries (RLE segmentation)."""
+    """N×H×W boolean masks of one image → COCO result entries (RLE segmentation, the mask's xywh box)."""
     results = []
     for index, mask in enumerate(np.asarray(masks, dtype=bool)):
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]
         rle["counts"] = rle["counts"].decode("ascii")
         category = 1 if category_ids is None else int(category_ids[index])
-        results.append({"image_id": int(image_id), "category_id": category, "segmentation": rle,
+        results.append({"image_id": int(image_id), "category_id": category, "segmentation": rle, "bbox": bbox,
                         "score": float(scores[index])})
     return results
 
 
 def _evaluate(gt: COCO, result_list: list, iou_type: str, class_agnostic: bool, image_ids: list[int]) -> list[float]:
     """COCOeval's 12 summary numbers (-1, "no ground truth", reported as 0)."""
+    if class_agnostic:  # COCOeval pools only the ground truth's categories, so results must carry one of them
+        category = min(gt.getCatIds(), default=1)
+        result_list = [{**r, "category_id": category} for r in result_list]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables
         detections = gt.loadRes([dict(r) for r in result_list])
         evaluator = COCOeval(gt, detections, iouType=iou_type)
@@ -92,10 +96,11 @@ def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list
 
 
 def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | str,
-                image_ids: list[int] | None = None) -> dict[str, float]:
-    """Class-aware mask and box AP/AP50/AP75 in [0, 1] (``mask_AP``, ``box_AP50``, ...); no results score 0.
+                image_ids: list[int] | None = None, class_agnostic: bool = False) -> dict[str, float]:
+    """Mask and box AP/AP50/AP75 in [0, 1] (``mask_AP``, ``box_AP50``, ...); no results score 0.
 
-    ``image_ids`` restricts the evaluation (e.g. to a validation split of a shared json).
+    ``image_ids`` restricts the evaluation (e.g. to a validation split of a shared json); ``class_agnostic``
+    ignores categories, as :func:`mask_ap` does.
     """
     if not isinstance(ground_truth, COCO):
         from sam_distill.data.coco import load_coco
@@ -110,6 +115,6 @@ def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | st
         raise DistillError(f"results name image ids {sorted(unknown)[:5]} that are not in the ground truth")
     ids = list(image_ids) if image_ids is not None else sorted(ground_truth.getImgIds())
     for kind, iou_type in (("mask", "segm"), ("box", "bbox")):
-        stats = _evaluate(ground_truth, result_list, iou_type, False, ids)
+        stats = _evaluate(ground_truth, result_list, iou_type, class_agnostic, ids)
         metrics.update({f"{kind}_{name}": value for name, value in zip(INSTANCE_METRICS, stats)})
     return metrics

@@ -80,15 +80,12 @@ def _attach_accuracy(rows: list[dict], name: str, metrics: dict, run: str, origi
 
 
 def collect_run(run_dir: Path, notes: list[str]) -> list[dict]:
-    """Rows of one run folder (or of one bench JSON file)."""
+    """Rows of one run folder (or of one bench JSON file); see :func:`holds_run`."""
     run_dir = Path(run_dir)
     if run_dir.is_file():
         reports, bench_path, run = run_dir.parent, run_dir, run_dir.stem
     else:
         reports, bench_path, run = run_dir / "reports", run_dir / "reports" / "bench.json", run_dir.name
-    if not run_dir.exists():
-        notes.append(f"{run_dir}: does not exist; skipped")
-        return []
     rows: list[dict] = []
     bench = _read(bench_path, notes) if bench_path.exists() else None
     if bench_path.exists() and bench is not None:
@@ -314,12 +311,27 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{borde
 # The report
 
 
+def holds_run(path: Path) -> bool:
+    """A bench JSON file, or a folder ``distill run`` made (its ``config.yaml``) or that has a ``reports/`` folder."""
+    path = Path(path)
+    return path.is_file() or (path / "config.yaml").is_file() or (path / "reports").is_dir()
+
+
 def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
-    """Collect, compute and write the four report files atomically. Returns results.json's content."""
+    """Collect, compute and write the four report files atomically. Returns results.json's content.
+
+    Inputs that hold no run are notes when others do; when none does there is nothing to report, which is one
+    sentence rather than an empty report."""
+    if not any(holds_run(p) for p in run_dirs):
+        raise DistillError(f"{', '.join(str(p) for p in run_dirs)}: no run to report (a run folder has config.yaml "
+                           f"or reports/); give folders made by `distill run`, or `distill bench --out` JSON files")
     notes: list[str] = []
     rows: list[dict] = []
     for run_dir in run_dirs:
-        rows.extend(collect_run(Path(run_dir), notes))
+        if holds_run(run_dir):
+            rows.extend(collect_run(Path(run_dir), notes))
+        else:
+            notes.append(f"{run_dir}: {'holds no run' if Path(run_dir).exists() else 'does not exist'}; skipped")
     metric = choose_metric(rows)
     entries, hv_notes = heavy_vs_light(rows, metric)
     notes += hv_notes

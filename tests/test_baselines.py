@@ -161,9 +161,18 @@ def test_distill_run_sam_seg_and_sam_det_into_one_report(tmp_path, monkeypatch, 
     assert row["total_p50_ms"] > 0 and "mask_AP" in row  # latency and accuracy side by side
     data = run / "data" / "synthetic_coco"
     capsys.readouterr()
-    assert main(["prompter", "eval", str(run / "model" / "sam_seg.pt"), "--annotations", str(data / "annotations.json"),
-                 "--images", str(data / "images")]) == 0  # every instance model answers the same commands
-    assert {"mask_AP", "box_AP50"} <= set(json.loads(capsys.readouterr().out))
+    assert main(["eval", "ap", str(run / "model" / "sam_seg.pt"), "--annotations", str(data / "annotations.json"),
+                 "--images", str(data / "images"), "--split", "val", "--val-fraction", "0.4"]) == 0
+    scores = json.loads(capsys.readouterr().out)  # the run's own validation AP, from the model file alone
+    recorded = json.loads((run / "reports" / "ap.json").read_text())
+    assert scores["images"] == recorded["val_images"]
+    assert {k: round(v, 6) for k, v in scores.items() if "_AP" in k} == \
+        {k: round(v, 6) for k, v in recorded.items() if "_AP" in k}
+    assert main(["predict", str(run / "model" / "sam_seg.pt"), str(data / "images"), "--out", "pred",
+                 "--score-threshold", "0"]) == 0  # every instance model answers the same commands
+    results = json.loads((tmp_path / "pred" / "results.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {1, 2, 3}
+    assert len(json.loads((tmp_path / "pred" / "images.json").read_text())["images"]) == 8
     assert main(["export", str(run / "model" / "sam_seg.pt"), "--format", "onnx", "--out", "exported"]) == 2
     assert "is a SAM-det/SAM-seg baseline, which `distill export` does not take" in capsys.readouterr().err
 

@@ -194,6 +194,50 @@ def test_prompt_modes_and_ap(trained_student, coco_dataset):
     assert 0.0 <= report["stats"]["AP"] <= 1.0 and report["ground_truth_instances"] >= 2
 
 
+def test_distill_predict_and_eval_ap_on_a_student(trained_student, coco_dataset, tmp_path, capsys):
+    """`distill predict` gives the student's own masks for each prompt mode; `distill eval ap` maps its classes
+    (box, bar) to the ground truth's category ids by name."""
+    from sam_distill.cli import main
+    from sam_distill.core.images import load_rgb
+    from sam_distill.data.coco import load_coco
+    from sam_distill.methods.fastsam.student import YoloSegStudent
+    from sam_distill.methods.predict import read_predictions, to_ground_truth
+
+    weights, _, _ = trained_student
+    image = coco_dataset / "scene0.png"
+    student = YoloSegStudent(weights, imgsz=64, conf=0.001)
+    everything = student.everything(load_rgb(image))
+    ys, xs = np.nonzero(everything.masks[0])
+    point = (int(xs[len(xs) // 2]), int(ys[len(ys) // 2]))
+    base = ["predict", str(weights), str(image), "--imgsz", "64", "--score-threshold", "0.001"]
+    for name, prompt, expected in [
+            ("everything", [], everything),
+            ("box", ["--box", "10", "70", "90", "80"], student.box(load_rgb(image), (10, 70, 90, 80))),
+            ("point", ["--point", f"{point[0]},{point[1]}"], student.points(load_rgb(image), [point], [1]))]:
+        assert main([*base, "--out", str(tmp_path / name), *prompt]) == 0
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert len(results) == len(expected.masks) > 0, name
+        for result, mask, score, cls in zip(results, expected.masks, expected.scores, expected.classes):
+            assert np.array_equal(mask_utils.decode(result["segmentation"]).astype(bool), mask), name
+            assert result["score"] == pytest.approx(float(score)) and result["category_id"] == cls + 1
+    categories = json.loads((tmp_path / "everything" / "images.json").read_text())["categories"]
+    assert categories == [{"id": 1, "name": "box"}, {"id": 2, "name": "bar"}]
+    mapped = to_ground_truth(read_predictions(tmp_path / "everything"), load_coco(coco_dataset / "annotations.json"),
+                             class_agnostic=False)
+    by_name = {1: 3, 2: 7}  # box is category 3 and bar 7 in the ground truth
+    assert [r["category_id"] for r in mapped] == [by_name[c + 1] for c in everything.classes]
+    assert {r["image_id"] for r in mapped} == {10}  # scene0.png's id there
+    capsys.readouterr()
+    assert main(["eval", "ap", str(weights), "--annotations", str(coco_dataset / "annotations.json"), "--images",
+                 str(coco_dataset), "--imgsz", "64", "--score-threshold", "0.001"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["images"] == 6 and 0.0 <= scores["mask_AP"] <= 1.0
+    assert main([*base, "--out", str(tmp_path / "x"), "--box", "1", "2", "3", "4", "--point", "5,5"]) == 2
+    assert "one prompt at a time" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "x"), "--text", "a red box"]) == 2
+    assert "local CLIP checkpoint" in capsys.readouterr().err
+
+
 def test_export_goes_through_distill_export(trained_student, tmp_path):
     import onnxruntime
 

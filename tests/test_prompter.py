@@ -166,25 +166,37 @@ def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch)
         "recipe: prompter\nname: cli\ntrain: {max_steps: 2, batch_size: 2, warmup_steps: 1, checkpoint_every: 1, "
         "log_every: 1, num_workers: 0}\nencoder: {name: vit_tiny, image_size: 128}\nprompter: {head: anchor, width: 32}\n"
         "instances: {synthetic: {count: 8, size: 128}, val_fraction: 0.3, eval: {every: 2, overlays: 1}}\n")
-    assert main(["prompter", "train", str(config)]) == 0
+    assert main(["run", str(config)]) == 0
     run = tmp_path / "runs" / "cli"
     assert (run / "model" / "prompter.pt").is_file() and (run / "reports" / "ap.json").is_file()
     assert list((run / "reports" / "overlays").glob("*.png"))
-    assert main(["prompter", "train", str(config)]) == 0  # the same run again: resumes, trains nothing more
+    assert main(["run", str(config)]) == 0  # the same run again: resumes, trains nothing more
     assert "resumed" in (run / "logs" / "run.log").read_text()
     metrics = read_metrics(run / "checkpoints" / "prompter" / "metrics.csv")
     assert [row["step"] for row in metrics] == [1.0, 2.0]
     data = run / "data" / "synthetic_coco"
+    model = str(run / "model" / "prompter.pt")
     capsys.readouterr()
-    assert main(["prompter", "eval", str(run / "model" / "prompter.pt"), "--annotations", str(data / "annotations.json"),
-                 "--images", str(data / "images"), "--out", str(tmp_path / "results.json")]) == 0
-    assert {"mask_AP", "box_AP75"} <= set(json.loads(capsys.readouterr().out))
-    assert main(["prompter", "predict", str(run / "model" / "prompter.pt"), str(data / "images"),
-                 "--out", str(tmp_path / "pred"), "--overlays", "1"]) == 0
-    assert json.loads((tmp_path / "pred" / "images.json").read_text())["images"]
-    assert isinstance(json.loads((tmp_path / "pred" / "results.json").read_text()), list)  # COCO results list
+    assert main(["eval", "ap", model, "--annotations", str(data / "annotations.json"), "--images", str(data / "images"),
+                 "--out", str(tmp_path / "ap.json")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {"mask_AP", "box_AP75"} <= set(scores) and scores["images"] == 8
+    assert json.loads((tmp_path / "ap.json").read_text()) == scores
+    assert main(["predict", model, str(data / "images"), "--out", str(tmp_path / "pred"), "--overlays", "1"]) == 0
+    written = json.loads((tmp_path / "pred" / "images.json").read_text())
+    assert len(written["images"]) == 8 and [c["name"] for c in written["categories"]] == ["disc", "square", "triangle"]
+    results = json.loads((tmp_path / "pred" / "results.json").read_text())
+    assert isinstance(results, list) and {r["category_id"] for r in results} <= {1, 2, 3}  # COCO results list
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 1
+    # the predict folder scores as the model itself does (same images, ids mapped back by file name)
+    capsys.readouterr()
+    assert main(["eval", "ap", str(tmp_path / "pred"), "--annotations", str(data / "annotations.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == scores
+    assert main(["predict", model, str(data / "images"), "--out", str(tmp_path / "p2"), "--point", "3,4"]) == 2
+    err = capsys.readouterr().err
+    assert "--point does not apply to" in err and "RSPrompter" in err and "it takes --score-threshold" in err
     config.write_text(config.read_text().replace("width: 32", "widht: 32"))
-    assert main(["prompter", "train", str(config)]) == 2
+    assert main(["run", str(config)]) == 2
     assert "unknown key 'prompter.widht'" in capsys.readouterr().err
 
 

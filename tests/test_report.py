@@ -236,9 +236,19 @@ def test_heavy_vs_light_without_teacher_is_a_note():
 def test_report_of_an_empty_run_still_renders(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()
-    assert main(["report", str(run)]) == 0
+    (run / "config.yaml").write_text("recipe: mobilesam\n")  # a run that measured nothing yet
+    assert main(["report", str(run), str(tmp_path / "missing")]) == 0
     results = json.loads((run / "reports" / "results.json").read_text())
     assert results["rows"] == [] and any("no reports/bench.json" in n for n in results["notes"])
+    assert f"{tmp_path / 'missing'}: does not exist; skipped" in results["notes"]
+
+
+def test_report_of_folders_without_a_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert main(["report", str(tmp_path / "photos"), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "photos" in err and "no run to report" in err and "distill run" in err
+    assert not (tmp_path / "photos" / "reports").exists()
 
 
 def test_bench_command_end_to_end(tmp_path, tiny_teacher_checkpoint, capsys):

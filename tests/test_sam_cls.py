@@ -217,7 +217,7 @@ def test_clip_recipe_and_text_prompt_command(shapes, tiny_clip, tmp_path):
     assert 1 <= len(list((run_dir / "proposals" / "masks").glob("*.json"))) < 8
 
     out = tmp_path / "pred"
-    assert main(["sam-cls", "predict", str(run_dir / "model" / "sam_cls.pt"), str(shapes / "images" / "shapes_0000.png"),
+    assert main(["predict", str(run_dir / "model" / "sam_cls.pt"), str(shapes / "images" / "shapes_0000.png"),
                  "--out", str(out), "--text", "a red disc"]) == 0
     found = json.loads((out / "results.json").read_text())
     assert len(found) == 1 and all(r["category_id"] in (1, 2, 3) and "text_similarity" in r for r in found)
@@ -239,13 +239,13 @@ def test_errors_are_one_line(shapes, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sam_cls.classifer" in err and "classifier" in err and "templates" in err
 
-    assert main(["sam-cls", "predict", str(tmp_path / "nothing.pt"), str(shapes / "images"), "--out",
+    assert main(["predict", str(tmp_path / "nothing.pt"), str(shapes / "images"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_predict_command_matches_the_recipes_validation(pooled_run, shapes, tmp_path):
-    """`distill sam-cls predict` on a validation image gives what the recipe scored for it (same proposals,
+def test_predict_command_matches_the_recipes_validation(pooled_run, shapes, tmp_path, capsys):
+    """`distill predict` on a validation image gives what the recipe scored for it (same proposals,
     embedding and classifier), written as COCO results with an overlay."""
     from sam_distill.cli import main
     from sam_distill.data.coco import load_coco
@@ -257,7 +257,7 @@ def test_predict_command_matches_the_recipes_validation(pooled_run, shapes, tmp_
     assert expected, "the trained classifier kept no validation mask: nothing to compare"
     image_id = expected[0]["image_id"]
     name = coco.imgs[image_id]["file_name"]
-    assert main(["sam-cls", "predict", str(run / "model" / "sam_cls.pt"), str(shapes / "images" / name),
+    assert main(["predict", str(run / "model" / "sam_cls.pt"), str(shapes / "images" / name),
                  "--out", str(tmp_path), "--score-threshold", "0"]) == 0
     found = json.loads((tmp_path / "results.json").read_text())
 
@@ -266,3 +266,11 @@ def test_predict_command_matches_the_recipes_validation(pooled_run, shapes, tmp_
 
     assert key(found) == key([r for r in expected if r["image_id"] == image_id]) and val_ids["val_images"] >= 1
     assert (tmp_path / "overlays" / name).is_file()
+    capsys.readouterr()
+    # options this pooled-classifier model has no use for are refused, not ignored
+    assert main(["predict", str(run / "model" / "sam_cls.pt"), str(shapes / "images" / name), "--out",
+                 str(tmp_path / "o"), "--clip-checkpoint", "clip.pt"]) == 2
+    assert "pooled-feature head" in capsys.readouterr().err
+    assert main(["predict", str(run / "model" / "sam_cls.pt"), str(shapes / "images" / name), "--out",
+                 str(tmp_path / "o"), "--box", "1", "2", "3", "4"]) == 2
+    assert "--box does not apply to" in capsys.readouterr().err

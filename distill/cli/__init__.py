@@ -11,15 +11,21 @@ import sys
 
 from sam_distill.core.errors import DistillError
 
-# Command modules: each has ``register(subparsers)`` adding its commands with ``func`` defaults.
+# Command modules, one per verb: each has ``register(subparsers)`` adding its commands with ``func`` defaults.
 COMMAND_MODULES = [
-    "sam_distill.cli.engine",
-    "sam_distill.cli.fastsam",
-    "sam_distill.cli.prompter",
-    "sam_distill.cli.sam_cls",
-    "sam_distill.cli.export",
+    "sam_distill.cli.stages",
+    "sam_distill.cli.predict",
     "sam_distill.cli.evaluate",
+    "sam_distill.cli.export",
 ]
+# Spellings of the previous release (commands grouped by origin), each answered with what replaced it.
+RENAMED = {
+    "segment": "`distill predict MODEL IMAGES --out DIR [--box X0 Y0 X1 Y1 | --point X,Y | --text TEXT]`",
+    "mask-ap": "`distill eval ap RESULTS --annotations GT.json`",
+    "prompter": "`distill run CONFIG` (train), `distill eval ap MODEL --annotations GT.json --images DIR` (eval) "
+                "and `distill predict MODEL IMAGES --out DIR` (predict)",
+    "sam-cls": "`distill predict MODEL IMAGES --out DIR [--text TEXT]`",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("SAM_DISTILL_DEBUG"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
+        command = next((word for word in argv if not word.startswith("-")), None)
+        if command in RENAMED:
+            raise DistillError(f"`distill {command}` is now {RENAMED[command]}")
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

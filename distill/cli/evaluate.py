@@ -1,7 +1,44 @@
-"""``distill bench MODEL...`` and ``distill report RUN_DIR...``."""
+"""``distill eval ap|fidelity``, ``distill bench MODEL...`` and ``distill report RUN_DIR...``."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from sam_distill.cli.options import add_model_options, add_teacher_args, load_teacher_from, model_options
+
+
+def cmd_ap(args) -> int:
+    from sam_distill.cli import print_json
+    from sam_distill.core.device import pick_device
+    from sam_distill.core.fileio import atomic_write_json
+    from sam_distill.methods.predict import evaluate_ap
+
+    scores = evaluate_ap(args.source, args.annotations, args.images, pick_device(args.device), model_options(args),
+                         args.split, args.val_fraction, args.class_agnostic)
+    if args.out:
+        atomic_write_json(args.out, scores)
+    print_json(scores)
+    return 0
+
+
+def cmd_fidelity(args) -> int:
+    from sam_distill.core.device import pick_device
+    from sam_distill.core.model_files import load_model_file
+    from sam_distill.data.cache import EmbeddingCache
+    from sam_distill.eval.fidelity import fidelity, format_table, write_fidelity
+
+    _, (student, _) = load_model_file(args.model, expect=("sam",))
+    cache = EmbeddingCache(args.cache)
+    teacher = load_teacher_from(args)
+    _, holdout = cache.split(args.holdout, args.max_holdout)
+    indices = holdout if holdout and not args.all else list(range(len(cache)))
+    result = fidelity(teacher.model, student, cache, indices[: args.max_images], args.points,
+                      device=pick_device(args.device))
+    result["teacher"] = teacher.describe()
+    print(format_table(result))
+    if args.out:
+        write_fidelity(result, args.out)
+        print(f"written {args.out}")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -26,6 +63,34 @@ def cmd_report(args) -> int:
 
 
 def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score models: COCO AP against ground truth, fidelity to the teacher")
+    evals = p.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    a = evals.add_parser("ap", help="COCO mask and box AP/AP50/AP75 of a model file or of predictions (pycocotools)")
+    a.add_argument("source", type=Path, help="a model file (any kind `distill predict` takes), a `distill predict` "
+                                             "output folder, or a COCO results .json in the ground truth's image ids")
+    a.add_argument("--annotations", type=Path, required=True, help="COCO instances json (the ground truth)")
+    a.add_argument("--images", type=Path, help="for a model file: the folder its file_name entries are relative to")
+    a.add_argument("--split", choices=["all", "val", "train"], default="all",
+                   help="the instance recipes' fixed file-name-hash split")
+    a.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the run")
+    a.add_argument("--class-agnostic", action="store_true",
+                   help="ignore classes (SAM everything mode, class-agnostic students)")
+    a.add_argument("--out", type=Path, help="write the scores as JSON here")
+    add_model_options(a, prompts=False)
+    a.set_defaults(func=cmd_ap)
+
+    f = evals.add_parser("fidelity", help="mIoU and embedding similarity of a student against its teacher")
+    f.add_argument("model", type=Path, help="a SAM model file (model.pt, mobile_sam.pt)")
+    f.add_argument("--cache", type=Path, required=True)
+    add_teacher_args(f)
+    f.add_argument("--points", type=int, default=8, help="point prompts per image")
+    f.add_argument("--holdout", type=float, default=0.1, help="as data.holdout_fraction of the run")
+    f.add_argument("--max-holdout", type=int, default=200, help="as data.max_holdout of the run")
+    f.add_argument("--all", action="store_true", help="use every cached image, not only the held-out ones")
+    f.add_argument("--max-images", type=int, default=50)
+    f.add_argument("--out", type=Path, help="write the JSON here")
+    f.set_defaults(func=cmd_fidelity)
+
     p = subparsers.add_parser("bench", help="latency, size, GFLOPs and memory of models (PyTorch, ONNX, ultralytics)")
     p.add_argument("models", nargs="+", help="model files (.pt/.pth/.onnx) or, with --random-init, teacher names")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and onnxruntime intra-op)")

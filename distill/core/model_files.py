@@ -96,16 +96,21 @@ def probe(path: Path | str) -> Probe:
     suffix = path.suffix.lower()
     if suffix not in TORCH_SUFFIXES:
         return Probe(path, suffix)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
+    if path.stat().st_size == 0:
+        raise DistillError(f"{path} is not a model file: it is empty (0 bytes)")
+    unreadable = f"{path} is not a model file: it is not a readable PyTorch file"
+    try:  # torch.save's zip archives are memory-mapped; the legacy (pre-1.6) format cannot be
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, KeyError) as err:  # torch's unpickler raises KeyError on some text
         message = str(err)
         found = next((message.split(marker, 1)[1].split()[0].strip("`'\",.")
-                      for marker in ("GLOBAL ", "Unsupported global: ") if marker in message), "unsupported objects")
+                      for marker in ("GLOBAL ", "Unsupported global: ") if marker in message), None)
+        if found is None:  # not a refused class but bytes that are no pickle at all (text, JSON, noise)
+            raise DistillError(f"{unreadable} (neither a torch.save archive nor a pickle)") from None
         return Probe(path, suffix, pickled=found)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise DistillError(f"{path} is not a model file: it is not a readable PyTorch file ({reason})") from None
+        raise DistillError(f"{unreadable} ({reason})") from None
     if not isinstance(payload, dict):
         return Probe(path, suffix)
     tag = payload.get("format") if isinstance(payload.get("format"), str) else None

@@ -1,12 +1,14 @@
-"""Inference of every automatic instance model (RSPrompter heads, SAM-det, SAM-seg): predictions as COCO results (RLE masks at the original resolution) and overlay images."""
+"""Inference of every automatic instance model (RSPrompter heads, SAM-det, SAM-seg): predictions as COCO results
+(RLE masks at the original resolution) and overlay images; and the one output layout every kind's ``predict``
+writes (:func:`write_predictions`)."""
 from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 from PIL import Image
 from pycocotools import mask as mask_utils
 from segment_anything.modeling import Sam
@@ -15,10 +17,18 @@ from torchvision.ops import masks_to_boxes
 from tqdm import tqdm
 
 from sam_distill.data.coco import collate
-from sam_distill.methods.prompter.model import load_prompter
-from sam_distill.methods.rcnn.model import RCNN_FORMAT, load_rcnn
 
 CHUNK = 16
+
+
+class Predictions(NamedTuple):
+    """What every model kind's ``predict`` function returns (``ModelKind.predict``: called as
+    ``predict(model_path, image_paths, device, **options)``): COCO results, COCO image entries (with their
+    ``path``; ids from 1 in reading order) and the categories the results' ``category_id`` refer to."""
+
+    results: list[dict]
+    images: list[dict]
+    classes: list[dict]
 
 
 def to_coco_results(image_size: int, prediction: dict, item: dict, classes: list[dict]) -> list[dict]:
@@ -92,7 +102,7 @@ def save_overlay(image: np.ndarray, results: list[dict], classes: list[dict], pa
 def write_predictions(out: Path, results: list[dict], images: list[dict], classes: list[dict], overlays: int,
                       min_score: float = 0.3) -> None:
     """What every ``predict`` command writes: ``results.json`` (a COCO results list, ready for pycocotools'
-    ``loadRes`` or ``distill mask-ap``), ``images.json`` (its images and categories) and ``overlays/``."""
+    ``loadRes`` or ``distill eval ap``), ``images.json`` (its images and categories) and ``overlays/``."""
     from sam_distill.core.fileio import atomic_write_json
     from sam_distill.core.images import load_rgb
 
@@ -105,9 +115,11 @@ def write_predictions(out: Path, results: list[dict], images: list[dict], classe
     print(f"{len(results)} instance(s) in {len(images)} image(s); COCO results in {out / 'results.json'}")
 
 
-def readable_images(paths: list[Path], image_size: int, desc: str = "predict", progress: bool = True, log=print):
+def readable_images(paths: list[Path], image_size: int | None = None, desc: str = "predict", progress: bool = True,
+                    log=print):
     """Yields (image H×W×3 uint8, item, COCO image entry with its ``path``) for each readable file, numbered
-    from 1; an unreadable one is skipped with one line. The item carries the sizes ``to_coco_results`` needs."""
+    from 1; an unreadable one is skipped with one line. The item carries the sizes ``to_coco_results`` needs
+    (``input_size`` given the model's ``image_size``)."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
     from sam_distill.core.images import UnreadableImage, load_rgb
@@ -122,7 +134,7 @@ def readable_images(paths: list[Path], image_size: int, desc: str = "predict", p
         count += 1
         height, width = image.shape[:2]
         item = {"image_id": count, "original_size": (height, width),
-                "input_size": ResizeLongestSide.get_preprocess_shape(height, width, image_size)}
+                "input_size": ResizeLongestSide.get_preprocess_shape(height, width, image_size) if image_size else None}
         yield image, item, {"id": count, "file_name": path.name, "height": height, "width": width, "path": str(path)}
 
 
@@ -143,18 +155,11 @@ def predict_images(model, paths: list[Path], classes: list[dict], score_threshol
     return results, images
 
 
-def load_instance_model(path) -> tuple[nn.Module, list[dict]]:
-    """A prompter or SAM-det/SAM-seg file → (model with ``predict`` and ``image_size``, its classes)."""
-    import torch
+def predict_instances(path: Path, images: list[Path], device: torch.device, *,
+                      score_threshold: float = 0.05) -> Predictions:
+    """``predict`` of RSPrompter and SAM-det/SAM-seg files: the model's class-aware instances above the threshold."""
+    from sam_distill.core.model_files import load_model_file
 
-    from sam_distill.core.errors import DistillError
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise DistillError(f"model {path} does not exist") from None
-    except Exception as err:
-        raise DistillError(f"{path} is not a model file of this toolkit ({str(err).splitlines()[0]})") from None
-    if isinstance(payload, dict) and payload.get("format") == RCNN_FORMAT:
-        return load_rcnn(path)
-    return load_prompter(path)
+    _, (model, classes) = load_model_file(path, expect=("prompter", "rcnn"))
+    results, entries = predict_images(model.to(device), images, classes, score_threshold)
+    return Predictions(results, entries, classes)

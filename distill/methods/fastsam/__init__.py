@@ -11,6 +11,10 @@ def _is_ultralytics(probe: Probe) -> bool:
 
 
 register_kind(ModelKind(
-    name="yolo_seg", what="a YOLO-seg student (an ultralytics .pt)",
+    name="yolo_seg",
+    what="a YOLO-seg student (an ultralytics .pt)",
     how_to_make="make one with a `recipe: fastsam` run or `distill yolo train`",
-    matches=_is_ultralytics, load="sam_distill.methods.fastsam.student:YoloSegStudent"))
+    matches=_is_ultralytics,
+    load="sam_distill.methods.fastsam.student:YoloSegStudent",
+    predict="sam_distill.methods.fastsam.predict:predict_yolo_seg",
+))

@@ -2,7 +2,7 @@
 
 Everything, box and point prompts go through ultralytics' own ``FastSAM`` predictor (box: the mask
 with the best IoU to the box; points: masks holding a positive point and no negative one). Text
-prompts rank the everything-masks with CLIP (``sam_distill.clip_select``), from a local checkpoint.
+prompts rank the everything-masks with CLIP (``sam_distill.sam.text_prompts``), from a local checkpoint.
 """
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ class Segmentation:
 
 
 class YoloSegStudent:
-    def __init__(self, weights: Path | str, imgsz: int = 1024, conf: float = 0.25, iou: float = 0.7,
+    def __init__(self, weights: Path | str, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7,
                  max_det: int = 300, device: str = "cpu"):
+        """``imgsz`` None: the size the student was trained at (ultralytics keeps it in the file)."""
         from sam_distill.methods.fastsam.recipe import offline
 
         offline()
@@ -34,8 +35,8 @@ class YoloSegStudent:
         if not weights.is_file():
             raise DistillError(f"model {weights} does not exist; train one with `distill yolo train`")
         self.model = FastSAM(str(weights))
-        self.options = {"imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det, "device": device,
-                        "retina_masks": True, "verbose": False}
+        self.options = {"conf": conf, "iou": iou, "max_det": max_det, "device": device, "retina_masks": True,
+                        "verbose": False, **({"imgsz": imgsz} if imgsz else {})}
 
     def _run(self, image: np.ndarray, **prompts) -> Segmentation:
         # ultralytics reads numpy images as BGR; ours are RGB.

@@ -14,6 +14,11 @@ def _is_sam_state_dict(probe: Probe) -> bool:
 
 
 register_kind(ModelKind(
-    name="sam", what="a SAM model (our model.pt, MobileSAM's mobile_sam.pt or an official SAM .pth)",
+    name="sam",
+    what="a SAM model (our model.pt, MobileSAM's mobile_sam.pt or an official SAM .pth)",
     how_to_make="make one with a `recipe: mobilesam` run or `distill assemble`",
-    tags=(MODEL_FORMAT,), matches=_is_sam_state_dict, load="sam_distill.sam.model_file:load_model"))
+    tags=(MODEL_FORMAT,),
+    matches=_is_sam_state_dict,
+    load="sam_distill.sam.model_file:load_model",
+    predict="sam_distill.methods.mobilesam.predict:predict_sam",
+))

@@ -7,10 +7,11 @@ import torch
 
 from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
+from sam_distill.core.model_files import load_model_file
 from sam_distill.data.cache import DistillDataset, EmbeddingCache
 from sam_distill.methods.mobilesam.config import PromptStageConfig
 from sam_distill.methods.sections import TrainConfig
-from sam_distill.sam.model_file import assemble, load_model, save_mobilesam_layout, save_model
+from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_model
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students import create_student
 from sam_distill.train.loop import Schedule, run_training
@@ -20,7 +21,7 @@ from sam_distill.train.prompt_loop import PromptLoopLoss
 def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Module:
     student = create_student(name, image_size=image_size)
     if init is not None:
-        model, _ = load_model(init)
+        _, (model, _) = load_model_file(init, expect=("sam",))
         try:
             student.load_state_dict(model.image_encoder.state_dict())
         except RuntimeError as err:

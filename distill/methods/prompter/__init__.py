@@ -4,5 +4,10 @@ from sam_distill.methods.prompter import recipe  # noqa: F401  (registers the re
 from sam_distill.methods.prompter.model import PROMPTER_FORMAT
 
 register_kind(ModelKind(
-    name="prompter", what="an RSPrompter model (prompter.pt)", how_to_make="make one with a `recipe: prompter` run",
-    tags=(PROMPTER_FORMAT,), load="sam_distill.methods.prompter.model:load_prompter"))
+    name="prompter",
+    what="an RSPrompter model (prompter.pt)",
+    how_to_make="make one with a `recipe: prompter` run",
+    tags=(PROMPTER_FORMAT,),
+    load="sam_distill.methods.prompter.model:load_prompter",
+    predict="sam_distill.methods.instance_predict:predict_instances",
+))

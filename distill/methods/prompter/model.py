@@ -86,7 +86,7 @@ def save_prompter(model: RSPrompterModel, path: Path, classes: list[dict], meta:
 
 def load_prompter(path: Path) -> tuple[RSPrompterModel, list[dict]]:
     """A saved prompter and its classes (COCO categories in label order, label i+1 = classes[i])."""
-    payload = load_tagged(path, PROMPTER_FORMAT, "prompter model", "train one with `distill prompter train`")
+    payload = load_tagged(path, PROMPTER_FORMAT, "prompter model", "make one with a `recipe: prompter` run")
     model = build_prompter(payload["config"])
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["classes"]

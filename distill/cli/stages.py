@@ -1,25 +1,11 @@
-"""The engine's commands: run, embed, train, assemble, eval fidelity, teachers, students."""
+"""``distill run`` and the stages it chains, one command each: embed, pseudo-label, train, assemble, yolo-data,
+yolo train; plus the lists of teachers and students."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from sam_distill.cli.options import add_generator_args, add_teacher_args, generator_overrides, load_teacher_from
 from sam_distill.core.errors import DistillError
-
-
-def _teacher_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", default="sam_vit_h",
-                        help="official name (sam_vit_h, sam_vit_l, sam_vit_b, mobile_sam) or architecture (vit_b, ...)")
-    parser.add_argument("--checkpoint", type=Path, help="local checkpoint file (else the official one is downloaded)")
-    parser.add_argument("--random-init", action="store_true", help="random weights of the architecture (smoke tests)")
-    parser.add_argument("--image-size", type=int, default=1024, help="input size, with --random-init only")
-    parser.add_argument("--device", default="auto")
-
-
-def _load_teacher(args):
-    from sam_distill.sam.teachers import load_teacher
-
-    return load_teacher(args.teacher, args.checkpoint, args.random_init, args.image_size)
 
 
 def cmd_run(args) -> int:
@@ -36,7 +22,7 @@ def cmd_embed(args) -> int:
     from sam_distill.data.cache import build_cache
 
     context = init_distributed(args.device)
-    teacher = _load_teacher(args)
+    teacher = load_teacher_from(args)
     summary = build_cache(teacher, args.images, args.out, args.shard_size, args.batch_size, args.workers, context)
     if context.is_main and summary["skipped"]:
         print(f"skipped {len(summary['skipped'])} file(s); reasons in {args.out}/skipped-r*.json")
@@ -73,7 +59,7 @@ def cmd_assemble(args) -> int:
     state = args.state if args.state.is_file() else args.state / "last.pt"
     if not state.is_file():
         raise DistillError(f"training state {state} does not exist; train first with `distill train`")
-    teacher = _load_teacher(args)
+    teacher = load_teacher_from(args)
     student = load_trained_student(args.student, teacher.image_size, state)
     paths = write_models(student, args.student, teacher, args.out, {"teacher": teacher.describe(), "state": str(state)})
     for kind, path in paths.items():
@@ -81,24 +67,45 @@ def cmd_assemble(args) -> int:
     return 0
 
 
-def cmd_fidelity(args) -> int:
-    from sam_distill.core.device import pick_device
-    from sam_distill.data.cache import EmbeddingCache
-    from sam_distill.eval.fidelity import fidelity, format_table, write_fidelity
-    from sam_distill.sam.model_file import load_model
+def cmd_pseudo_label(args) -> int:
+    from sam_distill.core.device import init_distributed
+    from sam_distill.data.everything import generator_settings, pseudo_label
 
-    cache = EmbeddingCache(args.cache)
-    teacher = _load_teacher(args)
-    student, _ = load_model(args.model)
-    _, holdout = cache.split(args.holdout, args.max_holdout)
-    indices = holdout if holdout and not args.all else list(range(len(cache)))
-    result = fidelity(teacher.model, student, cache, indices[: args.max_images], args.points,
-                      device=pick_device(args.device))
-    result["teacher"] = teacher.describe()
-    print(format_table(result))
-    if args.out:
-        write_fidelity(result, args.out)
-        print(f"written {args.out}")
+    context = init_distributed(args.device)
+    settings = generator_settings(**generator_overrides(args))
+    counts = pseudo_label(load_teacher_from(args), args.images, args.out, settings, context)
+    if context.is_main:
+        print(f"labelled {counts['labelled']} image(s), {counts['masks']} masks, {counts['skipped']} skipped; "
+              f"labels in {args.out}")
+    return 0
+
+
+def cmd_yolo_data(args) -> int:
+    from sam_distill.data.yolo import convert_coco, convert_pseudo_labels
+
+    knobs = {"val_fraction": args.val_fraction, "min_area": args.min_area, "max_components": args.max_components}
+    if args.coco:
+        if args.images is None:
+            raise DistillError("--coco needs --images, the folder its file_name entries are relative to")
+        summary = convert_coco(args.coco, args.images, args.out, **knobs)
+    elif args.labels:
+        summary = convert_pseudo_labels(args.labels, args.out, **knobs)
+    else:
+        raise DistillError("give --labels (a pseudo-label folder) or --coco (a COCO instance file) with --images")
+    print(f"{summary['train_images']} train / {summary['val_images']} val images, {summary['instances']} instances; "
+          f"dropped {summary['dropped']}; dataset {summary['data_yaml']}")
+    return 0
+
+
+def cmd_yolo_train(args) -> int:
+    from sam_distill.methods.fastsam.recipe import plot_results, train_yolo
+
+    if not args.resume and (args.out / args.name / "weights" / "last.pt").exists():
+        raise DistillError(f"{args.out / args.name} already holds a training run; pass --resume or choose another --out")
+    summary = train_yolo(args.data, args.model, args.out, args.name, args.epochs, args.imgsz, args.batch,
+                         args.device, args.workers, args.seed, args.patience)
+    plot_results(Path(summary["run"]) / "results.csv", Path(summary["run"]) / "map.png")
+    print(f"trained {summary['epochs']} epochs; best weights {summary['best']}")
     return 0
 
 
@@ -133,11 +140,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="cache a teacher's image embeddings (resumable, torchrun-aware)")
     p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="cache folder")
-    _teacher_args(p)
+    add_teacher_args(p)
     p.add_argument("--shard-size", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--workers", type=int, default=0)
     p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser("pseudo-label", help="the teacher's segment-everything masks, one JSON per image")
+    p.add_argument("images", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="label folder (rerun to resume)")
+    add_teacher_args(p)
+    add_generator_args(p)
+    p.set_defaults(func=cmd_pseudo_label)
 
     p = subparsers.add_parser("train", help="distil a student encoder from a cache (decoupled, MobileSAM)")
     p.add_argument("cache", type=Path)
@@ -164,22 +178,35 @@ def register(subparsers) -> None:
     p.add_argument("state", type=Path, help="training folder or its last.pt")
     p.add_argument("--student", default="tinyvit_5m")
     p.add_argument("--out", type=Path, required=True)
-    _teacher_args(p)
+    add_teacher_args(p)
     p.set_defaults(func=cmd_assemble)
 
-    p = subparsers.add_parser("eval", help="evaluate models")
-    evals = p.add_subparsers(dest="eval_command", metavar="WHAT")
-    f = evals.add_parser("fidelity", help="mIoU and embedding similarity of a student against its teacher")
-    f.add_argument("model", type=Path)
-    f.add_argument("--cache", type=Path, required=True)
-    _teacher_args(f)
-    f.add_argument("--points", type=int, default=8, help="point prompts per image")
-    f.add_argument("--holdout", type=float, default=0.1, help="as data.holdout_fraction of the run")
-    f.add_argument("--max-holdout", type=int, default=200, help="as data.max_holdout of the run")
-    f.add_argument("--all", action="store_true", help="use every cached image, not only the held-out ones")
-    f.add_argument("--max-images", type=int, default=50)
-    f.add_argument("--out", type=Path, help="write the JSON here")
-    f.set_defaults(func=cmd_fidelity)
+    p = subparsers.add_parser("yolo-data", help="pseudo-labels or a COCO dataset -> ultralytics YOLO-seg layout")
+    p.add_argument("--labels", type=Path, help="pseudo-label folder (class-agnostic)")
+    p.add_argument("--coco", type=Path, help="COCO instance file (class-aware)")
+    p.add_argument("--images", type=Path, help="with --coco: folder its file_name entries are relative to")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--min-area", type=float, default=16)
+    p.add_argument("--max-components", type=int, default=8)
+    p.set_defaults(func=cmd_yolo_data)
+
+    p = subparsers.add_parser("yolo", help="train YOLO-seg students with ultralytics (export them with `distill export`)")
+    yolo = p.add_subparsers(dest="yolo_command", metavar="WHAT")
+    t = yolo.add_parser("train", help="train (offline) with ultralytics' trainer")
+    t.add_argument("data", type=Path, help="data.yaml written by `distill yolo-data`")
+    t.add_argument("--model", default="yolov8s-seg", help="variant name (from scratch) or a local .pt")
+    t.add_argument("--out", type=Path, required=True, help="ultralytics project folder")
+    t.add_argument("--name", default="train")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--imgsz", type=int, default=1024)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--patience", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=cmd_yolo_train)
 
     p = subparsers.add_parser("teachers", help="list the official teachers and their cache state")
     p.set_defaults(func=cmd_teachers)

@@ -1,0 +1,74 @@
+"""``distill predict`` on a SAM file (ours, MobileSAM's or an official checkpoint): segment-anything's own tools.
+
+With point or box prompts, segment-anything's ``SamPredictor`` cuts one mask per image (the same prompt on every
+image, in its pixels); with none, its ``SamAutomaticMaskGenerator`` segments everything, as ``distill
+pseudo-label`` does. SAM's masks have no class: every result is category 1, ``object``, scored by SAM's own
+predicted IoU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sam_distill.core.errors import DistillError
+from sam_distill.methods.instance_predict import Predictions, readable_images
+
+CLASSES = [{"id": 1, "name": "object"}]
+
+
+def predict_sam(path: Path, images: list[Path], device: torch.device, *,
+                points: list[tuple[float, float, int]] | None = None,
+                box: tuple[float, float, float, float] | None = None,
+                generator: dict | None = None) -> Predictions:
+    """Prompted masks (``points``: (x, y, label 1 object / 0 background), ``box``: x0 y0 x1 y1) or, with
+    neither, everything mode with segment-anything's generator (``generator`` overrides its settings)."""
+    from sam_distill.sam.model_file import load_model
+
+    if (points or box) and generator:
+        raise DistillError("everything-mode settings (--points-per-side, ...) apply without prompts; "
+                           "drop them or drop --point/--box")
+    sam, _ = load_model(path)
+    sam.to(device).eval()
+    if points or box:
+        results, entries = _prompted(sam, images, points or [], box)
+    else:
+        results, entries = _everything(sam, images, device, generator or {})
+    return Predictions(results, entries, CLASSES)
+
+
+def _prompted(sam, images: list[Path], points, box) -> tuple[list[dict], list[dict]]:
+    from segment_anything import SamPredictor
+
+    from sam_distill.eval.coco_ap import masks_to_results
+
+    predictor = SamPredictor(sam)
+    coords = np.array([p[:2] for p in points], dtype=np.float32) if points else None
+    labels = np.array([p[2] for p in points], dtype=np.int64) if points else None
+    box_array = np.array(box, dtype=np.float32) if box else None
+    ambiguous = box is None and len(points) == 1  # one point: SAM's three candidates, keep its best (as its demo does)
+    results, entries = [], []
+    for image, _, entry in readable_images(images, int(sam.image_encoder.img_size)):
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box_array,
+                                             multimask_output=ambiguous)
+        best = int(scores.argmax())
+        if masks[best].any():  # an empty mask is no instance
+            results += masks_to_results(entry["id"], masks[best][None], scores[best:best + 1])
+        entries.append(entry)
+    return results, entries
+
+
+def _everything(sam, images: list[Path], device: torch.device, overrides: dict) -> tuple[list[dict], list[dict]]:
+    from sam_distill.data.everything import generator_settings, label_image
+    from sam_distill.sam.teachers import make_generator
+
+    generator = make_generator(sam, generator_settings(**overrides), device)
+    results, entries = [], []
+    for image, _, entry in readable_images(images, int(sam.image_encoder.img_size), desc="everything"):
+        results += [{"image_id": entry["id"], "category_id": 1, "segmentation": proposal["segmentation"],
+                     "bbox": proposal["bbox"], "score": proposal["predicted_iou"]}
+                    for proposal in label_image(generator, image)]
+        entries.append(entry)
+    return results, entries
