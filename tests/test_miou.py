@@ -130,3 +130,27 @@ def test_ground_truth_miou_refuses_what_it_cannot_score(tmp_path):
     (tmp_path / "empty.json").write_text('{"images": [], "annotations": [], "categories": []}')
     with pytest.raises(DistillError, match="no readable image"):
         ground_truth_miou(build_sam("vit_tiny", 64), tmp_path / "empty.json", tmp_path, progress=False)
+
+
+def test_distill_eval_miou_command(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from sam_distill.cli import main
+    from sam_distill.data.coco import make_synthetic_coco
+    from sam_distill.sam.build import build_sam
+
+    annotations = make_synthetic_coco(tmp_path / "coco", count=3, size=96, seed=5)
+    torch.manual_seed(0)
+    model = tmp_path / "sam.pth"
+    torch.save(build_sam("vit_tiny", 128).state_dict(), model)
+    out = tmp_path / "miou.json"
+    assert main(["eval", "miou", str(model), "--coco", str(annotations), "--images", str(annotations.parent / "images"),
+                 "--clicks", "2", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["max_clicks"] == 2 and "clicks_2_miou" in result["summary"]
+    assert "box as mask" in capsys.readouterr().out
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert main(["eval", "miou", str(tmp_path / "notes.txt"), "--coco", str(annotations), "--images", str(tmp_path)]) == 2
+    assert "notes.txt is not a model file" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``distill eval ap|fidelity``, ``distill bench MODEL...`` and ``distill report RUN_DIR...``."""
+"""``distill eval ap|fidelity|miou``, ``distill bench MODEL...`` and ``distill report RUN_DIR...``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,6 +37,26 @@ def cmd_fidelity(args) -> int:
     print(format_table(result))
     if args.out:
         write_fidelity(result, args.out)
+        print(f"written {args.out}")
+    return 0
+
+
+def cmd_miou(args) -> int:
+    from sam_distill.core.device import pick_device
+    from sam_distill.core.fileio import atomic_write_json
+    from sam_distill.core.model_files import load_model_file
+    from sam_distill.eval.miou import format_miou_table, ground_truth_miou
+
+    _, (sam, _) = load_model_file(args.model, expect=("sam",))
+    from sam_distill.data.coco import load_coco, split_image_ids
+
+    image_ids = split_image_ids(load_coco(args.annotations), args.split, args.val_fraction, args.annotations)
+    result = ground_truth_miou(sam, args.annotations, args.images, args.clicks, image_ids, args.max_images,
+                               pick_device(args.device))
+    result["model"] = str(args.model)
+    print(format_miou_table(result, f"{args.model}: mIoU against {args.annotations}"))
+    if args.out:
+        atomic_write_json(args.out, result)
         print(f"written {args.out}")
     return 0
 
@@ -90,6 +110,20 @@ def register(subparsers) -> None:
     f.add_argument("--max-images", type=int, default=50)
     f.add_argument("--out", type=Path, help="write the JSON here")
     f.set_defaults(func=cmd_fidelity)
+
+    m = evals.add_parser("miou", help="SAM's promptable-segmentation protocols against ground truth: GT-box mIoU, "
+                                      "one-click and k-click mIoU, NoC@85/90, per class and size, box-as-mask baseline")
+    m.add_argument("model", type=Path, help="a SAM model file (model.pt, mobile_sam.pt, an official SAM .pth)")
+    m.add_argument("--coco", dest="annotations", type=Path, required=True, help="COCO instances json (ground truth)")
+    m.add_argument("--images", type=Path, required=True, help="the folder its file_name entries are relative to")
+    m.add_argument("--clicks", type=int, default=5, help="corrective clicks per object (mIoU after each, NoC)")
+    m.add_argument("--split", choices=["all", "val", "train"], default="all",
+                   help="the instance recipes' fixed file-name-hash split")
+    m.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the run")
+    m.add_argument("--max-images", type=int, help="only the first N images (by id)")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--out", type=Path, help="write the JSON (summary, per class, per size, per object) here")
+    m.set_defaults(func=cmd_miou)
 
     p = subparsers.add_parser("bench", help="latency, size, GFLOPs and memory of models (PyTorch, ONNX, ultralytics)")
     p.add_argument("models", nargs="+", help="model files (.pt/.pth/.onnx) or, with --random-init, teacher names")

@@ -52,6 +52,18 @@ def hash_split(file_names: list[str], val_fraction: float) -> tuple[list[int], l
     return train, val
 
 
+def split_image_ids(coco: COCO, split: str, val_fraction: float, source: Path | str = "annotations") -> list[int]:
+    """The image ids of one side ("all", "train" or "val") of the instance recipes' file-name-hash split."""
+    ids = sorted(coco.getImgIds())
+    if split == "all":
+        return ids
+    train, val = hash_split([coco.imgs[i]["file_name"] for i in ids], val_fraction)
+    chosen = [ids[position] for position in (val if split == "val" else train)]
+    if not chosen:
+        raise DistillError(f"the {split} split of {source} at val fraction {val_fraction} holds no images")
+    return chosen
+
+
 class CocoInstances(Dataset):
     """Items: SAM-preprocessed ``image`` 3×S×S, ``masks`` n×S×S bool, ``boxes`` n×4 (xyxy, input pixels),
     ``labels`` n (1-based, in category order), plus ``image_id``, ``original_size``, ``input_size``."""

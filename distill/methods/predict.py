@@ -132,7 +132,7 @@ def evaluate_ap(source: Path | str, annotations: Path | str, images: Path | str 
     (run on the annotated images in ``images``) or of predictions already made (a COCO results file or
     ``distill predict``'s output). ``split`` "val"/"train" keeps the file-name-hash split the instance
     recipes train with (``val_fraction`` as their ``instances.val_fraction``)."""
-    from sam_distill.data.coco import hash_split, load_coco
+    from sam_distill.data.coco import load_coco, split_image_ids
     from sam_distill.eval.coco_ap import instance_ap
 
     source = Path(source)
@@ -148,12 +148,7 @@ def evaluate_ap(source: Path | str, annotations: Path | str, images: Path | str 
     else:
         predictor(source, options or {})  # a file that is no model, or a wrong option, fails before any work
     coco = load_coco(Path(annotations))
-    ids = sorted(coco.getImgIds())
-    if split != "all":
-        train, val = hash_split([coco.imgs[i]["file_name"] for i in ids], val_fraction)
-        ids = [ids[position] for position in (val if split == "val" else train)]
-        if not ids:
-            raise DistillError(f"the {split} split of {annotations} at val fraction {val_fraction} holds no images")
+    ids = split_image_ids(coco, split, val_fraction, annotations)
     if not made:
         paths = [Path(images) / coco.imgs[i]["file_name"] for i in ids]
         predictions = predict_paths(source, paths, device or torch.device("cpu"), options or {}, images)
