@@ -149,7 +149,7 @@ class _SeededSamples(Dataset):
 
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.base + index)
+            torch.default_generator.manual_seed(self.base + index)  # the CPU generator only: CUDA's is the model's
             return self.dataset[index]
 
 
