@@ -160,9 +160,9 @@ def _case(name: str, shapes, tiny_teacher, tiny_cache):
     if name in ("distill", "prompt_loop"):
         dataset = DistillDataset(EmbeddingCache(tiny_cache))
         if name == "distill":  # 6 images, 3 steps of 1 × 2 accumulated
-            return lambda: DistillationObjective(_student()), dataset, dict(batch_size=1, grad_accum=2)
+            return lambda: DistillationObjective(_student()), dataset, {"batch_size": 1, "grad_accum": 2}
         return (lambda: PromptLoopObjective(_student(), copy.deepcopy(tiny_teacher.model), 2, 1, seed=0),
-                dataset, dict(batch_size=2))
+                dataset, {"batch_size": 2})
     if name == "sam_cls":
         from torch.utils.data import TensorDataset
 
@@ -170,18 +170,19 @@ def _case(name: str, shapes, tiny_teacher, tiny_cache):
         from sam_distill.students.heads.mask_classifier import MaskClassifier
 
         generator = torch.Generator().manual_seed(0)
-        dataset = TensorDataset(torch.randn(40, 260, generator=generator), torch.randint(0, 4, (40,), generator=generator))
+        dataset = TensorDataset(torch.randn(40, 260, generator=generator),
+                                torch.randint(0, 4, (40,), generator=generator))
 
         def classifier():
             torch.manual_seed(0)
             return ClassifierObjective(MaskClassifier(3))
 
-        return classifier, dataset, dict(batch_size=16)
+        return classifier, dataset, {"batch_size": 16}
     from sam_distill.data.coco import CocoInstances
     from sam_distill.methods.instances import InstanceObjective
 
     dataset = CocoInstances(*shapes, INSTANCE_SIZE, augment=True)  # the augmentation draws from torch's generator
-    return lambda: InstanceObjective(_instance_model(name), name), dataset, dict(batch_size=2)
+    return lambda: InstanceObjective(_instance_model(name), name), dataset, {"batch_size": 2}
 
 
 def _comparable_rows(path):

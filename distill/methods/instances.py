@@ -49,8 +49,8 @@ class InstanceObjective(Objective):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The weights that change during training (a frozen encoder/decoder is rebuilt, not re-saved)."""
         model = self.model
-        frozen = [prefix for prefix, trains in (("encoder.", model.train_encoder), ("mask_decoder.", model.train_decoder),
-                                                ("prompt_encoder.", False)) if not trains]
+        parts = (("encoder.", model.train_encoder), ("mask_decoder.", model.train_decoder), ("prompt_encoder.", False))
+        frozen = [prefix for prefix, trains in parts if not trains]
         return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(frozen))}
 
     def evaluate(self) -> dict[str, float]:
@@ -154,7 +154,8 @@ def write_instance_reports(run_dir, method: str, model_name: str, val_set, resul
 def run_trained_instance_recipe(config, run_dir, method: str, build: Callable[[int], torch.nn.Module],
                                 save: Callable[..., Path], model_file: str) -> dict:
     """The recipe of every trained instance model: data → split → train (resumable, AP along the way, DDP under
-    torchrun) → model file → validation AP, reports and overlays (rank 0). ``build(num_classes)`` makes the model."""
+    torchrun) → model file → validation AP, reports and overlays (rank 0). ``build(num_classes)`` makes the
+    model."""
     from sam_distill.core.device import init_distributed
     from sam_distill.eval.coco_ap import instance_ap
     from sam_distill.methods.instance_predict import predict_dataset

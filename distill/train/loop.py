@@ -279,7 +279,8 @@ def _gather(value, context: DistContext) -> list:
     return gathered
 
 
-def _restore(objective: Objective, optimisation: Optimisation, state_path: Path, context: DistContext, log) -> tuple[int, _Window]:
+def _restore(objective: Objective, optimisation: Optimisation, state_path: Path, context: DistContext,
+             log) -> tuple[int, _Window]:
     """Load a saved state into the objective and optimiser; returns (step, metrics window) of this rank."""
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

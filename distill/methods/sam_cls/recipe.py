@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
+from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import read_json, sha256_file
 from sam_distill.methods.registry import METHODS
 from sam_distill.methods.sam_cls.model import SamCls, decode_rles, input_frame, load_clip_for, match_proposals
-from sam_distill.core.device import DistContext
 from sam_distill.train.loop import Objective, Schedule, train
 
 
