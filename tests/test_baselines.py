@@ -12,9 +12,9 @@ from sam_distill.core.errors import DistillError
 from sam_distill.data.coco import CocoInstances, make_synthetic_coco
 from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.methods.instance_predict import predict_dataset
-from sam_distill.methods.instances import train_instance_model
+from sam_distill.methods.instances import InstanceObjective
 from sam_distill.methods.rcnn.model import SimpleFeaturePyramid, build_rcnn, load_rcnn, sam_box_masks, save_rcnn
-from sam_distill.train.loop import Schedule
+from sam_distill.train.loop import Schedule, train
 
 SIZE = 128
 
@@ -43,7 +43,7 @@ def _train(model, shapes, tmp_path, steps=60):
     dataset = CocoInstances(*shapes, SIZE)
     schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=5e-3, min_lr=1e-4, weight_decay=0.0,
                         warmup_steps=5, checkpoint_every=steps, log_every=10, max_steps=steps, amp=False)
-    train_instance_model(model, dataset, schedule, tmp_path, torch.device("cpu"), log=lambda m: None)
+    train(InstanceObjective(model, model.config["method"]), dataset, schedule, tmp_path, log=lambda m: None)
     return dataset
 
 

@@ -12,10 +12,10 @@ from sam_distill.core.errors import DistillError
 from sam_distill.data.coco import CocoInstances, hash_split, make_synthetic_coco
 from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.methods.instance_predict import predict_dataset
-from sam_distill.methods.instances import train_instance_model
+from sam_distill.methods.instances import InstanceObjective
 from sam_distill.methods.prompter.model import build_prompter
 from sam_distill.students.heads.aggregator import encoder_taps
-from sam_distill.train.loop import Schedule
+from sam_distill.train.loop import Schedule, train
 
 SIZE = 128
 
@@ -115,7 +115,7 @@ def test_prompter_learns_generated_instances_to_ap50_0_9(shapes, tmp_path, head)
     model = tiny_prompter(head)
     schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=2e-3, min_lr=1e-4, weight_decay=0.01,
                         warmup_steps=10, checkpoint_every=1000, log_every=20, max_steps=120)
-    train_instance_model(model, dataset, schedule, tmp_path, torch.device("cpu"), log=lambda m: None)
+    train(InstanceObjective(model, "prompter"), dataset, schedule, tmp_path, log=lambda m: None)
     results = predict_dataset(model, dataset, dataset.classes, torch.device("cpu"), progress=False)
     scores = instance_ap(dataset.coco, results)
     assert scores["mask_AP50"] >= 0.9, scores
@@ -214,12 +214,12 @@ def test_resume_continues_bit_for_bit(shapes, tmp_path):
         raise KeyboardInterrupt  # evaluation runs after the step-2 checkpoint is written
 
     straight = frozen_prompter()
-    train_instance_model(straight, dataset, schedule, tmp_path / "straight", torch.device("cpu"), log=lambda m: None)
+    train(InstanceObjective(straight, "prompter"), dataset, schedule, tmp_path / "straight", log=lambda m: None)
     with pytest.raises(KeyboardInterrupt):
-        train_instance_model(frozen_prompter(), dataset, schedule, tmp_path / "resumed", torch.device("cpu"),
-                       evaluate=killed_after_step_2, eval_every=2, log=lambda m: None)
+        train(InstanceObjective(frozen_prompter(), "prompter", killed_after_step_2, eval_every=2), dataset, schedule,
+              tmp_path / "resumed", log=lambda m: None)
     resumed, messages = frozen_prompter(), []
-    train_instance_model(resumed, dataset, schedule, tmp_path / "resumed", torch.device("cpu"), log=messages.append)
+    train(InstanceObjective(resumed, "prompter"), dataset, schedule, tmp_path / "resumed", log=messages.append)
     assert any("resumed" in m and "step 2/3" in m for m in messages)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name

@@ -1,8 +1,13 @@
-"""Distillation training: decoupled (MobileSAM) and prompt-in-the-loop (EdgeSAM) stages.
+"""The one training loop of every method, and the objectives that say what each method trains.
 
-Both stages share one loop: AdamW, linear warm-up then cosine decay, gradient accumulation,
-AMP on CUDA, DDP under torchrun, and an atomic checkpoint every N optimiser steps from which
-``resume`` continues the same schedule bit for bit (data order is a pure function of seed and epoch).
+An :class:`Objective` (after timm's ``TrainingTask`` and ultralytics' base trainer) names the module to optimise,
+how a batch is collated, and ``losses(model, batch)``: a dict of loss terms that the loop sums. Everything else is
+written here once and holds for every method: AdamW with linear warm-up then cosine decay, gradient accumulation,
+AMP on CUDA, DDP under torchrun, metrics.csv (+ TensorBoard) with every term, a progress bar, an optional
+evaluation every N steps on rank 0, and an atomic ``last.pt`` every N optimiser steps from which a rerun continues
+bit for bit: data order and each sample's augmentation are pure functions of seed, epoch and index, and the
+state carries every rank's random generators (torch's, CUDA's and the objective's own) and the metrics window
+that was half summed.
 """
 from __future__ import annotations
 
@@ -11,22 +16,21 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
 from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_torch_save
 from sam_distill.core.rundir import MetricsWriter
-from sam_distill.data.cache import DistillDataset
 
 STATE_FORMAT = "sam-distill/train-state"
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -56,6 +60,68 @@ class Schedule:
         )
 
 
+class Objective:
+    """What one method trains and how its loss is computed; the loop does the rest.
+
+    Subclasses set ``name`` (stored in the state, so a state of another objective is refused) and ``loss_names``
+    (the terms ``losses`` returns, one metrics.csv column each when there are several), and implement ``losses``.
+    ``monitor_names`` are values ``losses`` also returns that are logged but not optimised (an accuracy).
+    ``unit`` names what the samples are, for the throughput column. An objective that draws random numbers from
+    its own generator returns it from ``random_state`` so that resume restores it. With ``eval_every`` set,
+    ``evaluate`` runs on rank 0 every that many steps (and at the end); its scores land in ``eval_csv`` and then
+    ``after_evaluation`` sees that file (to draw a curve, say).
+    """
+
+    name = "objective"
+    loss_names: tuple[str, ...] = ("loss",)
+    monitor_names: tuple[str, ...] = ()
+    unit = "images"
+    eval_every: int | None = None
+    eval_csv = "eval.csv"
+    find_unused_parameters = False  # DDP: set when some trainable parameters may get no gradient in a step
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def collate(self, items: list) -> Any:
+        return default_collate(items)
+
+    def losses(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The weights that training changes; the checkpoint holds these (a frozen part is rebuilt, not re-saved)."""
+        return self.model.state_dict()
+
+    def random_state(self) -> dict:
+        return {}
+
+    def set_random_state(self, state: dict) -> None:
+        pass
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} sets eval_every but has no evaluate()")
+
+    def after_evaluation(self, csv_path: Path) -> None:
+        pass
+
+
+def embedding_mse(student: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """MobileSAM's decoupled distillation loss."""
+    return F.mse_loss(student(images).float(), targets)
+
+
+class DistillationObjective(Objective):
+    """MobileSAM's decoupled distillation: the student encoder regresses the teacher's cached embeddings."""
+
+    name = "distill"
+    loss_names = ("mse",)
+
+    def losses(self, model, batch):
+        images, targets = batch
+        return {"mse": embedding_mse(model, images, targets)}
+
+
 class EpochSampler(Sampler[int]):
     """This rank's share of a seeded per-epoch permutation, starting ``skip`` samples in (for resume)."""
 
@@ -71,13 +137,29 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
-def steps_per_epoch(dataset_size: int, schedule: Schedule, world_size: int) -> int:
+class _SeededSamples(Dataset):
+    """Each sample read under its own torch seed, a pure function of (seed, epoch, index): random augmentation
+    then gives the same sample whichever worker reads it and whether or not the epoch was resumed halfway."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int):
+        self.dataset, self.base = dataset, (seed * 100_003 + epoch) * 1_000_003
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.base + index)  # the CPU generator only: CUDA's is the model's
+            return self.dataset[index]
+
+
+def steps_per_epoch(dataset_size: int, schedule: Schedule, world_size: int, unit: str = "images") -> int:
     per_rank = dataset_size // world_size  # the smallest rank's share: every rank runs the same steps
     steps = per_rank // (schedule.batch_size * schedule.grad_accum)
     if steps == 0:
         raise DistillError(
-            f"only {dataset_size} training images for batch_size {schedule.batch_size} × grad_accum "
-            f"{schedule.grad_accum} × {world_size} process(es); lower the batch size or add images"
+            f"only {dataset_size} training {unit} for batch_size {schedule.batch_size} × grad_accum "
+            f"{schedule.grad_accum} × {world_size} process(es); lower the batch size or add {unit}"
         )
     return steps
 
@@ -118,112 +200,217 @@ class Optimisation:
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         return cls(total_steps, optimizer, scheduler, scaler, use_amp, amp_dtype)
 
-    def restore(self, state: dict) -> int:
-        """Continue a saved schedule exactly: optimiser, scheduler, scaler and RNG; returns the step."""
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def restore(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        return int(state["step"])
 
 
-def embedding_mse(student: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """MobileSAM's decoupled distillation loss."""
-    return F.mse_loss(student(images).float(), targets)
+class _Forward(nn.Module):
+    """The objective's loss as a module's forward, so DDP sees the step (its gradient hooks are armed in forward,
+    and instance models compute their loss in ``losses``, not ``forward``). Only the trained model is a submodule:
+    a frozen teacher an objective holds stays out of DDP."""
+
+    def __init__(self, objective: Objective):
+        super().__init__()
+        self.model = objective.model
+        self.objective = [objective]  # a list keeps it out of the module tree
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        return self.objective[0].losses(self.model, batch)
 
 
-def run_training(
-    student: nn.Module,
-    dataset: DistillDataset,
-    schedule: Schedule,
-    out_dir: Path,
-    context: DistContext,
-    loss_fn: LossFn = embedding_mse,
-    seed: int = 0,
-    resume: bool = True,
-    log=print,
-    meta: dict | None = None,
-) -> dict:
-    """Train ``student`` in place; checkpoints land in ``out_dir``. Returns a summary."""
+class _Window:
+    """Per-term sums since the last metrics row. It travels in the state, so a resumed run writes exactly the rows
+    an uninterrupted one would, even when the checkpoint fell between two rows."""
+
+    def __init__(self, sums: dict[str, float] | None = None, counts: dict[str, int] | None = None):
+        self.sums, self.counts = dict(sums or {}), dict(counts or {})
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "counts": self.counts}
+
+    def means(self, names: list[str], context: DistContext) -> dict[str, float]:
+        """The window's mean of each term over its steps on every rank."""
+        totals = torch.tensor([[self.sums.get(k, 0.0), self.counts.get(k, 0)] for k in names], dtype=torch.float64,
+                              device=context.device)
+        if context.distributed:
+            torch_dist.all_reduce(totals)
+        return {k: s / c for k, (s, c) in zip(names, totals.tolist()) if c}
+
+
+def _move(batch, device: torch.device):
+    """Every tensor of a (nested) batch onto ``device``; everything else as it is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _move(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_move(v, device) for v in batch)
+    return batch
+
+
+def _batch_rows(batch) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(first)
+
+
+def _rank_state(objective: Objective, window: _Window, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "objective": objective.random_state(), "window": window.state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _gather(value, context: DistContext) -> list:
+    if not context.distributed:
+        return [value]
+    gathered = [None] * context.world_size
+    torch_dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _restore(objective: Objective, optimisation: Optimisation, state_path: Path, context: DistContext,
+             log) -> tuple[int, _Window]:
+    """Load a saved state into the objective and optimiser; returns (step, metrics window) of this rank."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise DistillError(f"{state_path} is not a training state of this toolkit; delete it to start over")
+    if state.get("objective") != objective.name:
+        saved = state.get("objective") or "an earlier version of the training loop"
+        raise DistillError(f"{state_path} holds a training state of {saved}, not of {objective.name}; "
+                           "delete it to start over")
+    other_parts = DistillError(f"{state_path} was saved with other trainable parts; delete it to start over")
+    if set(state["model"]) != set(objective.trainable_state()):
+        raise other_parts
+    try:
+        objective.model.load_state_dict(state["model"], strict=False)  # the frozen rest is not in the state
+    except RuntimeError:  # a tensor of another shape
+        raise other_parts from None
+    optimisation.restore(state)
+    ranks = state["ranks"]
+    if len(ranks) != context.world_size:
+        log(f"train: {state_path} was saved by {len(ranks)} process(es), this run has {context.world_size}; "
+            "it continues, but with another data order than an uninterrupted run")
+    mine = ranks[context.rank] if context.rank < len(ranks) else ranks[0]
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and context.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], context.device)
+    objective.set_random_state(mine["objective"])
+    window = _Window(**mine["window"]) if len(ranks) == context.world_size else _Window()
+    return int(state["step"]), window
+
+
+def train(objective: Objective, dataset: Dataset, schedule: Schedule, out_dir: Path,
+          context: DistContext = DistContext(), seed: int = 0, resume: bool = True, log=print,
+          meta: dict | None = None) -> dict:
+    """Train ``objective.model`` in place on ``dataset``; state, metrics and evaluations land in ``out_dir``.
+
+    Every rank calls this with the same arguments; rank 0 writes the files. Returns a summary.
+    """
     out_dir = Path(out_dir)
     device = context.device
-    student.to(device)
-    total_per_epoch = steps_per_epoch(len(dataset), schedule, context.world_size)
-    opt = Optimisation.build(student, schedule, total_per_epoch, device)
-    total_steps, optimizer, scheduler, scaler = opt.total_steps, opt.optimizer, opt.scheduler, opt.scaler
-    use_amp, amp_dtype = opt.use_amp, opt.amp_dtype
+    model = objective.model.to(device)
+    per_epoch = steps_per_epoch(len(dataset), schedule, context.world_size, objective.unit)
+    opt = Optimisation.build(model, schedule, per_epoch, device)
+    total_steps = opt.total_steps
 
     state_path = out_dir / "last.pt"
-    step = 0
+    step, window = 0, _Window()
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise DistillError(f"{state_path} is not a training state of this toolkit; delete it to start over")
-        student.load_state_dict(state["model"])
-        step = opt.restore(state)
+        step, window = _restore(objective, opt, state_path, context, log)
         log(f"train: resumed from {state_path} at step {step}/{total_steps}")
+    start_step = step
 
-    model = student
+    forward: nn.Module = _Forward(objective)
     if context.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    metrics = MetricsWriter(out_dir / "metrics.csv", ["step", "epoch", "lr", "loss", "images_per_s", "seconds"],
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=objective.find_unused_parameters)
+    terms = list(objective.loss_names) if len(objective.loss_names) > 1 else []
+    logged = ["loss", *terms, *objective.monitor_names]
+    throughput = f"{objective.unit}_per_s"
+    metrics = MetricsWriter(out_dir / "metrics.csv", ["step", "epoch", "lr", *logged, throughput, "seconds"],
                             resume_step=step, tensorboard_dir=out_dir / "tensorboard") if context.is_main else None
+    evaluations: MetricsWriter | None = None
 
     def save_state() -> None:
-        if not context.is_main:
-            return
-        atomic_torch_save(
-            {"format": STATE_FORMAT, "step": step, "total_steps": total_steps,
-             "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-             "rng": torch.get_rng_state(), "meta": meta or {}},
-            state_path,
-        )
+        ranks = _gather(_rank_state(objective, window, device), context)
+        if context.is_main:
+            atomic_torch_save({"format": STATE_FORMAT, "objective": objective.name, "step": step,
+                               "total_steps": total_steps, "model": objective.trainable_state(), **opt.state(),
+                               "ranks": ranks, "meta": meta or {}}, state_path)
+
+    def run_evaluation() -> None:
+        nonlocal evaluations
+        if context.is_main:
+            # Evaluation must not move the training's random streams (a DataLoader draws a seed, for one).
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                scores = objective.evaluate()
+            if evaluations is None:
+                evaluations = MetricsWriter(out_dir / objective.eval_csv, ["step", *scores], resume_step=start_step)
+            evaluations.write({"step": step, **scores})
+            objective.after_evaluation(out_dir / objective.eval_csv)
+            log(f"train: step {step} val " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+            model.train()
+        context.barrier()
 
     started = time.time()
     micro_per_step = schedule.grad_accum
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not context.is_main)
-    running_loss, images_seen, window_start, logged_at = 0.0, 0, time.time(), step
+    bar = tqdm(total=total_steps, initial=step, desc=objective.name, unit="step", disable=not context.is_main)
+    samples_seen, window_start = 0, time.time()
     model.train()
     while step < total_steps:
-        epoch, step_in_epoch = divmod(step, total_per_epoch)
+        epoch, step_in_epoch = divmod(step, per_epoch)
         sampler = EpochSampler(len(dataset), seed, epoch, context.rank, context.world_size,
                                skip=step_in_epoch * micro_per_step * schedule.batch_size)
-        loader = DataLoader(dataset, batch_size=schedule.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=schedule.num_workers, pin_memory=device.type == "cuda")
-        batches = iter(loader)
-        for _ in range(step_in_epoch, total_per_epoch):
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
+        # The loader's own generator: making its iterator must not draw from the training's random stream.
+        batches = iter(DataLoader(_SeededSamples(dataset, seed, epoch), batch_size=schedule.batch_size,
+                                  sampler=sampler, drop_last=True, collate_fn=objective.collate,
+                                  num_workers=schedule.num_workers, pin_memory=device.type == "cuda",
+                                  generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
+        for _ in range(step_in_epoch, per_epoch):
+            opt.optimizer.zero_grad(set_to_none=True)
+            step_values: dict[str, float] = {}
             for micro in range(micro_per_step):
-                images, targets = next(batches)
-                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                batch = _move(next(batches), device)
                 sync = micro == micro_per_step - 1 or not context.distributed
-                with model.no_sync() if not sync else nullcontext():
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        loss = loss_fn(model, images, targets) / micro_per_step
-                    scaler.scale(loss).backward()
-                step_loss += loss.item()
-                images_seen += images.shape[0] * context.world_size
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+                with forward.no_sync() if not sync else nullcontext():
+                    with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+                        losses = forward(batch)
+                    loss = sum(v for k, v in losses.items() if k not in objective.monitor_names) / micro_per_step
+                    opt.scaler.scale(loss).backward()
+                for key, value in [("loss", loss), *losses.items()]:
+                    scale = 1 if key == "loss" else micro_per_step
+                    step_values[key] = step_values.get(key, 0.0) + value.item() / scale
+                samples_seen += _batch_rows(batch) * context.world_size
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
+            opt.scheduler.step()
             step += 1
-            running_loss += step_loss
+            window.add({k: v for k, v in step_values.items() if k in logged})
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4g}")
+            bar.set_postfix(loss=f"{step_values['loss']:.4g}")
             if step % schedule.log_every == 0 or step == total_steps:
-                seconds = time.time() - window_start
+                means = window.means(logged, context)
                 if metrics:
-                    metrics.write({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                   "loss": running_loss / (step - logged_at),
-                                   "images_per_s": images_seen / max(seconds, 1e-9),
-                                   "seconds": time.time() - started})
-                running_loss, images_seen, window_start, logged_at = 0.0, 0, time.time(), step
+                    seconds = time.time() - window_start
+                    metrics.write({"step": step, "epoch": epoch, "lr": opt.scheduler.get_last_lr()[0], **means,
+                                   throughput: samples_seen / max(seconds, 1e-9), "seconds": time.time() - started})
+                window, samples_seen, window_start = _Window(), 0, time.time()
             if step % schedule.checkpoint_every == 0 or step == total_steps:
                 save_state()
+            if objective.eval_every and (step % objective.eval_every == 0 or step == total_steps):
+                run_evaluation()
             if step >= total_steps:
                 break
     bar.close()

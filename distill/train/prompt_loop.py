@@ -1,4 +1,4 @@
-"""EdgeSAM's prompt-in-the-loop distillation as a loss for the shared training loop.
+"""EdgeSAM's prompt-in-the-loop distillation as an objective of the training loop.
 
 Per image, prompts are drawn from the teacher's own masks (random points, then boxes around the
 masks those points give). Student and teacher embeddings go through the same frozen prompt
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from sam_distill.sam.prompts import decode, error_points, mask_boxes, random_points
+from sam_distill.train.loop import Objective
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -22,8 +23,16 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * (probs * target).sum(1) + 1) / (probs.sum(1) + target.sum(1) + 1)).mean()
 
 
-class PromptLoopLoss:
-    def __init__(self, teacher_sam: Sam, prompts_per_image: int = 4, refine_iterations: int = 1, seed: int = 0):
+class PromptLoopObjective(Objective):
+    """Trains ``student`` (an image encoder) on batches of (image, cached teacher embedding). The prompts come
+    from the objective's own seeded generator, whose state travels in the checkpoint."""
+
+    name = "prompt_loop"
+    loss_names = ("mask_bce", "mask_dice")
+
+    def __init__(self, student: nn.Module, teacher_sam: Sam, prompts_per_image: int = 4, refine_iterations: int = 1,
+                 seed: int = 0):
+        super().__init__(student)
         self.decoder_sam = teacher_sam
         for p in self.decoder_sam.parameters():
             p.requires_grad_(False)
@@ -36,12 +45,19 @@ class PromptLoopLoss:
         with torch.no_grad():
             return decode(self.decoder_sam, embedding, **prompt)[0]
 
-    def __call__(self, student: nn.Module, images: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    def random_state(self) -> dict:
+        return {"prompts": self.generator.get_state()}
+
+    def set_random_state(self, state: dict) -> None:
+        self.generator.set_state(state["prompts"])
+
+    def losses(self, student: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, teacher_embeddings = batch
         image_size = images.shape[-1]
         device = images.device
         self.decoder_sam.to(device)
         student_embeddings = student(images)
-        total, terms = 0.0, 0
+        bce, dice, terms = 0.0, 0.0, 0
         for b in range(images.shape[0]):
             n = self.prompts_per_image
             s_emb = student_embeddings[b : b + 1].expand(n, -1, -1, -1)
@@ -64,7 +80,8 @@ class PromptLoopLoss:
                 for iteration in range(self.refine_iterations + 1):
                     logits, _ = decode(self.decoder_sam, s_emb[:rows], **prompt)
                     target_f = target.float()
-                    total = total + F.binary_cross_entropy_with_logits(logits, target_f) + dice_loss(logits, target_f)
+                    bce = bce + F.binary_cross_entropy_with_logits(logits, target_f)
+                    dice = dice + dice_loss(logits, target_f)
                     terms += 1
                     if iteration == self.refine_iterations:
                         break
@@ -76,4 +93,4 @@ class PromptLoopLoss:
                         points = (extra, extra_labels)
                     prompt = dict(prompt, points=points)
                     target = self._teacher(t_emb[:rows], **prompt) > 0
-        return total / max(terms, 1)
+        return {"mask_bce": bce / max(terms, 1), "mask_dice": dice / max(terms, 1)}

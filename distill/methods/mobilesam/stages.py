@@ -14,8 +14,8 @@ from sam_distill.methods.sections import TrainConfig
 from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_model
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students import create_student
-from sam_distill.train.loop import Schedule, run_training
-from sam_distill.train.prompt_loop import PromptLoopLoss
+from sam_distill.train.loop import DistillationObjective, Schedule, train
+from sam_distill.train.prompt_loop import PromptLoopObjective
 
 
 def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Module:
@@ -31,16 +31,16 @@ def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Modu
 
 def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[int], config: TrainConfig,
                 out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
-    dataset = DistillDataset(cache, indices)
-    return run_training(student, dataset, Schedule.from_config(config), out_dir, context, seed=seed, log=log, meta=meta)
+    return train(DistillationObjective(student), DistillDataset(cache, indices), Schedule.from_config(config), out_dir,
+                 context, seed=seed, log=log, meta=meta)
 
 
 def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCache, indices: list[int],
                  config: PromptStageConfig, out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
-    loss = PromptLoopLoss(teacher.model, config.prompts_per_image, config.refine_iterations, seed=seed)
-    dataset = DistillDataset(cache, indices)
-    return run_training(student, dataset, Schedule.from_config(config), out_dir, context, loss_fn=loss, seed=seed,
-                        log=log, meta=meta)
+    objective = PromptLoopObjective(student, teacher.model, config.prompts_per_image, config.refine_iterations,
+                                    seed=seed)
+    return train(objective, DistillDataset(cache, indices), Schedule.from_config(config), out_dir, context, seed=seed,
+                 log=log, meta=meta)
 
 
 def load_trained_student(name: str, image_size: int, state_path: Path) -> torch.nn.Module:

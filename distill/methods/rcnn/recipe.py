@@ -94,7 +94,10 @@ def _run_given_detections(config, run_dir) -> dict:
     spec = config.sam_det
     if spec.detections is None:
         raise DistillError("config: sam_det.detector is coco_results, so set sam_det.detections to a COCO results json")
-    annotations, images = resolve_coco_data(config, run_dir)
+    context = init_distributed(config.device)
+    annotations, images = resolve_coco_data(config, run_dir, context)
+    if not context.is_main:  # nothing to train: rank 0 prompts SAM with the given boxes alone
+        return {}
     _, val_set = split_datasets(annotations, images, config.instances, config.encoder.image_size)
     if not len(val_set):
         raise DistillError("config: the split left no validation images to score; raise instances.val_fraction")
@@ -102,8 +105,7 @@ def _run_given_detections(config, run_dir) -> dict:
     encoder = describe_encoder(config.encoder)
     run_dir.log(f"sam_det: boxes from {spec.detections} as SAM box prompts on {encoder}, {len(val_set)} val images")
     sam = build_sam_for(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint)
-    results = prompt_with_detections(sam, val_set, detections, init_distributed(config.device).device,
-                                     config.instances.eval.score_threshold)
+    results = prompt_with_detections(sam, val_set, detections, context.device, config.instances.eval.score_threshold)
     name = f"sam_det ({Path(spec.detections).name} boxes)"
     return {"ap": write_instance_reports(run_dir, "sam_det", name, val_set, results, encoder,
                                          config.instances.eval.overlays)}

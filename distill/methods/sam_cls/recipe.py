@@ -16,71 +16,55 @@ JSON per image, resumable, refused if the encoder or generator settings change).
 """
 from __future__ import annotations
 
-import math
-import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
+from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import read_json, sha256_file
 from sam_distill.methods.registry import register_method
 from sam_distill.methods.sam_cls.config import SamClsConfig
 from sam_distill.methods.sam_cls.model import SamCls, decode_rles, input_frame, load_clip_for, match_proposals
 from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
+from sam_distill.train.loop import Objective, Schedule, train
 
-TRAIN_FIELDS = ["step", "epoch", "lr", "loss", "accuracy", "seconds"]
+
+class ClassifierObjective(Objective):
+    """Cross-entropy of the mask classifier on batches of precomputed (pooled feature, label) pairs; the batch
+    accuracy is logged beside the loss."""
+
+    name = "sam_cls/classifier"
+    loss_names = ("cross_entropy",)
+    monitor_names = ("accuracy",)
+    unit = "masks"
+
+    def losses(self, model, batch) -> dict[str, torch.Tensor]:
+        features, labels = batch
+        logits = model(features)
+        return {"cross_entropy": F.cross_entropy(logits.float(), labels),
+                "accuracy": (logits.argmax(1) == labels).float().mean()}
 
 
-def train_classifier(classifier, features: torch.Tensor, labels: torch.Tensor, train, out_dir: Path,
+def train_classifier(classifier, features: torch.Tensor, labels: torch.Tensor, train_config, out_dir: Path,
                      device: torch.device, seed: int = 0, log=print) -> dict:
-    """Cross-entropy over precomputed features with the foundation's AdamW + warm-up/cosine schedule; one row per
-    ``log_every`` steps to ``metrics.csv``. Seconds of work, so it restarts rather than resumes."""
-    from sam_distill.core.rundir import MetricsWriter
-    from sam_distill.train.loop import Optimisation, Schedule
-
-    schedule = Schedule.from_config(train)
-    per_epoch = math.ceil(len(features) / schedule.batch_size)
-    classifier.to(device).train()
-    opt = Optimisation.build(classifier, schedule, per_epoch, device)
-    metrics = MetricsWriter(Path(out_dir) / "metrics.csv", TRAIN_FIELDS)
-    generator = torch.Generator().manual_seed(seed)
-    features, labels = features.to(device), labels.to(device)
-    step, started, window = 0, time.time(), []
-    bar = tqdm(total=opt.total_steps, desc="sam-cls classifier", unit="step")
-    for epoch in range(schedule.epochs):
-        order = torch.randperm(len(features), generator=generator).to(device)
-        for start in range(0, len(order), schedule.batch_size):
-            batch = order[start:start + schedule.batch_size]
-            logits = classifier(features[batch])
-            loss = F.cross_entropy(logits, labels[batch])
-            opt.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.optimizer.step()
-            opt.scheduler.step()
-            step += 1
-            window.append((loss.item(), (logits.argmax(1) == labels[batch]).float().mean().item()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3g}")
-            if step % schedule.log_every == 0 or step == opt.total_steps:
-                metrics.write({"step": step, "epoch": epoch, "lr": opt.scheduler.get_last_lr()[0],
-                               "loss": np.mean([w[0] for w in window]), "accuracy": np.mean([w[1] for w in window]),
-                               "seconds": round(time.time() - started, 2)})
-                window = []
-            if step >= opt.total_steps:
-                break
-        if step >= opt.total_steps:
-            break
-    bar.close()
-    metrics.close()
+    """The classifier through the training loop on one process (seconds of work on in-memory features: a process
+    group would cost more than it saves), resumable like every training; returns a summary with its accuracy on
+    its own training masks."""
+    # The features are in memory already: loader worker processes would only add start-up time.
+    schedule = replace(Schedule.from_config(train_config), num_workers=0)
+    summary = train(ClassifierObjective(classifier), TensorDataset(features, labels), schedule, out_dir,
+                    DistContext(device=device), seed, log=log)
     classifier.eval()
     with torch.no_grad():
-        accuracy = (classifier(features).argmax(1) == labels).float().mean().item()
-    log(f"sam_cls: classifier trained {step} steps on {len(features)} masks; training accuracy {accuracy:.3f}")
-    return {"steps": step, "masks": len(features), "train_accuracy": accuracy,
+        accuracy = (classifier(features.to(device)).argmax(1).cpu() == labels).float().mean().item()
+    log(f"sam_cls: classifier trained {summary['steps']} steps on {len(features)} masks; "
+        f"training accuracy {accuracy:.3f}")
+    return {**summary, "masks": len(features), "train_accuracy": accuracy,
             "background_fraction": (labels == 0).float().mean().item()}
 
 
@@ -161,26 +145,28 @@ def run_sam_cls(config, run_dir) -> dict:
     from sam_distill.sam.model_file import build_sam_for
 
     spec, context = config.sam_cls, init_distributed(config.device)
-    if context.distributed:
-        raise DistillError("the sam_cls recipe runs on one process; start it without torchrun")
     device = context.device
+    log = run_dir.log if context.is_main else (lambda message: None)
     scorer = load_clip_for(spec, device) if spec.classifier == "clip" else None  # fail before any heavy work
-    annotations, images = resolve_coco_data(config, run_dir)
+    annotations, images = resolve_coco_data(config, run_dir, context)
     plain = config.instances.model_copy(update={"augment": False})  # features of the images as they are
     train_set, val_set = split_datasets(annotations, images, plain, config.encoder.image_size)
     if not len(val_set):
         raise DistillError("config: the split left no validation images to score; raise instances.val_fraction")
     encoder = describe_encoder(config.encoder)
-    run_dir.log(f"sam_cls: {spec.classifier} classifier on everything-mode masks of {encoder}; "
-                f"{len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes")
+    log(f"sam_cls: {spec.classifier} classifier on everything-mode masks of {encoder}; "
+        f"{len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes")
     torch.manual_seed(config.seed)
     sam = build_sam_for(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint).to(device).eval()
     settings = generator_settings(**spec.everything.model_dump())
     used = [train_set, val_set] if spec.classifier == "pooled" else [val_set]
     paths, proposals_of = _proposal_reader(used, run_dir.path / "proposals")
     counts = pseudo_label(_encoder_identity(sam, config.encoder, config.seed), paths, run_dir.sub("proposals"),
-                          settings, context, log=run_dir.log)
-    run_dir.log(f"sam_cls: everything mode gave {counts['masks']} new mask(s) on {counts['labelled']} new image(s)")
+                          settings, context, log=log)
+    if not context.is_main:  # the everything mode above is shared out; the rest is seconds of work on rank 0
+        return {}
+    log(f"sam_cls: everything mode gave {counts['masks']} new mask(s) on {counts['labelled']} new image(s)"
+        + (" on rank 0" if context.distributed else ""))
     model_config = {"encoder": config.encoder.name, "image_size": config.encoder.image_size,
                     "classifier": spec.classifier, "generator": settings, "geometry": spec.geometry,
                     "hidden": spec.hidden, "match_iou": spec.match_iou}
@@ -189,7 +175,7 @@ def run_sam_cls(config, run_dir) -> dict:
         model = SamCls(sam, model_config, train_set.classes, {}).to(device)
         features, labels = training_features(model, train_set, proposals_of, spec.match_iou)
         result["train"] = train_classifier(model.classifier, features, labels, config.train,
-                                           run_dir.sub("checkpoints/sam_cls"), device, config.seed, run_dir.log)
+                                           run_dir.sub("checkpoints/sam_cls"), device, config.seed, log)
     else:
         names = [c["name"] for c in train_set.classes] + list(spec.background)
         model_config.update(clip_model=spec.clip_model, templates=list(spec.templates), background=list(spec.background),
@@ -204,5 +190,5 @@ def run_sam_cls(config, run_dir) -> dict:
     result["ap"] = write_instance_reports(run_dir, "sam_cls", model_path.name, val_set, results,
                                           encoder, config.instances.eval.overlays)
     result["model"] = str(model_path)
-    run_dir.log(f"sam_cls: model at {model_path}")
+    log(f"sam_cls: model at {model_path}")
     return result
