@@ -84,8 +84,9 @@ def test_unknown_kinds_become_one_skipped_line(tmp_path):
     lines = []
     result = bench_many([str(text), str(junk), str(tmp_path / "missing.pt")], runs=1, warmup=0, log=lines.append)
     assert result["rows"] == [] and len(result["skipped"]) == 3
-    assert "unknown kind (.txt)" in result["skipped"][0]["reason"]
-    assert "junk.pt" in result["skipped"][1]["reason"] and "not a SAM state dict" in result["skipped"][1]["reason"]
+    assert "notes.txt is not a model file" in result["skipped"][0]["reason"]
+    assert "files ending .txt are not model files" in result["skipped"][0]["reason"]
+    assert "junk.pt" in result["skipped"][1]["reason"] and "not a readable PyTorch file" in result["skipped"][1]["reason"]
     assert "does not exist" in result["skipped"][2]["reason"]
     assert all("\n" not in line for line in lines)
 

@@ -4,6 +4,10 @@ from sam_distill.methods.rcnn import recipe  # noqa: F401  (registers the sam_de
 from sam_distill.methods.rcnn.model import RCNN_FORMAT
 
 register_kind(ModelKind(
-    name="rcnn", what="a SAM-det or SAM-seg model (sam_det.pt, sam_seg.pt)",
+    name="rcnn",
+    what="a SAM-det or SAM-seg model (sam_det.pt, sam_seg.pt)",
     how_to_make="make one with a `recipe: sam_det` or `recipe: sam_seg` run",
-    tags=(RCNN_FORMAT,), load="sam_distill.methods.rcnn.model:load_rcnn"))
+    tags=(RCNN_FORMAT,),
+    load="sam_distill.methods.rcnn.model:load_rcnn",
+    bench="sam_distill.methods.rcnn.bench:bench_rcnn",
+))

@@ -4,5 +4,10 @@ from sam_distill.methods.sam_cls import recipe  # noqa: F401  (registers the rec
 from sam_distill.methods.sam_cls.model import SAM_CLS_FORMAT
 
 register_kind(ModelKind(
-    name="sam_cls", what="a SAM-cls model (sam_cls.pt)", how_to_make="make one with a `recipe: sam_cls` run",
-    tags=(SAM_CLS_FORMAT,), load="sam_distill.methods.sam_cls.model:load_sam_cls"))
+    name="sam_cls",
+    what="a SAM-cls model (sam_cls.pt)",
+    how_to_make="make one with a `recipe: sam_cls` run",
+    tags=(SAM_CLS_FORMAT,),
+    load="sam_distill.methods.sam_cls.model:load_sam_cls",
+    bench="sam_distill.methods.sam_cls.bench:bench_sam_cls",
+))
