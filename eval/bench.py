@@ -96,6 +96,19 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed while loading (the file's buffers, initialisation's temporaries) back to the system, so
+    RSS counts what is live (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux ≥ 4.0); False where that is not possible."""
     try:
@@ -140,7 +153,7 @@ def measure_peak_memory_here(spec: str, random_init: bool, image_size: int, phas
     baseline = _rss_mb()
     model = build(device, threads)
     calls = [model.phase_calls()[phase] for phase in phases]
-    gc.collect()
+    _release_freed_memory()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -257,9 +270,9 @@ def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) 
     ``random_init``, a teacher name. Resolving imports the kind's code; loading waits for the call."""
     path = Path(spec)
     if random_init and not path.exists():
-        def random_teacher(device: str, threads: int) -> BenchModel:
-            from sam_distill.sam.teachers import load_teacher
+        from sam_distill.sam.teachers import load_teacher
 
+        def random_teacher(device: str, threads: int) -> BenchModel:
             teacher = load_teacher(spec, random_init=True, image_size=image_size)
             return sam_bench_model(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
                                    [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, "

@@ -91,7 +91,7 @@ class ModelKind:
         """The exporter of ``fmt``, or one sentence naming this kind's formats (or the kinds that export at all)."""
         if not self.exporters:
             exportable = "; ".join(MODEL_KINDS.get(n).what for n in MODEL_KINDS.names() if MODEL_KINDS.get(n).exporters)
-            raise DistillError(f"{self.what} has no exporters; `distill export` takes {exportable}")
+            raise DistillError(f"{self.what} has no exporters; `distill export` takes: {exportable}")
         if fmt not in self.exporters:
             raise DistillError(f"{self.what} cannot be exported to {fmt!r}; choose one of: "
                                f"{', '.join(sorted(self.exporters))}")
@@ -106,7 +106,7 @@ class ModelKind:
             applying = [fmt for fmt, exporter in exporters.items() if option in exporter.options]
             if not applying:
                 supported = "; ".join(f"{fmt}: {' '.join(map(option_flag, e.options)) or 'none'}"
-                                      for fmt, e in sorted(self.exporters.items()))
+                                      for fmt, e in self.exporters.items())
                 raise DistillError(f"{option_flag(option)} does not apply to {self.what} exported to "
                                    f"{', '.join(formats)}; options this kind applies, per format: {supported}")
             if len(applying) < len(exporters):
