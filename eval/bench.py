@@ -423,7 +423,7 @@ def format_bench_table(result: dict) -> str:
                      f"{num(r.get('gflops'), '>8.1f')} {num(r.get('encoder_p50_ms'), '>7.1f')}ms "
                      f"{num(r.get('decoder_p50_ms'), '>7.1f')}ms {num(r.get('total_p50_ms'), '>8.1f')}ms "
                      f"{num(r.get('peak_mem_mb'), '>7.1f')}MiB")
-        lines += [f"  {note}" for note in r["notes"] if "same weights" in note or "phase in this kind" in note]
+        lines += [f"  same weights, not benched again: {spec}" for spec in r.get("same_weights", [])]
     for s in result["skipped"]:
         lines.append(f"skipped {s['model']}: {s['reason']}")
     for key, label in (("total_method", "total"), ("peak_mem_method", "peak mem")):

@@ -165,7 +165,8 @@ def test_distill_run_sam_seg_and_sam_det_into_one_report(tmp_path, monkeypatch, 
                  "--images", str(data / "images")]) == 0  # every instance model answers the same commands
     assert {"mask_AP", "box_AP50"} <= set(json.loads(capsys.readouterr().out))
     assert main(["export", str(run / "model" / "sam_seg.pt"), "--format", "onnx", "--out", "exported"]) == 2
-    assert "is a SAM-det/SAM-seg baseline, which `distill export` does not take" in capsys.readouterr().err
+    assert ("a SAM-det or SAM-seg model (sam_det.pt, sam_seg.pt) has no exporters; `distill export` takes: "
+            in capsys.readouterr().err)
 
     (tmp_path / "det.yaml").write_text(f"recipe: sam_det\nname: det\n{base}"
                                        "sam_det: {detector: coco_results, detections: missing.json}\n")
