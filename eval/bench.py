@@ -1,24 +1,29 @@
-"""Speed and size of heavy and light SAMs, measured the same way for every model file.
+"""Speed, size and memory of model files, measured the same way for every kind.
 
-One row per model: parameters, GFLOPs (counted by ``torch.utils.flop_counter``), file size, peak
-memory, and latency p50/p90 after warm-up for the image encoder, the prompt decoder (one point
-prompt through prompt encoder + mask decoder on a fixed embedding) and both together.
+One row per model: parameters, GFLOPs (counted by ``torch.utils.flop_counter``), file size, peak memory, and
+latency p50/p90 after warm-up of each phase: ``encoder`` (what a kind runs once per image) and ``decoder`` (what
+it runs on the encoder's output: one point prompt through SAM's prompt encoder and mask decoder, a prompter's or
+detector's heads). ``total`` is derived, never timed: run i of the encoder plus run i of the decoder.
 
-Model kinds, told apart by the file itself:
+Which phases a kind has and how its model is built for timing is the kind's ``bench`` entry in the model-file
+table (``core/model_files.py``; each method registers its own, e.g. ``methods/prompter/bench.py``). This module
+keeps the measurement primitives and dispatches through the table, so a file that is not a model gets the same
+one line as in every other command.
 
-* ``sam-distill`` (our ``model.pt``), ``mobilesam`` (a bare MobileSAM state dict), ``sam`` (an official
-  SAM ``.pth``): loaded with ``assemble.load_model`` and timed in PyTorch eager.
-* a teacher name with ``random_init=True`` (``sam_vit_b``): the architecture with random weights;
-  latency does not depend on the weights, so it is labelled ``random-init`` and still meaningful.
-* ``.onnx``: onnxruntime on CPU. An input named ``image`` makes it an encoder, ``image_embeddings`` a
-  decoder with segment-anything's ``SamOnnxModel`` interface; INT8 graphs are labelled ``onnx-int8``.
-* an ultralytics ``.pt`` (YOLO-seg / FastSAM): the network's forward at its image size is the whole
-  automatic pipeline, reported as the encoder (no prompt decoder).
-
-Anything else raises a one-line ``DistillError``; ``bench_many`` turns it into a skipped line.
+Every expensive step runs once per phase: FLOPs are counted during the first warm-up call, and peak memory comes
+from one call of each phase in a fresh process that loads the model itself (so the figure holds the weights and
+nothing another model left behind): the process's peak RSS during those calls minus its RSS before loading
+(Linux: the kernel's high-water mark, reset after loading; elsewhere RSS sampled every millisecond), or CUDA's
+``max_memory_allocated``. Each row says how in ``peak_mem_method``.
 """
 from __future__ import annotations
 
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,9 +34,10 @@ import numpy as np
 import torch
 
 from sam_distill.core.errors import DistillError
+from sam_distill.core.model_files import identify, same_weights
 
 ROLE_TEACHER, ROLE_STUDENT = "teacher", "student"
-PHASES = ("encoder", "decoder", "total")
+PHASES = ("encoder", "decoder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,36 +84,116 @@ def count_gflops(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def peak_memory(fn: Callable[[], object], device: str = "cpu") -> tuple[float, str]:
-    """Peak memory of one call in MiB, and how it was measured."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20, "cuda max_memory_allocated above the loaded model"
+def _status_mb(field_name: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak), in MiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field_name}:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def _rss_mb() -> float:
     import psutil
 
-    process = psutil.Process()
-    before = process.memory_info().rss
-    peak = [before]
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed while loading (the file's buffers, initialisation's temporaries) back to the system, so
+    RSS counts what is live (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _sampled_peak_rss(calls: list[Callable[[], object]]) -> float:
+    """Peak RSS (MiB) while ``calls`` run, sampled every millisecond: for systems without a resettable peak."""
+    peak = [_rss_mb()]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
+            peak[0] = max(peak[0], _rss_mb())
             time.sleep(0.001)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        fn()
+        for call in calls:
+            call()
     finally:
         done.set()
         sampler.join()
-    peak[0] = max(peak[0], process.memory_info().rss)
-    return (peak[0] - before) / 2**20, "cpu RSS rise during one call (psutil, sampled every 1 ms)"
+    return max(peak[0], _rss_mb())
+
+
+def measure_peak_memory_here(spec: str, random_init: bool, image_size: int, phases: list[str], device: str,
+                             threads: int) -> dict:
+    """Load ``spec`` in this process and call each of ``phases`` once; the peak memory that took, weights included.
+
+    Meant for a fresh process (``peak_memory`` starts one): the baseline is this process before loading, after
+    the kind's code and libraries are imported, so it holds neither another model nor an import.
+    """
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    build = model_builder(spec, random_init, image_size)  # imports the kind's bench module and its libraries
+    baseline = _rss_mb()
+    model = build(device, threads)
+    calls = [model.phase_calls()[phase] for phase in phases]
+    _release_freed_memory()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for call in calls:
+            call()
+        torch.cuda.synchronize()
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "method": "CUDA max_memory_allocated during one call of each phase, weights included (fresh process)"}
+    if _reset_peak_rss():
+        for call in calls:
+            call()
+        peak, how = _status_mb("VmHWM"), "kernel peak RSS (VmHWM, reset after loading)"
+    else:
+        peak, how = _sampled_peak_rss(calls), "RSS sampled every 1 ms"
+    return {"peak_mem_mb": peak - baseline,
+            "method": f"{how} during one call of each phase minus RSS before loading: weights + working memory, "
+                      f"in a fresh process"}
+
+
+def peak_memory(model: BenchModel, phases: list[str], device: str = "cpu",
+                threads: int = 1) -> tuple[float | None, str]:
+    """Peak memory (MiB) of one call of each phase with the model's weights, measured in a fresh process, and how.
+
+    A fresh process is the only place the figure means something: in this one, other models, earlier phases and
+    the allocator's cache would be counted or hide the rise.
+    """
+    if model.spec is None:
+        return None, "not measured: the model was not built from a file or a teacher name"
+    request = {"spec": model.spec, "random_init": model.random_init, "image_size": model.image_size,
+               "phases": phases, "device": device, "threads": threads}
+    code = ("import json, sys\nfrom sam_distill.eval.bench import measure_peak_memory_here\n"
+            "print('PEAK_MEMORY ' + json.dumps(measure_peak_memory_here(**json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(request)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "YOLO_OFFLINE": "1"})
+    reply = [line for line in done.stdout.splitlines() if line.startswith("PEAK_MEMORY ")]
+    if done.returncode != 0 or not reply:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return None, f"not measured: the fresh process failed ({reason})"
+    result = json.loads(reply[-1].removeprefix("PEAK_MEMORY "))
+    return result["peak_mem_mb"], result["method"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +202,10 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> tuple[float, s
 
 @dataclass
 class BenchModel:
-    """What ``bench_model`` needs: callables per phase, and what to say about the model."""
+    """What ``bench_model`` needs: callables per phase, and what to say about the model.
+
+    ``spec`` and ``random_init`` rebuild the model in a fresh process for the memory figure (``load_bench_model``
+    sets them)."""
     name: str
     kind: str
     format: str
@@ -128,17 +217,36 @@ class BenchModel:
     decoder: Callable[[], object] | None = None
     notes: list[str] = field(default_factory=list)
     sam: object = None  # the segment-anything Sam, for fidelity
+    spec: str | None = None
+    random_init: bool = False
 
-    def total(self) -> Callable[[], object] | None:
-        parts = [p for p in (self.encoder, self.decoder) if p is not None]
-        if not parts:
-            return None
-        return lambda: [part() for part in parts]
+    def phase_calls(self) -> dict[str, Callable[[], object]]:
+        """The phases this model has, in order."""
+        return {phase: fn for phase, fn in (("encoder", self.encoder), ("decoder", self.decoder)) if fn is not None}
 
 
-def _sam_callables(sam, device: str) -> tuple[Callable, Callable]:
+def chained(encode: Callable[[], object], decode: Callable[[object], object]) -> tuple[Callable, Callable]:
+    """Encoder and decoder phases where the decoder works on the encoder's latest output (when the decoder's cost
+    depends on what it is given: detections, prompts). The encoder then runs only when it is itself timed, or once
+    when only the decoder phase is asked for, never just to prepare the decoder's input."""
+    latest: list = []
+
+    def encoder():
+        latest[:] = [encode()]
+        return latest[0]
+
+    def decoder():
+        return decode(latest[0] if latest else encoder())
+
+    return encoder, decoder
+
+
+def sam_bench_model(sam, name: str, kind: str, role: str, path: Path | None, device: str, notes=()) -> BenchModel:
+    """A segment-anything ``Sam``: its image encoder, and one point prompt through its prompt encoder and mask
+    decoder on a random embedding (the decoder's cost does not depend on the embedding's values)."""
     from sam_distill.sam.prompts import decode
 
+    sam = sam.to(device).eval()
     size = int(sam.image_encoder.img_size)
     pixels = torch.randn(1, 3, size, size, device=device)
     embedding = torch.randn(1, 256, size // 16, size // 16, device=device)
@@ -152,240 +260,36 @@ def _sam_callables(sam, device: str) -> tuple[Callable, Callable]:
     def decoder():
         return decode(sam, embedding, points=point, multimask=True)
 
-    return encoder, decoder
-
-
-def _from_sam(sam, name: str, kind: str, role: str, path: Path | None, device: str, notes=()) -> BenchModel:
-    sam = sam.to(device).eval()
-    encoder, decoder = _sam_callables(sam, device)
     return BenchModel(name=name, kind=kind, format="pytorch", role=role, path=path,
-                      params=sum(p.numel() for p in sam.parameters()), image_size=int(sam.image_encoder.img_size),
+                      params=sum(p.numel() for p in sam.parameters()), image_size=size,
                       encoder=encoder, decoder=decoder, notes=list(notes), sam=sam)
 
 
-def _probe(path: Path) -> tuple[str | None, str]:
-    """(our ``format`` key or "", error text) from a safe, tensor-free (mmap) load of a torch file."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        return None, str(err)
-    return (payload.get("format", "") if isinstance(payload, dict) else ""), ""
+def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) -> Callable[[str, int], BenchModel]:
+    """``(device, threads) -> BenchModel`` for a model file (through its kind's ``bench`` entry) or, with
+    ``random_init``, a teacher name. Resolving imports the kind's code; loading waits for the call."""
+    path = Path(spec)
+    if random_init and not path.exists():
+        from sam_distill.sam.teachers import load_teacher
 
-
-def _load_torch_file(path: Path, device: str) -> BenchModel:
-    from sam_distill.methods.prompter.model import PROMPTER_FORMAT
-    from sam_distill.methods.rcnn.model import RCNN_FORMAT
-    from sam_distill.methods.sam_cls.model import SAM_CLS_FORMAT
-    from sam_distill.sam.model_file import MODEL_FORMAT, load_model
-
-    fmt, error = _probe(path)
-    if fmt is None and "ultralytics" in error:  # ultralytics pickles its classes; the safe loader names them
-        return _load_ultralytics(path, device)
-    if fmt == PROMPTER_FORMAT:
-        return _load_prompter(path, device)
-    if fmt == RCNN_FORMAT:
-        return _load_rcnn(path, device)
-    if fmt == SAM_CLS_FORMAT:
-        return _load_sam_cls(path, device)
-    sam, info = load_model(path)  # raises one line for anything that is not a SAM checkpoint
-    if fmt == MODEL_FORMAT:
-        return _from_sam(sam, f"{info.student} ({path.name})", "sam-distill", ROLE_STUDENT, path, device)
-    if info.student == "tinyvit_5m":
-        return _from_sam(sam, f"mobilesam ({path.name})", "mobilesam", ROLE_STUDENT, path, device)
-    return _from_sam(sam, f"{info.student} ({path.name})", "sam", ROLE_TEACHER, path, device)
-
-
-def _load_prompter(path: Path, device: str) -> BenchModel:
-    """An RSPrompter model: encoder + head (prompts) timed as the encoder phase, SAM's decoder on its prompts as the decoder."""
-    from sam_distill.methods.prompter.model import load_prompter
-
-    model, _ = load_prompter(path)
-    model = model.to(device).eval().requires_grad_(False)  # inference only; the FLOP counter hooks grads otherwise
-    size = int(model.image_size)
-    pixels = torch.randn(1, 3, size, size, device=device)
-    with torch.no_grad():
-        embedding, prompts = _prompter_prompts(model, pixels)
-
-    @torch.no_grad()
-    def encoder_and_head():
-        return _prompter_prompts(model, pixels)
-
-    @torch.no_grad()
-    def decoder():
-        return model.decode(embedding, prompts)
-
-    return BenchModel(name=f"{model.config['head']} prompter ({path.name})", kind="rsprompter", format="pytorch",
-                      role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
-                      encoder=encoder_and_head, decoder=decoder,
-                      notes=[f"encoder + {model.config['head']} head as 'encoder'; SAM's decoder on "
-                             f"{prompts.shape[0]} prompt set(s) as 'decoder'"])
-
-
-def _load_rcnn(path: Path, device: str) -> BenchModel:
-    """SAM-det / SAM-seg: the image encoder as 'encoder'; pyramid + R-CNN heads (+ SAM's decoder on each
-    detected box, for SAM-det) as 'decoder'."""
-    from sam_distill.methods.rcnn.model import DISPLAY_NAMES, load_rcnn
-
-    model, _ = load_rcnn(path)
-    model = model.to(device).eval().requires_grad_(False)
-    size = int(model.image_size)
-    pixels = torch.randn(1, 3, size, size, device=device)
-    with torch.no_grad():
-        embedding = model.encoder(pixels)
-        boxes = len(model.predict_from_embeddings(embedding)[0]["boxes"])
-
-    @torch.no_grad()
-    def encoder():
-        return model.encoder(pixels)
-
-    @torch.no_grad()
-    def decoder():
-        return model.predict_from_embeddings(embedding)
-
-    method = DISPLAY_NAMES[model.method]
-    masks = "SAM's decoder on each box" if model.sam_masks else "Mask R-CNN's mask head"
-    return BenchModel(name=f"{method} ({path.name})", kind=model.method, format="pytorch", role=ROLE_STUDENT,
-                      path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
-                      encoder=encoder, decoder=decoder,
-                      notes=[f"'decoder' = pyramid + R-CNN heads + {masks} ({boxes} detections on a random input)"])
-
-
-def _load_sam_cls(path: Path, device: str) -> BenchModel:
-    """A SAM-cls model: the image encoder as 'encoder'; everything mode's point-grid decoding plus the mask
-    classifier as 'decoder' (the generator's thresholds, NMS and RLE encoding are bookkeeping, not timed)."""
-    from sam_distill.methods.sam_cls.model import load_sam_cls
-
-    model = load_sam_cls(path).to(device)
-    model.sam.requires_grad_(False)
-    size, settings = model.image_size, model.config["generator"]
-    pixels = torch.randn(1, 3, size, size, device=device)
-    with torch.no_grad():
-        embedding = model.embed(pixels[0])
-
-    @torch.no_grad()
-    def encoder():
-        return model.sam.image_encoder(pixels)
-
-    def decoder():
-        return model.decode_and_classify(embedding)
-
-    classify = ("+ pooled-feature MLP on each point's mask" if model.classifier is not None
-                else "(CLIP crop classification needs the CLIP checkpoint: not timed)")
-    return BenchModel(name=f"SAM-cls {model.config['classifier']} ({path.name})", kind="sam_cls", format="pytorch",
-                      role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.sam.parameters()) + sum(
-                          p.numel() for p in (model.classifier.parameters() if model.classifier is not None else [])),
-                      image_size=size, encoder=encoder, decoder=decoder, sam=model.sam,
-                      notes=[f"image encoder as 'encoder'; everything mode's {settings['points_per_side']}² point grid "
-                             f"through SAM's decoder ({settings['points_per_batch']} points a batch) {classify} as "
-                             f"'decoder'"])
-
-
-def _prompter_prompts(model, pixels: torch.Tensor):
-    """The image embedding and the prompt embeddings the head emits for one image."""
-    from sam_distill.methods.prompter.onnx import AnchorHeadGraph, QueryHeadGraph
-
-    embedding, taps = model.encoder(pixels)
-    head = QueryHeadGraph(model) if model.config["head"] == "query" else AnchorHeadGraph(model)
-    prompts = head(*taps)[-1]
-    return embedding, prompts[0] if model.config["head"] == "query" else prompts
-
-
-def _load_ultralytics(path: Path, device: str) -> BenchModel:
-    # Ultralytics .pt files are pickled classes: the one exception to weights_only loading.
-    from ultralytics import YOLO
-
-    yolo = YOLO(str(path))
-    net = yolo.model.to(device).eval()
-    args = getattr(net, "args", None)
-    size = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
-    pixels = torch.rand(1, 3, size, size, device=device)
-
-    @torch.inference_mode()
-    def forward():
-        return net(pixels)
-
-    return BenchModel(name=f"{path.stem} ({path.name})", kind="ultralytics", format="pytorch", role=ROLE_STUDENT,
-                      path=path, params=sum(p.numel() for p in net.parameters()), image_size=size, encoder=forward,
-                      notes=[f"ultralytics {yolo.task} network forward at {size} px (no NMS/post-processing)"])
-
-
-def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
-    """Dummy inputs for a SAM encoder or SamOnnxModel decoder graph; which of the two it is."""
-    names = {i.name: i for i in session.get_inputs()}
-
-    def dims(name, fallback):
-        shape = names[name].shape
-        return [d if isinstance(d, int) else f for d, f in zip(shape, fallback)] if len(shape) == len(fallback) else fallback
-
-    if "image" in names:
-        shape = dims("image", [1, 3, image_size, image_size])
-        return "encoder", {"image": np.random.rand(*shape).astype(np.float32)}
-    if "image_embeddings" in names:
-        emb = dims("image_embeddings", [1, 256, image_size // 16, image_size // 16])
-        side = emb[-1] * 16
-        # One positive point plus SamOnnxModel's padding point (label -1), as SamPredictor sends it.
-        feeds = {"image_embeddings": np.random.rand(*emb).astype(np.float32),
-                 "point_coords": np.array([[[side / 2, side / 2], [0.0, 0.0]]], dtype=np.float32),
-                 "point_labels": np.array([[1, -1]], dtype=np.float32),
-                 "mask_input": np.zeros((1, 1, emb[-2] * 4, emb[-1] * 4), dtype=np.float32),
-                 "has_mask_input": np.zeros(1, dtype=np.float32),
-                 "orig_im_size": np.array([side, side], dtype=np.float32)}
-        missing = set(names) - set(feeds)
-        if missing:
-            raise DistillError(f"decoder graph has inputs {sorted(missing)} beyond SamOnnxModel's; export it with SamOnnxModel")
-        return "decoder", {k: v for k, v in feeds.items() if k in names}
-    raise DistillError(f"ONNX inputs {sorted(names)} are neither a SAM encoder ('image') nor a SamOnnxModel decoder "
-                       f"('image_embeddings'); export with `distill export`")
-
-
-def _load_onnx(path: Path, threads: int, image_size: int) -> BenchModel:
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise DistillError(f"model {path} is not a readable ONNX file ({str(err).splitlines()[0][:120]})") from None
-    params = sum(int(np.prod(t.dims)) for t in graph.graph.initializer)
-    quantised = any(node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "MatMulInteger",
-                                     "ConvInteger") for node in graph.graph.node)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    part, feeds = _onnx_feeds(session, image_size)
-
-    def run():
-        return session.run(None, feeds)
-
-    fmt = "onnx-int8" if quantised else "onnx-fp32"
-    model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{part}", format=fmt, role=ROLE_STUDENT,
-                       path=path, params=params, image_size=image_size,
-                       notes=[f"onnxruntime {ort.__version__} CPU, {threads} intra-op threads; GFLOPs not counted"])
-    setattr(model, part, run)
-    return model
+        def random_teacher(device: str, threads: int) -> BenchModel:
+            teacher = load_teacher(spec, random_init=True, image_size=image_size)
+            return sam_bench_model(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
+                                   [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, "
+                                    f"no accuracy"])
+        return random_teacher
+    if not path.exists():
+        raise DistillError(f"model {spec} does not exist; give a model file, or a teacher name with --random-init")
+    bench = identify(path).function("bench")
+    return lambda device, threads: bench(path, device=device, threads=threads, image_size=image_size)
 
 
 def load_bench_model(spec: str, device: str = "cpu", threads: int = 1, random_init: bool = False,
                      image_size: int = 1024) -> BenchModel:
     """A model file or (with ``random_init``) a teacher name, ready to be timed."""
-    path = Path(spec)
-    if random_init and not path.exists():
-        from sam_distill.sam.teachers import load_teacher
-
-        teacher = load_teacher(spec, random_init=True, image_size=image_size)
-        return _from_sam(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
-                         [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, no accuracy"])
-    if not path.is_file():
-        raise DistillError(f"model {spec} does not exist; give a model file, or a teacher name with --random-init")
-    if path.suffix == ".onnx":
-        if device != "cpu":
-            raise DistillError(f"model {path}: ONNX models are timed on CPU only; drop --device {device}")
-        return _load_onnx(path, threads, image_size)
-    if path.suffix in (".pt", ".pth", ".bin"):
-        return _load_torch_file(path, device)
-    raise DistillError(f"model {path} is of an unknown kind ({path.suffix or 'no suffix'}); "
-                       f"give a .pt/.pth checkpoint, an ultralytics .pt or an .onnx file")
+    model = model_builder(spec, random_init, image_size)(device, threads)
+    model.spec, model.random_init = spec, random_init and not Path(spec).exists()
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,27 +297,37 @@ def load_bench_model(spec: str, device: str = "cpu", threads: int = 1, random_in
 
 
 def bench_model(model: BenchModel, runs: int = 10, warmup: int = 2, device: str = "cpu", threads: int = 1,
-                count_flops: bool = True) -> dict:
-    """One result row (plain data, JSON-ready)."""
+                phases: tuple[str, ...] = PHASES, count_flops: bool = True, memory: bool = True) -> dict:
+    """One result row (plain data, JSON-ready). Each chosen phase runs ``warmup`` + ``runs`` times here (FLOPs are
+    counted during the first warm-up call) and once more in the memory probe's fresh process."""
     row = {"model": model.name, "kind": model.kind, "format": model.format, "role": model.role,
            "path": str(model.path) if model.path else None, "source": "measured",
            "params": model.params, "image_size": model.image_size,
            "file_mb": model.path.stat().st_size / 2**20 if model.path else None,
            "device": device, "threads": threads if device == "cpu" else None, "runs": runs, "warmup": warmup,
            "notes": list(model.notes)}
-    phases = {"encoder": model.encoder, "decoder": model.decoder, "total": model.total()}
-    for phase, fn in phases.items():
-        if fn is None:
-            continue
-        stats = latency_stats(time_runs(fn, runs, warmup, device))
+    available = model.phase_calls()
+    chosen = {phase: available[phase] for phase in phases if phase in available}
+    absent = [phase for phase in phases if phase not in available]
+    if absent:
+        row["notes"].append(f"no {' or '.join(absent)} phase in this kind; not timed")
+    flops = count_flops and model.format == "pytorch"
+    samples = {}
+    for phase, fn in chosen.items():
+        if flops:
+            row[f"{phase}_gflops"] = count_gflops(fn)  # this call is also the first warm-up call
+        samples[phase] = time_runs(fn, runs, max(warmup - flops, 0), device)
+        stats = latency_stats(samples[phase])
         row[f"{phase}_p50_ms"], row[f"{phase}_p90_ms"] = stats["p50_ms"], stats["p90_ms"]
-    if count_flops and model.format == "pytorch":
-        for phase in ("encoder", "decoder"):
-            if phases[phase] is not None:
-                row[f"{phase}_gflops"] = count_gflops(phases[phase])
-        row["gflops"] = sum(row.get(f"{p}_gflops", 0.0) for p in ("encoder", "decoder"))
-    if phases["total"] is not None:
-        row["peak_mem_mb"], row["peak_mem_method"] = peak_memory(phases["total"], device)
+    if samples and samples.keys() == available.keys():  # every phase of the model measured: the total follows
+        stats = latency_stats([sum(run) for run in zip(*samples.values())])
+        row["total_p50_ms"], row["total_p90_ms"] = stats["p50_ms"], stats["p90_ms"]
+        row["total_method"] = (f"derived: {' + '.join(samples)} of the same run index, summed (not timed again)"
+                               if len(samples) > 1 else f"the {next(iter(samples))} phase (this kind's only one)")
+    if flops and chosen:
+        row["gflops"] = sum(row[f"{phase}_gflops"] for phase in chosen)
+    if memory and chosen:
+        row["peak_mem_mb"], row["peak_mem_method"] = peak_memory(model, list(chosen), device, threads)
     return row
 
 
@@ -434,10 +348,22 @@ def add_fidelity(row: dict, model: BenchModel, teacher: BenchModel, cache_dir: P
                 "embedding_cosine": summary["embedding_cosine"], "fidelity_images": len(indices)})
 
 
+def _copy_of(spec: str, rows: list[dict]) -> dict | None:
+    """The row of an already benched file holding the same weights as ``spec`` (model.pt and mobile_sam.pt)."""
+    path = Path(spec)
+    if not path.is_file():
+        return None
+    for row in rows:
+        if row.get("path") and Path(row["path"]).suffix == path.suffix and same_weights(row["path"], path):
+            return row
+    return None
+
+
 def bench_many(specs: list[str], runs: int = 10, warmup: int = 2, device: str = "cpu", threads: int = 1,
                random_init: bool = False, image_size: int = 1024, cache_dir: Path | None = None,
-               log: Callable[[str], None] = print) -> dict:
-    """Bench every model; a model that cannot be loaded becomes one ``skipped`` line, not a failure."""
+               phases: tuple[str, ...] = PHASES, memory: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Bench every model; a model that cannot be loaded becomes one ``skipped`` line, not a failure, and a file
+    holding the same weights as one already benched is named in that row, not benched again."""
     from tqdm import tqdm
 
     if device == "cpu":
@@ -446,13 +372,19 @@ def bench_many(specs: list[str], runs: int = 10, warmup: int = 2, device: str = 
         raise DistillError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
     rows, skipped, models = [], [], []
     for spec in tqdm(specs, desc="bench", unit="model"):
+        copy_of = _copy_of(spec, rows)
+        if copy_of is not None:
+            copy_of.setdefault("same_weights", []).append(spec)
+            copy_of["notes"].append(f"{Path(spec).name} holds the same weights (another layout); not benched again")
+            log(f"bench: {spec}: the same weights as {copy_of['path']}; one row")
+            continue
         try:
             model = load_bench_model(spec, device, threads, random_init, image_size)
         except DistillError as err:
             skipped.append({"model": spec, "reason": str(err)})
             log(f"bench: skipped {spec}: {err}")
             continue
-        row = bench_model(model, runs, warmup, device, threads)
+        row = bench_model(model, runs, warmup, device, threads, phases, memory=memory)
         rows.append(row)
         models.append(model)
         log(f"bench: {row['model']}: total p50 {row.get('total_p50_ms', float('nan')):.1f} ms")
@@ -469,7 +401,6 @@ def bench_many(specs: list[str], runs: int = 10, warmup: int = 2, device: str = 
 
 
 def machine_description(device: str, threads: int) -> str:
-    import os
     import platform
 
     if device.startswith("cuda"):
@@ -479,8 +410,9 @@ def machine_description(device: str, threads: int) -> str:
 
 
 def format_bench_table(result: dict) -> str:
-    """Plain-text table for the terminal."""
-    header = f"{'model':<38} {'kind':<12} {'format':<9} {'params':>8} {'GFLOPs':>8} {'enc p50':>9} {'dec p50':>9} {'total p50':>10}"
+    """Plain-text table for the terminal, with how total and peak memory were obtained below it."""
+    header = (f"{'model':<38} {'kind':<12} {'format':<9} {'params':>8} {'GFLOPs':>8} {'enc p50':>9} {'dec p50':>9} "
+              f"{'total p50':>10} {'peak mem':>10}")
     lines = [header, "-" * len(header)]
 
     def num(value, fmt):
@@ -489,8 +421,13 @@ def format_bench_table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"{r['model'][:38]:<38} {r['kind']:<12} {r['format']:<9} {r['params'] / 1e6:>7.2f}M "
                      f"{num(r.get('gflops'), '>8.1f')} {num(r.get('encoder_p50_ms'), '>7.1f')}ms "
-                     f"{num(r.get('decoder_p50_ms'), '>7.1f')}ms {num(r.get('total_p50_ms'), '>8.1f')}ms")
+                     f"{num(r.get('decoder_p50_ms'), '>7.1f')}ms {num(r.get('total_p50_ms'), '>8.1f')}ms "
+                     f"{num(r.get('peak_mem_mb'), '>7.1f')}MiB")
+        lines += [f"  same weights, not benched again: {spec}" for spec in r.get("same_weights", [])]
     for s in result["skipped"]:
         lines.append(f"skipped {s['model']}: {s['reason']}")
+    for key, label in (("total_method", "total"), ("peak_mem_method", "peak mem")):
+        methods = sorted({r[key] for r in result["rows"] if r.get(key)})
+        lines += [f"{label}: {method}" for method in methods]
     lines.append(f"machine: {result['machine']}")
     return "\n".join(lines)

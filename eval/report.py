@@ -65,8 +65,10 @@ def _read(path: Path, notes: list[str]):
 
 
 def _matches(row: dict, name: str) -> bool:
-    path = Path(row.get("path") or "")
-    return name in (row["model"], path.name, path.stem) and bool(name)
+    """Whether accuracy reported under ``name`` belongs to ``row``: its model name, or the name or stem of its file
+    or of a file holding the same weights (``mobile_sam.pt`` beside ``model.pt``)."""
+    paths = [Path(p) for p in [row.get("path"), *row.get("same_weights", [])] if p]
+    return bool(name) and (name == row["model"] or any(name in (path.name, path.stem) for path in paths))
 
 
 def _attach_accuracy(rows: list[dict], name: str, metrics: dict, run: str, origin: Path) -> None:
@@ -402,7 +404,8 @@ def run_models(run_dir: Path, config) -> list[Path]:
 
 
 def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:
-    """What ``distill run`` calls last: a light bench of the run's models (3 runs), then the report.
+    """What ``distill run`` calls last: a light bench of the run's models (3 runs), then the report. Files holding
+    the same weights (``model.pt`` and its ``mobile_sam.pt`` copy) are one row, named in its notes.
 
     A report problem is logged as one line; it never undoes the finished run.
     """

@@ -1,8 +1,7 @@
-"""Exporters: turn a SAM-style model into files an app runs (ONNX, CoreML, TensorRT), with parity reports.
+"""Exporters: turn a model file into files an app runs (ONNX, CoreML, TensorRT), with parity reports.
 
-``EXPORTERS`` maps a format name to ``exporter(model, info, options, out_dir) -> list[ExportedFile]``; later issues
-register their own formats (heads, YOLO-seg students) the same way and import their module in ``pipeline.py``.
-This package imports nothing heavy, so ``sam_distill.export.runtime`` stays usable without PyTorch; the built-in
-exporters register when ``sam_distill.export.pipeline`` (``distill export``) is imported.
+Which exporter serves which model file is the model-file table's answer (``core/model_files.py``: each kind's
+``exporters`` keyed by format); an exporter takes an ``ExportSource`` and returns an ``Exported``. This package
+imports nothing heavy, so ``sam_distill.export.runtime`` stays usable without PyTorch.
 """
-from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions, Tolerance  # noqa: F401
+from sam_distill.export.registry import Exported, ExportedFile, ExportOptions, ExportSource, Tolerance  # noqa: F401

@@ -15,7 +15,7 @@ import torch.nn as nn
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
-from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions
+from sam_distill.export.registry import Exported, ExportedFile, ExportOptions, ExportSource
 
 PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16"}
 
@@ -82,11 +82,12 @@ def describe_mlpackage(path: Path) -> tuple[list[dict], list[dict]]:
     return describe(spec.description.input), describe(spec.description.output)
 
 
-@EXPORTERS.register("coreml")
-def export_coreml(sam: Sam, info, options: ExportOptions, out: Path) -> list[ExportedFile]:
+def export_coreml(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """Encoder and decoder ``.mlpackage`` in fp32, and fp16 with ``--fp16``."""
-    from sam_distill.export.onnx_export import ENCODER_NOTE, decoder_example
+    from sam_distill.export.onnx_export import ENCODER_NOTE, decoder_example, sam_manifest
 
+    sam, info = source.load()
+    out.mkdir(parents=True, exist_ok=True)
     size = int(sam.image_encoder.img_size)
     decoder_inputs = {k: v for k, v in decoder_example(sam, options.static_points).items() if k != "orig_im_size"}
     decoder_note = (f"exactly {options.static_points} points (a box is two corners labelled 2, 3; pad with label -1); "
@@ -102,4 +103,4 @@ def export_coreml(sam: Sam, info, options: ExportOptions, out: Path) -> list[Exp
             inputs, outputs = describe_mlpackage(path)
             parity = None if sys.platform == "darwin" else {"skipped": "CoreML prediction runs only on macOS"}
             files.append(ExportedFile(path, "coreml", role, precision, inputs, outputs, note, parity))
-    return files
+    return Exported(files, manifest=sam_manifest(sam, info, out))

@@ -16,7 +16,8 @@ from segment_anything.utils.onnx import SamOnnxModel
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_bytes
-from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions
+from sam_distill.core.images import Preprocessing
+from sam_distill.export.registry import Exported, ExportedFile, ExportOptions, ExportSource
 
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
@@ -129,11 +130,25 @@ def to_fp16(source: Path, target: Path) -> Path:
     return target
 
 
-@EXPORTERS.register("onnx")
-def export_onnx(sam: Sam, info, options: ExportOptions, out: Path) -> list[ExportedFile]:
-    """fp32 encoder and decoder; with options, fp16, INT8 (dynamic and calibrated static) and static-shape variants."""
+def sam_manifest(sam: Sam, info, out: Path) -> dict:
+    """The manifest sections every SAM export shares: the model, its preprocessing, the TensorRT commands."""
+    from sam_distill.export.tensorrt import trtexec_commands
+
+    size = int(sam.image_encoder.img_size)
+    return {"source": {"model": info.student, "image_size": size},
+            "preprocessing": {**Preprocessing(size).as_dict(), "encoder_input": ENCODER_NOTE,
+                              "layout": f"1x3x{size}x{size} float32 RGB (NCHW)"},
+            "tensorrt": {"commands": trtexec_commands(out),
+                         "note": "build on the target board from the static-shape ONNX pair (--static-shapes)"}}
+
+
+def export_onnx(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
+    """fp32 encoder and decoder; with options, fp16, INT8 (dynamic and calibrated static) and static-shape variants;
+    every file's parity against PyTorch (``SamPredictor``) on the parity images."""
+    from sam_distill.export.parity import TorchReference, check_parity, fp32_failure, parity_images
     from sam_distill.export.quantize import quantize_dynamic_file, quantize_static_files
 
+    sam, info = source.load()
     check_opset(options.opset)
     out.mkdir(parents=True, exist_ok=True)
     encoder = export_encoder(sam, out / "encoder.onnx", options.opset)
@@ -143,9 +158,10 @@ def export_onnx(sam: Sam, info, options: ExportOptions, out: Path) -> list[Expor
         files += [onnx_file(to_fp16(encoder, out / "encoder.fp16.onnx"), "encoder", "fp16", ENCODER_NOTE),
                   onnx_file(to_fp16(decoder, out / "decoder.fp16.onnx"), "decoder", "fp16", DECODER_NOTE)]
     if options.int8:
-        ops = f"dynamic INT8 of {'MatMul only' if options.int8_ops == 'matmul' else 'every operator'}"
-        for role, source, note in (("encoder", encoder, ENCODER_NOTE), ("decoder", decoder, DECODER_NOTE)):
-            target = quantize_dynamic_file(source, out / f"{role}.int8-dynamic.onnx", options.int8_ops)
+        int8_ops = options.int8_ops or "matmul"
+        ops = f"dynamic INT8 of {'MatMul only' if int8_ops == 'matmul' else 'every operator'}"
+        for role, onnx_path, note in (("encoder", encoder, ENCODER_NOTE), ("decoder", decoder, DECODER_NOTE)):
+            target = quantize_dynamic_file(onnx_path, out / f"{role}.int8-dynamic.onnx", int8_ops)
             files.append(onnx_file(target, role, "int8-dynamic", f"{ops}; {note}"))
         if options.calibration is not None:
             written = quantize_static_files(sam, encoder, decoder, out, options)
@@ -153,7 +169,11 @@ def export_onnx(sam: Sam, info, options: ExportOptions, out: Path) -> list[Expor
                       for role, note in (("encoder", ENCODER_NOTE), ("decoder", DECODER_NOTE))]
     if options.static_shapes:
         files += export_static(sam, out, options)
-    return files
+    log("checking parity against PyTorch ...")
+    images, names = parity_images(options, int(sam.image_encoder.img_size))
+    check_parity(files, TorchReference(sam, images), options.tolerance)
+    return Exported(files, manifest=sam_manifest(sam, info, out), parity={"images": names},
+                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
 
 
 def export_static(sam: Sam, out: Path, options: ExportOptions) -> list[ExportedFile]:

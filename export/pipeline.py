@@ -1,4 +1,6 @@
-"""``distill export``: run the chosen exporters, check parity, write manifest.json and parity.json."""
+"""``distill export``: the model file's kind (from the model-file table) names the exporter of each format and the
+options it applies; each exporter writes its files and checks their parity against PyTorch; this module refuses
+what cannot apply before any work, then writes manifest.json and parity.json."""
 from __future__ import annotations
 
 import platform
@@ -7,19 +9,12 @@ from pathlib import Path
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_json, sha256_file
-from sam_distill.core.images import Preprocessing
-from sam_distill.export import coreml, onnx_export, tensorrt  # noqa: F401  (registration side effects)
-from sam_distill.export.parity import TorchReference, check_parity, enforce_fp32, parity_images
 from sam_distill.export.quantize import check_calibration
-from sam_distill.export.registry import EXPORTERS, ExportOptions, Tolerance
-from sam_distill.methods.prompter.model import PROMPTER_FORMAT
-from sam_distill.methods.rcnn.model import RCNN_FORMAT
-from sam_distill.sam.checkpoint import PickledCheckpoint
-from sam_distill.sam.model_file import load_model
-
-DEFAULT_TOLERANCE = Tolerance()
+from sam_distill.export.registry import ExportOptions, ExportSource
 
 TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "segment-anything", "ultralytics", "sam-distill")
+# ExportOptions fields a user turns on, which each kind's exporters declare they apply (core.model_files.Exporter)
+SWITCHES = ("int8", "fp16", "static_shapes", "calibration")
 
 
 def tool_versions() -> dict[str, str]:
@@ -32,152 +27,65 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def export_model(model_path: Path, formats: list[str], out: Path, options: ExportOptions, log=print) -> dict:
-    """Export ``model_path`` in every format into ``out``; returns the manifest. fp32 parity failures raise."""
-    for name in formats:
-        EXPORTERS.get(name)  # a one-line error before any work
+def _check_options(source: ExportSource, formats: list[str], options: ExportOptions) -> list[str]:
+    """One line (raised) for an option nothing applies; lines naming the formats an applied option skips."""
+    if options.int8_ops is not None and not options.int8:
+        raise DistillError(f"--int8-ops {options.int8_ops} chooses what --int8 quantises; add --int8 or drop it")
+    if options.calibration is not None and not options.int8:
+        raise DistillError("--calibration is for static INT8 files; add --int8 or drop --calibration")
+    asked = [name for name in SWITCHES if getattr(options, name) not in (False, None)]
+    not_applied = source.kind.options_not_applied(formats, asked)
     if options.int8 and options.calibration is not None:
         check_calibration(options.calibration)
-    payload_format = _payload_format(model_path)
-    if payload_format == PROMPTER_FORMAT:
-        return export_prompter(Path(model_path), formats, Path(out), log)
-    if payload_format == RCNN_FORMAT:
-        raise DistillError(f"{model_path} is a SAM-det/SAM-seg baseline, which `distill export` does not take: it "
-                           f"exports SAM models, YOLO-seg students and RSPrompter prompters")
-    try:
-        sam, info = load_model(model_path)
-    except PickledCheckpoint as err:
-        if not err.is_ultralytics:
-            raise
-        return export_ultralytics(Path(model_path), formats, Path(out), options, log)
+    return not_applied
+
+
+def export_model(model_path: Path, formats: list[str], out: Path, options: ExportOptions, log=print) -> dict:
+    """Export ``model_path`` in every format into ``out``; returns the manifest. fp32 parity failures raise, after
+    manifest.json and parity.json are written."""
+    source = ExportSource.of(model_path)  # one line for a file that is not a model
+    formats = list(dict.fromkeys(formats))
+    for fmt in formats:
+        source.kind.exporter(fmt)  # one line for a format this kind has no exporter for, before any work
+    not_applied = _check_options(source, formats, options)
+    for line in not_applied:
+        log(line)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for name in dict.fromkeys(formats):
-        log(f"exporting {name} ...")
-        files += EXPORTERS.get(name)(sam, info, options, out)
-    image_size = int(sam.image_encoder.img_size)
+    results = []
+    for fmt in formats:
+        log(f"exporting {source.kind.what} to {fmt} ...")
+        results.append(source.kind.function("export", fmt)(source, options, out, log))
+    files = [file for result in results for file in result.files]
+    manifest = {"source": {"path": str(model_path), "sha256": sha256_file(model_path), "kind": source.kind.name}}
     parity = {"tolerance": vars(options.tolerance), "files": {}}
-    if "onnx" in formats:
-        log("checking parity against PyTorch ...")
-        images, names = parity_images(options, image_size)
-        check_parity(files, TorchReference(sam, images), options.tolerance)
-        parity["images"] = names
+    for result in results:
+        for section, content in result.manifest.items():
+            if section == "source":
+                manifest["source"].update(content)
+            else:
+                manifest[section] = content
+        parity.update(result.parity)
+        parity["files"].update(result.parity_files)
     for file in files:
         if file.parity is not None:
-            parity["files"][str(Path(file.path).relative_to(out))] = {"role": file.role, "precision": file.precision, **file.parity}
-    manifest = {
-        "source": {"path": str(model_path), "sha256": sha256_file(model_path), "model": info.student,
-                   "image_size": image_size},
-        "preprocessing": {**Preprocessing(image_size).as_dict(), "encoder_input": onnx_export.ENCODER_NOTE,
-                          "layout": f"1x3x{image_size}x{image_size} float32 RGB (NCHW)"},
-        "files": [f.manifest_entry(out) for f in files],
-        "tensorrt": {"commands": tensorrt.trtexec_commands(out),
-                     "note": "build on the target board from the static-shape ONNX pair (--static-shapes)"},
-        "options": {"formats": formats, "int8": options.int8, "int8_ops": options.int8_ops, "fp16": options.fp16,
-                    "opset": options.opset, "static_shapes": options.static_shapes,
-                    "calibration": str(options.calibration) if options.calibration else None},
-        "tools": tool_versions(),
-    }
+            parity["files"][str(Path(file.path).relative_to(out))] = {"role": file.role, "precision": file.precision,
+                                                                      **file.parity}
+    manifest["files"] = [file.manifest_entry(out) for file in files]
+    manifest["options"] = {"formats": formats, "int8": options.int8, "int8_ops": options.int8_ops, "fp16": options.fp16,
+                           "opset": options.opset, "static_shapes": options.static_shapes,
+                           "calibration": str(options.calibration) if options.calibration else None,
+                           "not_applied": not_applied}
+    manifest["tools"] = tool_versions()
     atomic_write_json(out / "parity.json", parity)
     atomic_write_json(out / "manifest.json", manifest)
-    enforce_fp32(files, options.tolerance, out / "parity.json")
+    failure = next((result.failure for result in results if result.failure), None)
+    if failure:
+        raise DistillError(failure)
     return manifest
-
-
-def _payload_format(path: Path) -> str | None:
-    """The ``format`` tag of one of our files, read lazily (mmap) so a 2.5 GB SAM costs nothing here."""
-    import torch
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    return payload.get("format") if isinstance(payload, dict) else None
-
-
-def export_prompter(model_path: Path, formats: list[str], out: Path, log=print) -> dict:
-    """RSPrompter models: encoder (embedding + taps), head and prompt-embedding decoder as ONNX, parity-checked."""
-    from sam_distill.methods.prompter.model import load_prompter
-    from sam_distill.methods.prompter.onnx import export_prompter_onnx
-
-    if set(formats) != {"onnx"}:
-        raise DistillError(f"prompter models export to onnx only (asked for {', '.join(formats)}); use --format onnx")
-    model, classes = load_prompter(model_path)
-    log(f"exporting the {model.config['head']} prompter ...")
-    report = export_prompter_onnx(model, out, classes)
-    manifest = {"source": {"path": str(model_path), "sha256": sha256_file(model_path), "model": "rsprompter"},
-                "files": [{"file": Path(path).name, "format": "onnx", "role": role, "precision": "fp32"}
-                          for role, path in report["files"].items()],
-                "prompter": "prompter.json", "tools": tool_versions()}
-    parity = report["parity"]
-    atomic_write_json(out / "parity.json", {"files": {"prompter": parity}})
-    atomic_write_json(out / "manifest.json", manifest)
-    if parity["class_agreement"] < 1.0 or parity.get("mask_iou_min", 1.0) < DEFAULT_TOLERANCE.mask_iou:
-        raise DistillError(f"prompter ONNX files disagree with PyTorch (class agreement {parity['class_agreement']:.3f}, "
-                           f"min mask IoU {parity.get('mask_iou_min', float('nan')):.3f}); see {out / 'parity.json'}")
-    return manifest
-
-
-ULTRALYTICS_FORMATS = {"onnx": "onnx", "coreml": "coreml", "engine": "engine"}
-
-
-def export_ultralytics(model_path: Path, formats: list[str], out: Path, options: ExportOptions, log=print) -> dict:
-    """YOLO-seg students go through ultralytics' own exporters; ONNX parity is checked on the raw outputs."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    from sam_distill.methods.fastsam.recipe import export_yolo, offline
-
-    offline()
-    from ultralytics import YOLO
-
-    yolo = YOLO(str(model_path))
-    imgsz = int(yolo.model.args.get("imgsz", 640)) if isinstance(yolo.model.args, dict) else 640
-    log(f"exporting ultralytics {yolo.task} model at {imgsz} px ...")
-    written = export_yolo(model_path, [ULTRALYTICS_FORMATS[f] for f in formats], out, imgsz)
-    parity = {"tolerance": {"output_max_abs": options.tolerance.embedding_max_abs}, "files": {}}
-    if "onnx" in written:
-        image = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            reference = yolo.model.float().eval()(image)
-        session = ort.InferenceSession(written["onnx"], providers=["CPUExecutionProvider"])
-        outputs = session.run(None, {session.get_inputs()[0].name: image.numpy()})
-        tensors = _flatten(reference)  # the eval forward also returns training-only maps: match outputs by shape
-        diffs = []
-        for output in outputs:
-            same_shape = [t for t in tensors if tuple(t.shape) == output.shape]
-            if same_shape:
-                diffs.append(float(np.abs(output - same_shape[0].numpy()).max()))
-        parity["files"][Path(written["onnx"]).name] = {"role": "yolo-seg", "precision": "fp32",
-                                                       "output_max_abs": max(diffs) if diffs else None}
-        worst = max(diffs) if diffs else float("inf")
-        if worst > options.tolerance.embedding_max_abs * 10:
-            atomic_write_json(out / "parity.json", parity)
-            raise DistillError(f"{written['onnx']}: ONNX outputs differ from PyTorch by {worst:.3g} "
-                               f"(see {out / 'parity.json'})")
-    manifest = {"source": {"path": str(model_path), "sha256": sha256_file(model_path), "model": f"ultralytics {yolo.task}",
-                           "image_size": imgsz},
-                "preprocessing": {"resize": "letterbox", "image_size": imgsz, "scale": "pixels / 255, RGB"},
-                "files": [{"file": Path(path).name, "format": fmt, "role": "yolo-seg", "precision": "fp32"}
-                          for fmt, path in written.items()],
-                "tools": tool_versions()}
-    atomic_write_json(out / "parity.json", parity)
-    atomic_write_json(out / "manifest.json", manifest)
-    return manifest
-
-
-def _flatten(value) -> list:
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _flatten(item)]
-    return [value] if hasattr(value, "shape") else []
 
 
 def parity_table(parity: dict) -> str:
-    """One line per file: what the export costs against PyTorch."""
+    """One line per file (or per chain of graphs checked together): what the export costs against PyTorch."""
     lines = [f"{'file':<28} {'emb max abs':>12} {'emb mean abs':>12} {'point IoU':>10} {'box IoU':>9}"]
     for name, figures in parity["files"].items():
         if "skipped" in figures:
@@ -193,4 +101,3 @@ def parity_table(parity: dict) -> str:
         lines.append(f"{name:<28} {embedding[0]:>12} {embedding[1]:>12} "
                      f"{figures['point_mask_iou']:>10.4f} {figures['box_mask_iou']:>9.4f}")
     return "\n".join(lines)
-

@@ -23,10 +23,23 @@ INT8_OPS = {"matmul": ["MatMul"], "all": None}
 STATIC_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
+QUANTISED_OPS = ("DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
+                 "QLinearMatMul")
+
+
 def quantize_dynamic_file(source: Path, target: Path, ops: str) -> Path:
+    """Dynamic INT8 (weights INT8, activations quantised per call) of ``ops``; a graph in which those operators do
+    not occur is refused rather than written as an "INT8" copy of the fp32 file."""
+    import onnx
+
     if ops not in INT8_OPS:
         raise DistillError(f"--int8-ops {ops!r} is not known; choose one of: {', '.join(INT8_OPS)}")
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS[ops])
+    if not any(node.op_type in QUANTISED_OPS for node in onnx.load(str(target), load_external_data=False).graph.node):
+        target.unlink()
+        kinds = " or ".join(INT8_OPS[ops] or ["quantisable"])
+        raise DistillError(f"--int8-ops {ops} quantises nothing in {source.name} (it has no {kinds} operators); "
+                           f"use --int8-ops all")
     return target
 
 

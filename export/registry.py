@@ -1,12 +1,16 @@
-"""The exporter registry and what every exporter receives and returns."""
+"""What every exporter receives and returns.
+
+Exporters are found through the model-file table (``core/model_files.py``): each kind's ``exporters`` maps a format
+to ``exporter(source: ExportSource, options: ExportOptions, out: Path, log) -> Exported``, with the options it
+applies. ``export/pipeline.py`` runs them and writes ``manifest.json`` and ``parity.json``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sam_distill.core.registry import Registry
-
-EXPORTERS: Registry = Registry("exporter")
+from sam_distill.core.model_files import ModelKind, identify
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,7 @@ class Tolerance:
 @dataclass
 class ExportOptions:
     int8: bool = False
-    int8_ops: str = "matmul"  # dynamic INT8 of "matmul" only (faster here) or of "all" operators
+    int8_ops: str | None = None  # dynamic INT8 of "matmul" only or of "all" operators; None: the kind's default
     fp16: bool = False
     opset: int = 17
     static_shapes: bool = False
@@ -51,3 +55,35 @@ class ExportedFile:
         if self.notes:
             entry["notes"] = self.notes
         return entry
+
+
+@dataclass
+class ExportSource:
+    """The model file being exported. Its kind's loader runs once, however many formats are asked for."""
+
+    path: Path
+    kind: ModelKind
+    _loaded: Any = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, path: Path | str) -> ExportSource:
+        return cls(Path(path), identify(path))
+
+    def load(self) -> Any:
+        """What the kind's ``load`` entry returns (for a SAM: ``(Sam, ModelInfo)``)."""
+        if self._loaded is None:
+            self._loaded = self.kind.function("load")(self.path)
+        return self._loaded
+
+
+@dataclass
+class Exported:
+    """What one exporter wrote: its files (with their parity figures), the manifest sections it adds (``source`` is
+    merged into the manifest's own), parity.json entries that belong to no single file (e.g. a chain of graphs
+    checked together, the images used), and an fp32 parity failure, raised once both reports are written."""
+
+    files: list[ExportedFile]
+    manifest: dict = field(default_factory=dict)
+    parity: dict = field(default_factory=dict)
+    parity_files: dict = field(default_factory=dict)
+    failure: str | None = None

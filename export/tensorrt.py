@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segment_anything.modeling import Sam
-
 from sam_distill.core.fileio import atomic_write_bytes
-from sam_distill.export.registry import EXPORTERS, ExportedFile, ExportOptions
+from sam_distill.export.registry import Exported, ExportedFile, ExportOptions, ExportSource
 
 
 def trtexec_commands(folder: Path) -> list[str]:
@@ -30,21 +28,23 @@ def build_engine(onnx_path: Path, engine_path: Path) -> Path:
     return engine_path
 
 
-@EXPORTERS.register("engine")
-def export_engine(sam: Sam, info, options: ExportOptions, out: Path) -> list[ExportedFile]:
-    from sam_distill.export.onnx_export import ENCODER_NOTE, export_encoder, export_static, onnx_file
+def export_engine(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
+    """fp16 engines from the static-shape ONNX pair (written here unless an onnx export in the same folder did)."""
+    from sam_distill.export.onnx_export import ENCODER_NOTE, export_encoder, export_static, onnx_file, sam_manifest
 
+    sam, info = source.load()
+    out.mkdir(parents=True, exist_ok=True)
     encoder = out / "encoder.onnx"
     files = [] if encoder.exists() else [onnx_file(export_encoder(sam, encoder, options.opset), "encoder", "fp32", ENCODER_NOTE)]
     files += [] if (out / "decoder.static.onnx").exists() else export_static(sam, out, options)
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        print("TensorRT is not installed here, so no engine was built; on the Jetson run:\n  "
-              + "\n  ".join(trtexec_commands(out)))
-        return files
+        log("TensorRT is not installed here, so no engine was built; on the Jetson run:\n  "
+            + "\n  ".join(trtexec_commands(out)))
+        return Exported(files, manifest=sam_manifest(sam, info, out))
     for name in ("encoder", "decoder.static"):
         engine = build_engine(out / f"{name}.onnx", out / f"{name}.fp16.engine")
         files.append(ExportedFile(engine, "engine", "decoder" if "decoder" in name else "encoder", "fp16", [], [],
                                   "TensorRT fp16 engine for this GPU and TensorRT version only"))
-    return files
+    return Exported(files, manifest=sam_manifest(sam, info, out))

@@ -174,7 +174,8 @@ def test_distill_run_sam_seg_and_sam_det_into_one_report(tmp_path, monkeypatch, 
     assert results and {r["category_id"] for r in results} <= {1, 2, 3}
     assert len(json.loads((tmp_path / "pred" / "images.json").read_text())["images"]) == 8
     assert main(["export", str(run / "model" / "sam_seg.pt"), "--format", "onnx", "--out", "exported"]) == 2
-    assert "is a SAM-det/SAM-seg baseline, which `distill export` does not take" in capsys.readouterr().err
+    assert ("a SAM-det or SAM-seg model (sam_det.pt, sam_seg.pt) has no exporters; `distill export` takes: "
+            in capsys.readouterr().err)
 
     (tmp_path / "det.yaml").write_text(f"recipe: sam_det\nname: det\n{base}"
                                        "sam_det: {detector: coco_results, detections: missing.json}\n")

@@ -10,14 +10,19 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from sam_distill.export.coreml import convert, describe_mlpackage  # noqa: E402
-from sam_distill.export.registry import EXPORTERS, ExportOptions  # noqa: E402
+from sam_distill.export.coreml import (  # noqa: E402
+    convert,
+    describe_mlpackage,
+    export_coreml,  # noqa: E402
+)
+from sam_distill.export.registry import ExportOptions, ExportSource  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def packages(tiny_teacher, tmp_path_factory):
+def packages(tiny_teacher_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("coreml")
-    return {(f.role, f.precision): f for f in EXPORTERS.get("coreml")(tiny_teacher.model, None, ExportOptions(), out)}
+    exported = export_coreml(ExportSource.of(tiny_teacher_checkpoint), ExportOptions(), out)
+    return {(f.role, f.precision): f for f in exported.files}
 
 
 def test_encoder_and_decoder_specs(packages):

@@ -15,7 +15,16 @@ import torch
 
 from sam_distill.cli import main
 from sam_distill.core.errors import DistillError
-from sam_distill.eval.bench import bench_many, bench_model, latency_stats, load_bench_model, time_runs
+from sam_distill.eval.bench import (
+    BenchModel,
+    bench_many,
+    bench_model,
+    latency_stats,
+    load_bench_model,
+    measure_peak_memory_here,
+    peak_memory,
+    time_runs,
+)
 from sam_distill.eval.fidelity import mask_iou
 from sam_distill.eval.reference import reference_rows
 from sam_distill.eval.report import build_report, heavy_vs_light, mask_ap, pareto_front
@@ -58,11 +67,123 @@ def test_bench_row_of_our_model_and_random_init_teacher(tiny_teacher_checkpoint)
     assert row["encoder_gflops"] > row["decoder_gflops"] > 0
     assert row["gflops"] == pytest.approx(row["encoder_gflops"] + row["decoder_gflops"])
     assert row["file_mb"] == pytest.approx(tiny_teacher_checkpoint.stat().st_size / 2**20)
-    assert "peak_mem_mb" in row and "RSS" in row["peak_mem_method"]
+    assert "RSS" in row["peak_mem_method"] and "fresh process" in row["peak_mem_method"]
+    assert row["peak_mem_mb"] > row["params"] * 4 / 2**20  # the weights are in the figure (fp32: 4 bytes each)
+    assert row["total_method"].startswith("derived")
 
     arch = load_bench_model("vit_tiny", random_init=True, image_size=256)
     assert arch.kind == "random-init" and "RANDOM" in arch.notes[0]
     assert arch.params == teacher.params
+
+
+class Counted:
+    """A phase that counts its calls and takes the time it is given."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+
+
+def _fake_model(encoder=None, decoder=None) -> BenchModel:
+    return BenchModel(name="fake", kind="fake", format="onnx-fp32", role="student", path=None, params=1, image_size=8,
+                      encoder=encoder, decoder=decoder)
+
+
+def test_total_is_derived_run_by_run_from_the_phases(monkeypatch):
+    timed = {"encoder": [0.010, 0.030, 0.020], "decoder": [0.005, 0.001, 0.003]}
+    encoder, decoder = Counted(), Counted()
+    phase_of = {id(encoder): "encoder", id(decoder): "decoder"}
+    monkeypatch.setattr("sam_distill.eval.bench.time_runs", lambda fn, runs, warmup, device="cpu": timed[phase_of[id(fn)]])
+    row = bench_model(_fake_model(encoder, decoder), runs=3, warmup=0, memory=False)
+    # runs summed index by index: 15, 31, 23 ms -> p50 23 ms (not 20 + 3 from the two medians, nor a timed third pass)
+    assert row["total_p50_ms"] == pytest.approx(23.0) and row["total_p90_ms"] == pytest.approx(29.4)
+    assert row["encoder_p50_ms"] == pytest.approx(20.0) and row["decoder_p50_ms"] == pytest.approx(3.0)
+    assert "summed" in row["total_method"] and encoder.calls == decoder.calls == 0  # nothing ran beyond time_runs
+
+
+def test_phases_run_warmup_plus_runs_times_and_can_be_chosen():
+    encoder, decoder = Counted(), Counted()
+    row = bench_model(_fake_model(encoder, decoder), runs=4, warmup=2, memory=False)
+    assert (encoder.calls, decoder.calls) == (6, 6)
+    assert row["total_p50_ms"] > 0
+    encoder, decoder = Counted(), Counted()
+    row = bench_model(_fake_model(encoder, decoder), runs=4, warmup=2, phases=("encoder",), memory=False)
+    assert (encoder.calls, decoder.calls) == (6, 0)
+    assert "decoder_p50_ms" not in row and "total_p50_ms" not in row  # a part of the model has no total
+    only = bench_model(_fake_model(encoder=Counted()), runs=1, warmup=0, phases=("encoder", "decoder"), memory=False)
+    assert "no decoder phase in this kind; not timed" in only["notes"] and "only one" in only["total_method"]
+
+
+def test_a_sam_bench_runs_the_encoder_once_per_timed_call(tiny_teacher_checkpoint, monkeypatch, capsys):
+    """``distill bench`` on a SAM: warm-up (FLOPs counted in the first) + runs encoder passes, and the memory probe one
+    more (run here in-process so the pass can be counted; `distill bench` runs it in a fresh process)."""
+    from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+    passes = []
+    forward = ImageEncoderViT.forward
+    monkeypatch.setattr(ImageEncoderViT, "forward", lambda self, x: passes.append(1) or forward(self, x))
+    assert main(["bench", str(tiny_teacher_checkpoint), "--runs", "3", "--warmup", "1", "--no-memory"]) == 0
+    assert len(passes) == 4
+    assert "total: derived: encoder + decoder" in capsys.readouterr().out
+    passes.clear()
+    measure_peak_memory_here(str(tiny_teacher_checkpoint), False, 256, ["encoder", "decoder"], "cpu", 1)
+    assert len(passes) == 1
+    passes.clear()
+    assert main(["bench", str(tiny_teacher_checkpoint), "--runs", "3", "--warmup", "1", "--no-memory",
+                 "--phases", "decoder"]) == 0
+    assert passes == []  # SAM's decoder is timed on a given embedding: no encoder pass at all
+    assert main(["bench", str(tiny_teacher_checkpoint), "--phases", "encoder,mask"]) == 2
+    assert "--phases 'encoder,mask': give one or both of encoder, decoder" in capsys.readouterr().err
+
+
+def test_peak_memory_holds_the_weights_of_each_model():
+    """Two architectures in fresh processes: each figure is at least its fp32 weights, and the 14x larger model's
+    figure is larger by at least most of the difference in weights."""
+    from sam_distill.sam.build import build_sam
+
+    figures = {}
+    for arch in ("vit_tiny", "vit_b"):
+        weights_mb = sum(p.numel() for p in build_sam(arch, 256).parameters()) * 4 / 2**20
+        stub = _fake_model()
+        stub.spec, stub.random_init, stub.image_size = arch, True, 256
+        peak, method = peak_memory(stub, ["encoder", "decoder"])
+        assert peak > weights_mb, (arch, peak, weights_mb, method)
+        figures[arch] = (peak, weights_mb)
+    (small, small_weights), (large, large_weights) = figures["vit_tiny"], figures["vit_b"]
+    assert large - small > 0.8 * (large_weights - small_weights)
+    assert peak_memory(_fake_model(Counted()), ["encoder"])[0] is None  # nothing to rebuild in a fresh process
+
+
+def test_model_pt_and_its_mobilesam_copy_are_one_row(tmp_path, tiny_teacher, tiny_teacher_checkpoint):
+    from sam_distill.core.model_files import same_weights
+    from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_model
+    from sam_distill.students import create_student
+
+    torch.manual_seed(0)
+    sam = assemble(create_student("tinyvit_5m", image_size=256), tiny_teacher.model)
+    ours = save_model(sam, tmp_path / "model" / "model.pt", "tinyvit_5m")
+    copy = save_mobilesam_layout(sam, tmp_path / "model" / "mobile_sam.pt")
+    assert same_weights(ours, copy) and not same_weights(ours, tiny_teacher_checkpoint)
+    with torch.no_grad():
+        next(iter(sam.parameters())).add_(1e-3)
+    assert not same_weights(ours, save_mobilesam_layout(sam, tmp_path / "changed.pt"))  # same names, other values
+
+    lines = []
+    result = bench_many([str(tiny_teacher_checkpoint), str(ours), str(copy)], runs=1, warmup=0, memory=False,
+                        log=lines.append)
+    assert [r["path"] for r in result["rows"]] == [str(tiny_teacher_checkpoint), str(ours)]
+    assert result["rows"][1]["same_weights"] == [str(copy)]
+    assert "mobile_sam.pt holds the same weights (another layout); not benched again" in result["rows"][1]["notes"]
+    assert any("one row" in line for line in lines)
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "bench.json").write_text(json.dumps(result))
+    (reports / "metrics_mobile.json").write_text(json.dumps({"model": "mobile_sam", "metrics": {"mask_AP": 12.5}}))
+    rows = build_report([tmp_path], reports, log=lambda m: None)["rows"]
+    assert len(rows) == 2 and rows[1]["mask_AP"] == 12.5  # accuracy named after the copy lands on its row
 
 
 def test_onnx_encoder_is_detected_and_timed(tmp_path, tiny_teacher):
@@ -84,8 +205,9 @@ def test_unknown_kinds_become_one_skipped_line(tmp_path):
     lines = []
     result = bench_many([str(text), str(junk), str(tmp_path / "missing.pt")], runs=1, warmup=0, log=lines.append)
     assert result["rows"] == [] and len(result["skipped"]) == 3
-    assert "unknown kind (.txt)" in result["skipped"][0]["reason"]
-    assert "junk.pt" in result["skipped"][1]["reason"] and "not a SAM state dict" in result["skipped"][1]["reason"]
+    assert "notes.txt is not a model file" in result["skipped"][0]["reason"]
+    assert "files ending .txt are not model files" in result["skipped"][0]["reason"]
+    assert "junk.pt" in result["skipped"][1]["reason"] and "not a readable PyTorch file" in result["skipped"][1]["reason"]
     assert "does not exist" in result["skipped"][2]["reason"]
     assert all("\n" not in line for line in lines)
 

@@ -62,11 +62,20 @@ def cmd_miou(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from sam_distill.core.errors import DistillError
     from sam_distill.core.fileio import atomic_write_json
-    from sam_distill.eval.bench import bench_many, format_bench_table
+    from sam_distill.core.model_files import identify
+    from sam_distill.eval.bench import PHASES, bench_many, format_bench_table
 
+    phases = tuple(dict.fromkeys(p.strip() for p in args.phases.split(",") if p.strip()))
+    if not phases or set(phases) - set(PHASES):
+        raise DistillError(f"--phases {args.phases!r}: give one or both of {', '.join(PHASES)} (comma-separated)")
+    for model in args.models:  # a file that is not a model: one line before anything is timed (missing: skipped)
+        if Path(model).exists():
+            identify(model)
     result = bench_many(args.models, runs=args.runs, warmup=args.warmup, device=args.device, threads=args.threads,
-                        random_init=args.random_init, image_size=args.image_size, cache_dir=args.cache)
+                        random_init=args.random_init, image_size=args.image_size, cache_dir=args.cache,
+                        phases=phases, memory=not args.no_memory)
     print(format_bench_table(result))
     if args.out:
         atomic_write_json(args.out, result)
@@ -127,6 +136,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("bench", help="latency, size, GFLOPs and memory of models (PyTorch, ONNX, ultralytics)")
     p.add_argument("models", nargs="+", help="model files (.pt/.pth/.onnx) or, with --random-init, teacher names")
+    p.add_argument("--phases", default="encoder,decoder",
+                   help="phases to time, comma-separated: encoder, decoder (total = their sum when both are timed)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory probe (a fresh process that loads each model and runs each phase once)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and onnxruntime intra-op)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per phase")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")

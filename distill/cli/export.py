@@ -23,14 +23,17 @@ def cmd_export(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX / CoreML / TensorRT with parity reports")
-    p.add_argument("model", type=Path, help="our model.pt, MobileSAM's mobile_sam.pt, an official SAM .pth or an ultralytics YOLO-seg .pt")
+    p.add_argument("model", type=Path, help="a SAM model (our model.pt, MobileSAM's mobile_sam.pt, an official SAM "
+                   ".pth), an RSPrompter prompter.pt or an ultralytics YOLO-seg .pt")
     p.add_argument("--format", nargs="+", default=["onnx"], metavar="FORMAT",
-                   help="one or more of: onnx, coreml, engine")
+                   help="one or more of the model's formats: onnx, coreml, engine (SAM and YOLO-seg); onnx (prompter)")
     p.add_argument("--out", type=Path, help="output folder (default: MODEL's folder / <name>-export)")
-    p.add_argument("--int8", action="store_true", help="also write dynamic INT8 files (and static QDQ with --calibration)")
-    p.add_argument("--int8-ops", default="matmul", choices=["matmul", "all"],
-                   help="operators dynamic INT8 quantises (MatMul only is faster on CPUs measured here)")
-    p.add_argument("--fp16", action="store_true", help="also write fp16 files")
+    p.add_argument("--int8", action="store_true", help="also write dynamic INT8 ONNX files, each with its parity (and "
+                   "static QDQ with --calibration, SAM models only)")
+    p.add_argument("--int8-ops", choices=["matmul", "all"],
+                   help="operators dynamic INT8 quantises (default: MatMul only for SAM and prompter models, faster on "
+                   "CPUs measured here; all for YOLO-seg, which has no MatMul)")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 files (ONNX; CoreML for SAM models)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--static-shapes", action="store_true", help="also write a fixed-shape decoder for TensorRT")
     p.add_argument("--static-points", type=int, default=2, help="points the fixed-shape decoders take")

@@ -8,7 +8,9 @@ imports from above it: the methods fill the table when ``sam_distill.methods`` i
 :func:`identify` does on first use.
 
 Every command that takes a model file goes through :func:`identify`, so a file that is not a model gets the same
-one line everywhere, naming the kinds the toolkit takes.
+one line everywhere, naming the kinds the toolkit takes. ``distill export`` also asks the kind which formats it
+exports to and which export options each format applies (:class:`Exporter`), so an option that does not apply
+is refused or named, never silently dropped.
 """
 from __future__ import annotations
 
@@ -37,10 +39,26 @@ class Probe:
     pickled: str | None = None
 
 
+@dataclass(frozen=True)
+class Exporter:
+    """How a kind is exported to one format: ``function`` (a ``"module:function"`` reference) writes the files, and
+    ``options`` names the export options it applies (fields of ``ExportOptions``: ``int8``, ``fp16``,
+    ``static_shapes``, ``calibration``). An option no chosen format applies is refused in one line."""
+
+    function: str
+    options: tuple[str, ...] = ()
+
+
+def option_flag(option: str) -> str:
+    """The command-line flag of an export option: ``static_shapes`` -> ``--static-shapes``."""
+    return "--" + option.replace("_", "-")
+
+
 @dataclass
 class ModelKind:
-    """One kind of model file. ``load``/``bench``/``predict`` and the ``exporters`` values are ``"module:function"``
-    references resolved on use; a missing one means the kind does not support that verb (one line says so)."""
+    """One kind of model file. ``load``/``bench``/``predict`` are ``"module:function"`` references resolved on use
+    (``bench(path, device=, threads=, image_size=)`` returns an ``eval.bench.BenchModel``); ``exporters`` maps a
+    format to its :class:`Exporter`. A missing entry means the kind does not support that verb (one line says so)."""
 
     name: str
     what: str  # "a SAM model (ours, MobileSAM's or an official checkpoint)": used in messages
@@ -50,7 +68,7 @@ class ModelKind:
     load: str | None = None
     bench: str | None = None
     predict: str | None = None
-    exporters: dict[str, str] = field(default_factory=dict)
+    exporters: dict[str, Exporter] = field(default_factory=dict)
 
     def recognises(self, probe: Probe) -> bool:
         if probe.tag is not None and probe.tag in self.tags:
@@ -61,16 +79,41 @@ class ModelKind:
         """The callable behind ``verb`` ("load", "bench", "predict" or "export" with ``fmt``), or one sentence
         saying that this kind does not support it."""
         if verb == "export":
-            reference = self.exporters.get(fmt or "")
-            if reference is None:
-                formats = ", ".join(sorted(self.exporters)) or "none"
-                raise DistillError(f"{self.what} cannot be exported to {fmt!r}; formats for this kind: {formats}")
+            reference = self.exporter(fmt or "").function
         else:
             reference = getattr(self, verb)
             if reference is None:
                 raise DistillError(f"{self.what} does not support `{verb}`")
         module, _, attribute = reference.partition(":")
         return getattr(importlib.import_module(module), attribute)
+
+    def exporter(self, fmt: str) -> Exporter:
+        """The exporter of ``fmt``, or one sentence naming this kind's formats (or the kinds that export at all)."""
+        if not self.exporters:
+            exportable = "; ".join(MODEL_KINDS.get(n).what for n in MODEL_KINDS.names() if MODEL_KINDS.get(n).exporters)
+            raise DistillError(f"{self.what} has no exporters; `distill export` takes: {exportable}")
+        if fmt not in self.exporters:
+            raise DistillError(f"{self.what} cannot be exported to {fmt!r}; choose one of: "
+                               f"{', '.join(sorted(self.exporters))}")
+        return self.exporters[fmt]
+
+    def options_not_applied(self, formats: list[str], asked: list[str]) -> list[str]:
+        """Lines naming each asked-for option that some chosen formats do not apply (so the files say what they
+        are); one sentence (raised) when no chosen format applies it."""
+        exporters = {fmt: self.exporter(fmt) for fmt in formats}
+        lines = []
+        for option in asked:
+            applying = [fmt for fmt, exporter in exporters.items() if option in exporter.options]
+            if not applying:
+                supported = "; ".join(f"{fmt}: {' '.join(map(option_flag, e.options)) or 'none'}"
+                                      for fmt, e in self.exporters.items())
+                raise DistillError(f"{option_flag(option)} does not apply to {self.what} exported to "
+                                   f"{', '.join(formats)}; options this kind applies, per format: {supported}")
+            if len(applying) < len(exporters):
+                skipped = [fmt for fmt in exporters if fmt not in applying]
+                lines.append(f"{option_flag(option)} applies to {', '.join(applying)} only; the "
+                             f"{', '.join(skipped)} files are written without it")
+        return lines
 
 
 MODEL_KINDS: Registry[ModelKind] = Registry("model kind")
@@ -114,13 +157,34 @@ def probe(path: Path | str) -> Probe:
     if not isinstance(payload, dict):
         return Probe(path, suffix)
     tag = payload.get("format") if isinstance(payload.get("format"), str) else None
-    state = payload
-    for key in ("state_dict", "model"):
-        if tag is None and isinstance(payload.get(key), dict):
-            state = payload[key]
-            break
+    state = payload if tag is not None else _state_dict(payload)
     prefixes = frozenset(str(k).split(".", 1)[0] for k in state) if isinstance(state, dict) else frozenset()
     return Probe(path, suffix, tag, prefixes)
+
+
+def _state_dict(payload: dict) -> dict:
+    """The tensors of a loaded payload: its ``state_dict`` (ours, Lightning) or ``model`` entry, or the payload itself
+    (a bare state dict, as MobileSAM's and the official SAM files are)."""
+    for key in ("state_dict", "model"):
+        if isinstance(payload.get(key), dict):
+            return payload[key]
+    return payload
+
+
+def same_weights(first: Path | str, second: Path | str) -> bool:
+    """Whether two PyTorch model files hold the same tensors under the same names (our ``model.pt`` and its
+    MobileSAM-layout ``mobile_sam.pt`` copy do). Memory-mapped: only files with the same names and shapes are read."""
+    import torch
+
+    try:
+        a, b = (_state_dict(torch.load(p, map_location="cpu", weights_only=True, mmap=True)) for p in (first, second))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError):
+        return False
+    if a.keys() != b.keys() or not all(isinstance(v, torch.Tensor) for v in (*a.values(), *b.values())):
+        return False
+    if any(a[k].shape != b[k].shape or a[k].dtype != b[k].dtype for k in a):
+        return False
+    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 def identify(path: Path | str) -> ModelKind:

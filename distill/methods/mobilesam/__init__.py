@@ -1,8 +1,9 @@
 """MobileSAM-style decoupled distillation of a student encoder (plus EdgeSAM's prompt-in-the-loop stage).
 
 Its model files are SAMs: our ``model.pt``, MobileSAM's ``mobile_sam.pt`` and the official checkpoints all load as
-one segment-anything ``Sam``."""
-from sam_distill.core.model_files import ModelKind, Probe, register_kind
+one segment-anything ``Sam``; ``distill export`` turns them into the SAM encoder/decoder ONNX graphs, the second
+kind this package registers (benched in onnxruntime)."""
+from sam_distill.core.model_files import Exporter, ModelKind, Probe, register_kind
 from sam_distill.methods.mobilesam import recipe  # noqa: F401  (registers the recipe)
 from sam_distill.sam.model_file import MODEL_FORMAT
 
@@ -13,6 +14,10 @@ def _is_sam_state_dict(probe: Probe) -> bool:
     return probe.tag is None and SAM_PARTS <= probe.prefixes
 
 
+def _is_onnx(probe: Probe) -> bool:
+    return probe.suffix == ".onnx"
+
+
 register_kind(ModelKind(
     name="sam",
     what="a SAM model (our model.pt, MobileSAM's mobile_sam.pt or an official SAM .pth)",
@@ -21,4 +26,20 @@ register_kind(ModelKind(
     matches=_is_sam_state_dict,
     load="sam_distill.sam.model_file:load_model",
     predict="sam_distill.methods.mobilesam.predict:predict_sam",
+    bench="sam_distill.methods.mobilesam.bench:bench_sam",
+    exporters={
+        "onnx": Exporter("sam_distill.export.onnx_export:export_onnx",
+                         ("int8", "fp16", "static_shapes", "calibration")),
+        "coreml": Exporter("sam_distill.export.coreml:export_coreml", ("fp16",)),
+        # engines are always fp16 and built from the static-shape pair
+        "engine": Exporter("sam_distill.export.tensorrt:export_engine", ("fp16", "static_shapes")),
+    },
+))
+
+register_kind(ModelKind(
+    name="onnx",
+    what="an ONNX graph (a SAM encoder or decoder written by `distill export`)",
+    how_to_make="make one with `distill export MODEL --format onnx`",
+    matches=_is_onnx,
+    bench="sam_distill.methods.mobilesam.bench:bench_onnx",
 ))

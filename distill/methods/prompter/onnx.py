@@ -71,6 +71,11 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                       opset_version=OPSET, dynamo=False)
 
 
+def parity_sample(image_size: int) -> torch.Tensor:
+    """The input the ONNX chains are checked on (a fixed random image, as the graphs were traced on)."""
+    return torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+
+
 def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None, check: bool = True,
                          sample: torch.Tensor | None = None) -> dict:
     """Write encoder/head/decoder ONNX files for an RSPrompterModel; return their paths and the parity report."""
@@ -78,7 +83,7 @@ def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     size = model.image_size
-    image = sample if sample is not None else torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    image = sample if sample is not None else parity_sample(size)
     with torch.no_grad():
         embedding, taps = model.encoder(image)
     tap_names = [f"tap{i}" for i in range(len(taps))]

@@ -10,4 +10,5 @@ register_kind(ModelKind(
     tags=(RCNN_FORMAT,),
     load="sam_distill.methods.rcnn.model:load_rcnn",
     predict="sam_distill.methods.instance_predict:predict_instances",
+    bench="sam_distill.methods.rcnn.bench:bench_rcnn",
 ))

@@ -10,4 +10,5 @@ register_kind(ModelKind(
     tags=(SAM_CLS_FORMAT,),
     load="sam_distill.methods.sam_cls.model:load_sam_cls",
     predict="sam_distill.methods.sam_cls.predict:predict_sam_cls",
+    bench="sam_distill.methods.sam_cls.bench:bench_sam_cls",
 ))

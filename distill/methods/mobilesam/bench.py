@@ -1,0 +1,83 @@
+"""Bench entries of the mobilesam package's model kinds (the ``bench`` refs registered in its ``__init__``): SAM
+files in PyTorch eager, and the SAM encoder/decoder ONNX graphs `distill export` writes, in onnxruntime."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from sam_distill.core.errors import DistillError
+from sam_distill.core.model_files import probe
+from sam_distill.eval.bench import ROLE_STUDENT, ROLE_TEACHER, BenchModel, sam_bench_model
+from sam_distill.export.quantize import QUANTISED_OPS
+from sam_distill.sam.model_file import MODEL_FORMAT, load_model
+
+
+def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+    """Our ``model.pt`` (a distilled student), MobileSAM's ``mobile_sam.pt`` (a student) or an official SAM
+    checkpoint (a teacher); the file decides the image size."""
+    sam, info = load_model(path)
+    if probe(path).tag == MODEL_FORMAT:
+        return sam_bench_model(sam, f"{info.student} ({path.name})", "sam-distill", ROLE_STUDENT, path, device)
+    if info.student == "tinyvit_5m":
+        return sam_bench_model(sam, f"mobilesam ({path.name})", "mobilesam", ROLE_STUDENT, path, device)
+    return sam_bench_model(sam, f"{info.student} ({path.name})", "sam", ROLE_TEACHER, path, device)
+
+
+def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
+    """Dummy inputs for a SAM encoder or SamOnnxModel decoder graph; which of the two it is."""
+    names = {i.name: i for i in session.get_inputs()}
+
+    def dims(name, fallback):
+        shape = names[name].shape
+        return [d if isinstance(d, int) else f for d, f in zip(shape, fallback)] if len(shape) == len(fallback) else fallback
+
+    if "image" in names:
+        shape = dims("image", [1, 3, image_size, image_size])
+        return "encoder", {"image": np.random.rand(*shape).astype(np.float32)}
+    if "image_embeddings" in names:
+        emb = dims("image_embeddings", [1, 256, image_size // 16, image_size // 16])
+        side = emb[-1] * 16
+        # One positive point plus SamOnnxModel's padding point (label -1), as SamPredictor sends it.
+        feeds = {"image_embeddings": np.random.rand(*emb).astype(np.float32),
+                 "point_coords": np.array([[[side / 2, side / 2], [0.0, 0.0]]], dtype=np.float32),
+                 "point_labels": np.array([[1, -1]], dtype=np.float32),
+                 "mask_input": np.zeros((1, 1, emb[-2] * 4, emb[-1] * 4), dtype=np.float32),
+                 "has_mask_input": np.zeros(1, dtype=np.float32),
+                 "orig_im_size": np.array([side, side], dtype=np.float32)}
+        missing = set(names) - set(feeds)
+        if missing:
+            raise DistillError(f"decoder graph has inputs {sorted(missing)} beyond SamOnnxModel's; export it with SamOnnxModel")
+        return "decoder", {k: v for k, v in feeds.items() if k in names}
+    raise DistillError(f"ONNX inputs {sorted(names)} are neither a SAM encoder ('image') nor a SamOnnxModel decoder "
+                       f"('image_embeddings'); export with `distill export`")
+
+
+def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+    """A SAM encoder (input ``image``) or SamOnnxModel decoder (``image_embeddings``) graph on onnxruntime's CPU
+    provider; dynamic input sizes take ``image_size``. INT8 graphs are labelled ``onnx-int8``."""
+    if device != "cpu":
+        raise DistillError(f"model {path}: ONNX models are timed on CPU only; drop --device {device}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise DistillError(f"model {path} is not a readable ONNX file ({str(err).splitlines()[0][:120]})") from None
+    params = sum(int(np.prod(t.dims)) for t in graph.graph.initializer)
+    quantised = any(node.op_type in QUANTISED_OPS for node in graph.graph.node)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    part, feeds = _onnx_feeds(session, image_size)
+
+    def run():
+        return session.run(None, feeds)
+
+    model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{part}",
+                       format="onnx-int8" if quantised else "onnx-fp32", role=ROLE_STUDENT, path=path, params=params,
+                       image_size=image_size,
+                       notes=[f"onnxruntime {ort.__version__} CPU, {threads} intra-op threads; GFLOPs not counted"])
+    setattr(model, part, run)
+    return model

@@ -1,0 +1,34 @@
+"""The prompter kind's bench entry: encoder + head (the prompts) as the encoder phase, SAM's decoder on those
+prompts as the decoder phase."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sam_distill.eval.bench import ROLE_STUDENT, BenchModel, chained
+from sam_distill.methods.prompter.model import load_prompter
+from sam_distill.methods.prompter.onnx import AnchorHeadGraph, QueryHeadGraph
+
+
+def prompter_prompts(model, pixels: torch.Tensor):
+    """The image embedding and the prompt embeddings the head emits for one image."""
+    embedding, taps = model.encoder(pixels)
+    head = QueryHeadGraph(model) if model.config["head"] == "query" else AnchorHeadGraph(model)
+    prompts = head(*taps)[-1]
+    return embedding, prompts[0] if model.config["head"] == "query" else prompts
+
+
+def bench_prompter(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+    model, _ = load_prompter(path)
+    model = model.to(device).eval().requires_grad_(False)  # inference only; the FLOP counter hooks grads otherwise
+    size = int(model.image_size)
+    pixels = torch.randn(1, 3, size, size, device=device)
+    encoder, decoder = chained(torch.no_grad()(lambda: prompter_prompts(model, pixels)),
+                               torch.no_grad()(lambda encoded: model.decode(*encoded)))
+    head = model.config["head"]
+    return BenchModel(name=f"{head} prompter ({path.name})", kind="rsprompter", format="pytorch",
+                      role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,
+                      encoder=encoder, decoder=decoder,
+                      notes=[f"encoder + {head} head as 'encoder'; SAM's decoder on the prompts the head emits for a "
+                             f"random input as 'decoder'"])
