@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,9 @@ def same_weights(first: Path | str, second: Path | str) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+_WARNED_PICKLES: set[Path] = set()
+
+
 def identify(path: Path | str) -> ModelKind:
     """The kind of a model file, or one sentence naming what the toolkit takes."""
     _ensure_registered()
@@ -194,6 +198,10 @@ def identify(path: Path | str) -> ModelKind:
     for name in MODEL_KINDS.names():
         kind = MODEL_KINDS.get(name)
         if kind.recognises(found):
+            if found.pickled and found.path.resolve() not in _WARNED_PICKLES:
+                _WARNED_PICKLES.add(found.path.resolve())
+                print(f"distill: note: {found.path} is {kind.what}, a pickle ({found.pickled}); its own library loads it, "
+                      "which runs code stored in the file: use only files you trust", file=sys.stderr)
             return kind
     takes = "; ".join(f"{MODEL_KINDS.get(n).what}" for n in MODEL_KINDS.names())
     if found.pickled:
