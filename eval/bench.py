@@ -415,14 +415,14 @@ def format_bench_table(result: dict) -> str:
               f"{'total p50':>10} {'peak mem':>10}")
     lines = [header, "-" * len(header)]
 
-    def num(value, fmt):
-        return format(value, fmt) if isinstance(value, (int, float)) else "-"
+    def num(value, width: int, unit: str = "") -> str:
+        return (f"{value:.1f}{unit}" if isinstance(value, (int, float)) else "-").rjust(width)
 
     for r in result["rows"]:
         lines.append(f"{r['model'][:38]:<38} {r['kind']:<12} {r['format']:<9} {r['params'] / 1e6:>7.2f}M "
-                     f"{num(r.get('gflops'), '>8.1f')} {num(r.get('encoder_p50_ms'), '>7.1f')}ms "
-                     f"{num(r.get('decoder_p50_ms'), '>7.1f')}ms {num(r.get('total_p50_ms'), '>8.1f')}ms "
-                     f"{num(r.get('peak_mem_mb'), '>7.1f')}MiB")
+                     f"{num(r.get('gflops'), 8)} {num(r.get('encoder_p50_ms'), 9, 'ms')} "
+                     f"{num(r.get('decoder_p50_ms'), 9, 'ms')} {num(r.get('total_p50_ms'), 10, 'ms')} "
+                     f"{num(r.get('peak_mem_mb'), 10, 'MiB')}")
         lines += [f"  same weights, not benched again: {spec}" for spec in r.get("same_weights", [])]
     for s in result["skipped"]:
         lines.append(f"skipped {s['model']}: {s['reason']}")

@@ -262,7 +262,9 @@ def _measured_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             "mask AP", "AP50", "AP75"]
     body = []
     for r in rows:
-        body.append([r.get("run", ""), r["model"], r.get("kind", ""), r.get("format", ""),
+        copies = ", ".join(Path(p).name for p in r.get("same_weights", []))
+        body.append([r.get("run", ""), r["model"] + (f" (same weights: {copies})" if copies else ""),
+                     r.get("kind", ""), r.get("format", ""),
                      _fmt(r.get("params", 0) / 1e6 if r.get("params") else None, ".2f"), _fmt(r.get("gflops")),
                      _fmt(r.get("file_mb")),
                      *[f"{_fmt(r.get(f'{p}_p50_ms'))} / {_fmt(r.get(f'{p}_p90_ms'))}" for p in ("encoder", "decoder", "total")],
@@ -345,6 +347,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
     for row in rows:
         if row.get("kind") == "random-init":
             notes.append(f"{row['model']}: random weights; its latency is the architecture's, it has no accuracy")
+    for key, label in (("total_method", "total p50/p90"), ("peak_mem_method", "peak mem")):
+        notes += [f"{label}: {method}" for method in sorted({r[key] for r in rows if r.get(key)})]
     refs = reference_rows()
     png = plot_pareto(rows, refs, metric)
     machines = sorted({r.get("machine") for r in rows if r.get("machine")})
@@ -398,9 +402,10 @@ def run_models(run_dir: Path, config) -> list[Path]:
     else:
         official = checkpoint_cache_dir() / TEACHERS.get(spec.name).filename if spec.name in TEACHERS else None
         teachers = [official] if official is not None and official.exists() else []
-    produced = [p for folder in ("model", "export") for p in sorted((run_dir / folder).rglob("*"))
+    produced = [p for folder in ("model", "export")
+                for p in sorted((run_dir / folder).rglob("*"), key=lambda p: (p.parent, p.name != "model.pt", p.name))
                 if p.suffix in (".pt", ".pth", ".onnx") and p.is_file()]
-    return teachers[:1] + produced
+    return teachers[:1] + produced  # our model.pt ahead of its copies, so the row that stands for both is ours
 
 
 def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:

@@ -10,11 +10,7 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from sam_distill.export.coreml import (  # noqa: E402
-    convert,
-    describe_mlpackage,
-    export_coreml,  # noqa: E402
-)
+from sam_distill.export.coreml import convert, describe_mlpackage, export_coreml  # noqa: E402
 from sam_distill.export.registry import ExportOptions, ExportSource  # noqa: E402
 
 

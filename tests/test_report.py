@@ -182,8 +182,11 @@ def test_model_pt_and_its_mobilesam_copy_are_one_row(tmp_path, tiny_teacher, tin
     reports.mkdir()
     (reports / "bench.json").write_text(json.dumps(result))
     (reports / "metrics_mobile.json").write_text(json.dumps({"model": "mobile_sam", "metrics": {"mask_AP": 12.5}}))
-    rows = build_report([tmp_path], reports, log=lambda m: None)["rows"]
+    results = build_report([tmp_path], reports, log=lambda m: None)
+    rows = results["rows"]
     assert len(rows) == 2 and rows[1]["mask_AP"] == 12.5  # accuracy named after the copy lands on its row
+    assert "| tinyvit_5m (model.pt) (same weights: mobile_sam.pt) | sam-distill |" in (reports / "report.md").read_text()
+    assert "total p50/p90: derived: encoder + decoder of the same run index, summed (not timed again)" in results["notes"]
 
 
 def test_onnx_encoder_is_detected_and_timed(tmp_path, tiny_teacher):
