@@ -97,3 +97,17 @@ def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path
     assert (run / "model" / "model.pt").stat().st_mtime_ns >= before
     code, err = _run(["run", str(path), "--set", "train.lr=0.5"], capsys)
     _one_line_error(code, err, "different config")
+
+
+def test_a_pickled_model_file_is_named_before_it_is_loaded(tmp_path, capsys):
+    """An ultralytics file can only be unpickled, which runs code from it: the toolkit says so, once per file."""
+    from ultralytics.utils import IterableSimpleNamespace
+
+    from sam_distill.core.model_files import identify
+
+    path = tmp_path / "student.pt"
+    torch.save({"model": IterableSimpleNamespace(task="segment")}, path)
+    assert identify(path).name == "yolo_seg"
+    assert identify(path).name == "yolo_seg"
+    err = capsys.readouterr().err
+    assert err.count("runs code stored in the file") == 1 and "student.pt" in err and "ultralytics" in err
