@@ -125,11 +125,11 @@ class FineTuneObjective(Objective):
     eval_csv = "miou.csv"
     find_unused_parameters = True  # a step of boxes only leaves the point and multimask weights without gradient
 
-    def __init__(self, model: PromptableSam, sampling: PromptSampling = PromptSampling(),
-                 weights: LossWeights = LossWeights(), seed: int = 0,
+    def __init__(self, model: PromptableSam, sampling: PromptSampling | None = None,
+                 weights: LossWeights | None = None, seed: int = 0,
                  evaluate: Callable[[], dict] | None = None, eval_every: int | None = None):
         super().__init__(model)
-        self.sampling, self.weights = sampling, weights
+        self.sampling, self.weights = sampling or PromptSampling(), weights or LossWeights()
         self.generator = torch.Generator().manual_seed(seed)
         self.scorer = evaluate
         self.eval_every = eval_every if evaluate is not None else None
