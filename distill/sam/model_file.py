@@ -5,6 +5,8 @@ Our checkpoint is one ``torch.save`` of plain data (loads with ``weights_only=Tr
     {"format": "sam-distill/model", "student": "tinyvit_5m", "image_size": 1024,
      "state_dict": {image_encoder.*, prompt_encoder.*, mask_decoder.*}, "meta": {...}}
 
+``student`` names the encoder: a student (``tinyvit_5m``, ``timm_<model>``) or one of SAM's own ViT
+architectures (``vit_b``, ``vit_tiny``, ...: what ``recipe: finetune`` writes), rebuilt by that name on load.
 ``tinyvit_5m`` models are also written in MobileSAM's own layout (a bare state dict), which
 MobileSAM and ``ultralytics.models.sam.build_mobile_sam`` load unchanged.
 """
@@ -68,7 +70,7 @@ def load_model(path: Path | str) -> tuple[Sam, ModelInfo]:
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
         student = payload["student"]
         image_size = int(payload["image_size"])
-        model = sam_with_encoder(create_student(student, image_size=image_size), image_size)
+        model = build_sam_for(student, image_size)  # a SAM architecture (a fine-tuned vit_*) or a student
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:

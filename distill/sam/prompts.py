@@ -1,7 +1,8 @@
-"""Prompts drawn from a teacher's masks, and one call of SAM's prompt encoder + mask decoder.
+"""Prompts drawn from masks, and calls of SAM's prompt encoder + mask decoder.
 
-Shared by EdgeSAM's prompt-in-the-loop training and by the fidelity evaluation, so both sample
-prompts the same way: points inside the valid (unpadded) image, boxes around the teacher's masks.
+Shared by EdgeSAM's prompt-in-the-loop training, the fidelity evaluation and SAM's own fine-tuning recipe, so
+all sample prompts the same way: points inside the valid (unpadded) image or inside a mask, boxes around masks
+(jittered as SAM's training does), corrective clicks in the region where a prediction is wrong.
 """
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ def decode(sam: Sam, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch
     return torch.cat(masks), torch.cat(scores)
 
 
+def decode_image(sam: Sam, embedding: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,
+                 multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """n prompts on one image (``embedding`` 1×C×G×G) in one decoder call: low-res logits n×M×4G×4G, IoU n×M.
+
+    ``mask_input`` (n×1×4G×4G) is the previous low-res logits fed back as SAM's mask prompt."""
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                            multimask_output=multimask)
+
+
 def best_mask(logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Pick the highest-scoring of SAM's multimask outputs (as SamPredictor users do)."""
     index = scores.argmax(dim=1)
@@ -41,6 +54,31 @@ def random_points(count: int, valid_hw: tuple[int, int], generator: torch.Genera
     h, w = valid_hw
     xy = torch.rand(count, 2, generator=generator)
     return xy * torch.tensor([w - 1, h - 1], dtype=torch.float32) + 0.5
+
+
+def jitter_boxes(boxes: torch.Tensor, valid_hw: tuple[int, int], generator: torch.Generator,
+                 fraction: float = 0.1, max_pixels: float = 20.0) -> torch.Tensor:
+    """SAM's box prompts in training: each coordinate moved by Gaussian noise whose standard deviation is
+    ``fraction`` of the box side, at most ``max_pixels``; the result stays inside the valid h×w region and at
+    least one pixel wide and high."""
+    h, w = valid_hw
+    sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    noise = torch.randn(boxes.shape, generator=generator).to(boxes.device)
+    moved = boxes + noise * (fraction * sides).clamp(max=max_pixels)
+    limits = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+    moved = torch.minimum(moved.clamp(min=0), limits)
+    low = torch.minimum(moved[:, :2], limits[:2] - 1)
+    return torch.cat([low, torch.maximum(moved[:, 2:], low + 1)], 1)
+
+
+def points_inside(masks: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """n×count×2 points (x, y, pixel centres) drawn uniformly from each boolean n×H×W mask, with replacement.
+    An empty mask draws from the whole frame, so a prompt always exists."""
+    weights = masks.flatten(1).float().cpu()
+    weights[weights.sum(1) == 0] = 1.0
+    index = torch.multinomial(weights, count, replacement=True, generator=generator)
+    width = masks.shape[-1]
+    return torch.stack([index % width, index // width], -1).float() + 0.5
 
 
 def mask_boxes(masks: torch.Tensor, image_size: int) -> torch.Tensor:

@@ -12,12 +12,14 @@ def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
     return (F.interpolate(masks[:, None].float(), size=(size, size), mode="area")[:, 0] > 0.5).float()
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Soft Dice of each row's mask (+1 smoothing); ``reduction="none"`` keeps one value per row."""
     probs = logits.sigmoid().flatten(1)
     targets = targets.flatten(1)
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).mean()
+    per_mask = 1 - (numerator + 1) / (denominator + 1)
+    return per_mask if reduction == "none" else per_mask.mean()
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
