@@ -364,12 +364,20 @@ def bench_many(specs: list[str], runs: int = 10, warmup: int = 2, device: str = 
                phases: tuple[str, ...] = PHASES, memory: bool = True, log: Callable[[str], None] = print) -> dict:
     """Bench every model; a model that cannot be loaded becomes one ``skipped`` line, not a failure, and a file
     holding the same weights as one already benched is named in that row, not benched again."""
-    from tqdm import tqdm
-
+    if device != "cpu" and not torch.cuda.is_available():
+        raise DistillError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
+    threads_before = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(threads)
-    elif not torch.cuda.is_available():
-        raise DistillError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
+    try:
+        return _bench_each(specs, runs, warmup, device, threads, random_init, image_size, cache_dir, phases, memory, log)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the caller's thread count as it found it
+
+
+def _bench_each(specs, runs, warmup, device, threads, random_init, image_size, cache_dir, phases, memory, log) -> dict:
+    from tqdm import tqdm
+
     rows, skipped, models = [], [], []
     for spec in tqdm(specs, desc="bench", unit="model"):
         copy_of = _copy_of(spec, rows)

@@ -10,9 +10,19 @@ import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 torch.set_num_threads(2)
+# ultralytics' log handler keeps the sys.stdout of whoever imports it first: imported here, that is pytest's
+# session-long capture, not one test's capture stream that closes when the test ends.
+import ultralytics.utils  # noqa: E402,F401
 
 SHARED_NWPU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nwpu_vhr10"
 TINY_SIZE = 256
+
+
+@pytest.fixture(autouse=True)
+def _same_threads_for_every_test():
+    """Every test starts with 2 torch threads: a call that changed them must not change the numbers of the tests
+    after it (a training test's result depends on the float reduction order)."""
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)

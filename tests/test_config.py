@@ -17,7 +17,8 @@ INSTANCE_SECTIONS = {"encoder", "instances", "train"}
 
 def test_the_recipes_are_exactly_the_registered_methods():
     choices = typing.get_args(run_config_model().model_fields["recipe"].annotation)
-    assert set(choices) == set(METHODS.names()) == {"mobilesam", "fastsam", "prompter", "sam_det", "sam_seg", "sam_cls"}
+    assert set(choices) == set(METHODS.names()) == {"mobilesam", "fastsam", "prompter", "sam_det", "sam_seg", "sam_cls",
+                                                            "finetune"}
     with pytest.raises(DistillError, match=r"key 'recipe'.*'mobilesam'.*'sam_seg'.*got 'sam_sge'"):
         parse_config({"recipe": "sam_sge"})
 
@@ -29,6 +30,7 @@ def test_the_recipes_are_exactly_the_registered_methods():
     ("sam_det", INSTANCE_SECTIONS | {"sam_det"}),
     ("sam_seg", INSTANCE_SECTIONS | {"sam_seg"}),
     ("sam_cls", INSTANCE_SECTIONS | {"sam_cls"}),
+    ("finetune", INSTANCE_SECTIONS | {"finetune"}),
 ])
 def test_a_run_saves_only_the_sections_its_method_reads(recipe, own):
     saved = yaml.safe_load(dump_config(parse_config({"recipe": recipe, "name": "x"})))

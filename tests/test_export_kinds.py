@@ -38,7 +38,7 @@ def _not_models(folder):
     (folder / "empty.pt").write_bytes(b"")
     (folder / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
     (folder / "config.json").write_text(json.dumps({"format": "sam-distill/model"}))
-    return {"notes.txt": "files ending .txt are not model files", "empty.pt": "not a readable PyTorch file",
+    return {"notes.txt": "files ending .txt are not model files", "empty.pt": "it is empty (0 bytes)",
             "random.pth": "not a readable PyTorch file", "config.json": "files ending .json are not model files"}
 
 
