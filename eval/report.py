@@ -35,7 +35,12 @@ from sam_distill.eval.coco_ap import mask_ap as coco_mask_ap
 from sam_distill.eval.reference import reference_rows
 
 # Accuracy axes in order of preference: task accuracy against ground truth beats fidelity to the teacher.
-METRICS = {"mask_AP": "mask AP (COCO, %)", "point_miou": "1-point mIoU vs teacher", "box_miou": "box mIoU vs teacher"}
+METRICS = {"mask_AP": "mask AP (COCO, %)", "gt_box_miou": "box mIoU vs ground truth",
+           "point_miou": "1-point mIoU vs teacher", "box_miou": "box mIoU vs teacher"}
+# SAM's ground-truth protocols (``distill eval miou``, the finetune recipe's metrics_finetune.json): shown as columns
+# when any row has them.
+GROUND_TRUTH_COLUMNS = {"gt_box_miou": "GT box mIoU", "gt_point_miou": "GT 1-click mIoU", "gt_noc85": "NoC@85",
+                        "gt_box_as_mask_miou": "box as mask"}
 FIDELITY_KEYS = ("point_miou", "box_miou", "embedding_cosine")
 AP_KEYS = ("mask_AP", "mask_AP50", "mask_AP75")
 
@@ -270,6 +275,10 @@ def _measured_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                      *[f"{_fmt(r.get(f'{p}_p50_ms'))} / {_fmt(r.get(f'{p}_p90_ms'))}" for p in ("encoder", "decoder", "total")],
                      _fmt(r.get("peak_mem_mb")), _fmt(r.get("point_miou"), ".3f"), _fmt(r.get("box_miou"), ".3f"),
                      _fmt(r.get("embedding_cosine"), ".3f"), *[_fmt(r.get(k)) for k in AP_KEYS]])
+    ground_truth = [key for key in GROUND_TRUTH_COLUMNS if any(key in r for r in rows)]
+    head += [GROUND_TRUTH_COLUMNS[key] for key in ground_truth]
+    for row, cells in zip(rows, body):
+        cells += [_fmt(row.get(key), ".2f" if key == "gt_noc85" else ".3f") for key in ground_truth]
     return head, body
 
 

@@ -402,3 +402,21 @@ def test_report_html_in_headless_chromium(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert shot.stat().st_size > 0 and "plot visible" in proc.stdout
+
+
+def test_ground_truth_miou_columns_appear_for_the_models_that_have_them(tmp_path):
+    """A finetune run's metrics_finetune.json (SAM's ground-truth protocols) becomes columns of its row and the
+    accuracy axis; rows without those figures show '-'."""
+    run = tmp_path / "runs" / "ft"
+    (run / "reports").mkdir(parents=True)
+    bench = {"machine": "test CPU", "rows": [_row("vit_tiny (model.pt)", "student", 40.0, 30.0, 7e6, path="x/model.pt"),
+                                             _row("sam_vit_b (t.pth)", "teacher", 400.0, 390.0, 90e6)]}
+    (run / "reports" / "bench.json").write_text(json.dumps(bench))
+    (run / "reports" / "metrics_finetune.json").write_text(json.dumps({"model": "model.pt", "metrics": {
+        "gt_box_miou": 0.612, "gt_point_miou": 0.45, "gt_noc85": 3.5, "gt_box_as_mask_miou": 0.57}}))
+    results = build_report([run], run / "reports", log=lambda m: None)
+    assert results["accuracy_metric"] == "gt_box_miou"
+    md = (run / "reports" / "report.md").read_text()
+    assert "| GT box mIoU | GT 1-click mIoU | NoC@85 | box as mask |" in md
+    assert "| 0.612 | 0.450 | 3.50 | 0.570 |" in md
+    assert "| - | - | - | - |" in md  # the teacher has no ground-truth figures
