@@ -32,14 +32,10 @@ from tqdm import tqdm
 from sam_distill.core.errors import DistillError
 from sam_distill.core.images import UnreadableImage, load_rgb
 from sam_distill.data.coco import load_coco
+from sam_distill.eval.fidelity import mask_iou
 
 SIZE_LIMITS = (("small", 32 ** 2), ("medium", 96 ** 2), ("large", math.inf))
 NOC_THRESHOLDS = (0.85, 0.90)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def farthest_from_boundary(region: np.ndarray) -> tuple[tuple[int, int], float]:

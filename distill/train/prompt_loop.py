@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from sam_distill.sam.prompts import decode, error_points, mask_boxes, random_points
+from sam_distill.students.heads.losses import dice_loss
 from sam_distill.train.loop import Objective
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    probs = logits.sigmoid().flatten(1)
-    target = target.flatten(1)
-    return (1 - (2 * (probs * target).sum(1) + 1) / (probs.sum(1) + target.sum(1) + 1)).mean()
 
 
 class PromptLoopObjective(Objective):
