@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -62,6 +63,11 @@ def test_shipped_configs_parse():
         config = load_config(f"configs/{name}.yaml")
         assert config.recipe == "mobilesam"
     assert load_config("configs/mobilesam.yaml").teacher.name == "sam_vit_h"
+    for path in sorted(Path("configs").glob("*.yaml")):  # every shipped config is valid as it stands
+        load_config(path)
+    student = load_config("configs/chain_nwpu_student.yaml")
+    assert (student.data.split, student.teacher.name) == ("train", load_config(
+        "configs/chain_nwpu_teacher.yaml").encoder.name)
 
 
 def _small_run_config(tmp_path, tiny_teacher_checkpoint):

@@ -162,3 +162,23 @@ def test_embed_splits_across_torchrun_ranks(tiny_teacher_checkpoint, image_folde
     assert {n[:4] for n in names} == {"r000", "r001"}
     manifest = (out / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 6 == len({json.loads(line)["source"] for line in manifest})
+
+
+def test_data_annotations_split_keeps_the_instance_validation_images_out(tmp_path):
+    """``data.annotations`` + ``data.split: train`` gives a distillation exactly the training side of the instance
+    recipes' split (disjoint from, and together covering, its validation side); a missing image is named."""
+    from sam_distill.data.coco import hash_split, make_synthetic_coco
+    from sam_distill.methods.inputs import split_images
+
+    annotations = make_synthetic_coco(tmp_path, 12, 32, seed=0)
+    names = sorted(p.name for p in (tmp_path / "images").iterdir())
+    train_pos, val_pos = hash_split(names, 0.3)
+    assert train_pos and val_pos
+    train = split_images(tmp_path / "images", annotations, "train", 0.3)
+    val = split_images(tmp_path / "images", annotations, "val", 0.3)
+    assert sorted(p.name for p in train) == [names[i] for i in train_pos]
+    assert sorted(p.name for p in val) == [names[i] for i in val_pos]
+    assert len(split_images(tmp_path / "images", annotations, "all", 0.3)) == 12
+    (tmp_path / "images" / names[train_pos[0]]).unlink()
+    with pytest.raises(DistillError, match=f"names 1 image.*e.g. {names[train_pos[0]]}.*data.images"):
+        split_images(tmp_path / "images", annotations, "train", 0.3)

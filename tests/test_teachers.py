@@ -71,6 +71,25 @@ def test_local_checkpoint_loads_through_segment_anything_classes(tiny_teacher_ch
         assert torch.equal(value, reference[key])
 
 
+def test_a_finetuned_sam_with_any_encoder_is_a_teacher(tmp_path):
+    """A ``model.pt`` whose encoder is no SAM ViT (a ConvNet SAM trained with ``recipe: finetune``) teaches like an
+    official file: same weights, same embeddings; naming another encoder is refused in one line."""
+    from sam_distill.sam.build import sam_with_encoder
+    from sam_distill.sam.model_file import save_model
+    from sam_distill.students import create_student
+
+    torch.manual_seed(0)
+    sam = sam_with_encoder(create_student("timm_test_efficientnet", image_size=64), 64).eval()
+    path = save_model(sam, tmp_path / "model.pt", "timm_test_efficientnet")
+    teacher = load_teacher("timm_test_efficientnet", path)
+    assert (teacher.arch, teacher.image_size) == ("timm_test_efficientnet", 64)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(teacher.embed(pixels), sam.image_encoder(pixels))
+    with pytest.raises(DistillError, match="expects a vit_tiny checkpoint but .* holds a timm_test_efficientnet"):
+        load_teacher("vit_tiny", path)
+
+
 def test_vit_b_architecture_detected_from_a_real_layout_state_dict(tmp_path):
     model = build_sam("vit_b")
     path = tmp_path / "sam_vit_b.pth"

@@ -14,6 +14,9 @@ from sam_distill.sam.teachers import load_teacher
 
 def resolve_images(config: RunConfig, run_dir: RunDir) -> Path | list[Path]:
     if config.data.images is not None:
+        if config.data.annotations is not None:
+            return split_images(config.data.images, config.data.annotations, config.data.split,
+                                config.data.val_fraction)[: config.data.max_images]
         if config.data.max_images:
             return find_images(config.data.images)[: config.data.max_images]
         return config.data.images
@@ -25,6 +28,20 @@ def resolve_images(config: RunConfig, run_dir: RunDir) -> Path | list[Path]:
             run_dir.log(f"data: generated {spec.count} synthetic images in {folder}")
         return folder
     raise DistillError("config: set data.images (an image folder) or data.synthetic (generated images)")
+
+
+def split_images(folder: Path, annotations: Path, split: str, val_fraction: float) -> list[Path]:
+    """The images of one side of a COCO file's fixed split, so a distillation never sees the images that the
+    instance recipes and ``eval miou`` validate on."""
+    from sam_distill.data.coco import load_coco, split_image_ids
+
+    coco = load_coco(annotations)
+    paths = [Path(folder) / coco.imgs[i]["file_name"] for i in split_image_ids(coco, split, val_fraction, annotations)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise DistillError(f"data.annotations {annotations} names {len(missing)} image(s) that data.images {folder} "
+                           f"lacks, e.g. {missing[0].name}; point data.images at the folder of its file_name entries")
+    return paths
 
 
 def resolve_teacher(config: RunConfig, run_dir: RunDir):

@@ -3,7 +3,7 @@ schedule, the SAM an instance method builds on, COCO instance data, and SAM's ev
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -28,6 +28,11 @@ class SyntheticImages(Section):
 class DataConfig(Section):
     images: Optional[Path] = None
     max_images: Optional[int] = Field(None, ge=1, description="use only the first N images (sorted by path)")
+    annotations: Optional[Path] = Field(None, description="a COCO json naming the images of data.images to use: "
+                                        "its file-name-hash split (the instance recipes' own) picks data.split")
+    split: Literal["all", "train", "val"] = Field("all", description="with data.annotations: train keeps the "
+                                                  "validation images of the instance recipes unseen")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="with data.annotations: the split's fraction")
     synthetic: Optional[SyntheticImages] = None
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_holdout: Optional[int] = Field(200, ge=1)

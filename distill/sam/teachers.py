@@ -11,7 +11,7 @@ from segment_anything.modeling import Sam
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import sha256_file
 from sam_distill.sam.build import ARCHITECTURES, build_sam
-from sam_distill.sam.checkpoint import load_sam_checkpoint
+from sam_distill.sam.model_file import load_model
 from sam_distill.sam.official import TEACHERS, resolve_official
 from sam_distill.sam.prompts import decode
 
@@ -90,7 +90,8 @@ def load_teacher(
             )
         checkpoint = resolve_official(name)
     checkpoint = Path(checkpoint)
-    model, arch = load_sam_checkpoint(checkpoint)
+    model, info = load_model(checkpoint)  # an official file, MobileSAM's, or a sam-distill model.pt of any encoder
+    arch = info.student.removeprefix("sam_")
     expected = TEACHERS.get(name).arch if name in TEACHERS else name
     if expected in ARCHITECTURES and expected != arch:
         raise DistillError(f"teacher {name!r} expects a {expected} checkpoint but {checkpoint} holds a {arch}")
