@@ -94,7 +94,11 @@ def image_size_of(state_dict: dict[str, torch.Tensor], arch: str) -> int:
 
 def load_sam_checkpoint(path: Path) -> tuple[Sam, str]:
     """Build the right SAM for a checkpoint file and load it strictly. Returns (model, arch)."""
-    state_dict = read_state_dict(path)
+    return sam_from_state_dict(read_state_dict(path), path)
+
+
+def sam_from_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[Sam, str]:
+    """The SAM a state dict read from ``path`` belongs to, loaded strictly. Returns (model, arch)."""
     arch = detect_arch(state_dict, path)
     model = build_sam(arch, image_size_of(state_dict, arch))
     result = model.load_state_dict(state_dict, strict=False)

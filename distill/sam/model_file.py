@@ -22,7 +22,7 @@ from segment_anything.modeling import Sam
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_torch_save
 from sam_distill.sam.build import sam_with_encoder
-from sam_distill.sam.checkpoint import load_sam_checkpoint, read_state_dict
+from sam_distill.sam.checkpoint import read_state_dict, sam_from_state_dict
 from sam_distill.students import create_student
 
 MODEL_FORMAT = "sam-distill/model"
@@ -76,8 +76,8 @@ def load_model(path: Path | str) -> tuple[Sam, ModelInfo]:
         except RuntimeError as err:
             raise DistillError(f"model {path} does not fit student {student!r}: {str(err).splitlines()[0]}") from None
         return model.eval(), ModelInfo(student, image_size, payload.get("meta", {}))
-    read_state_dict(path)  # raises a one-line reason for files that are not state dicts
-    model, arch = load_sam_checkpoint(path)
+    state_dict = read_state_dict(path)  # raises a one-line reason for files that are not state dicts
+    model, arch = sam_from_state_dict(state_dict, path)
     return model, ModelInfo(arch if arch == "tinyvit_5m" else f"sam_{arch}", int(model.image_encoder.img_size))
 
 
