@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,15 @@ from sam_distill.eval.fidelity import mask_iou
 
 SIZE_LIMITS = (("small", 32 ** 2), ("medium", 96 ** 2), ("large", math.inf))
 NOC_THRESHOLDS = (0.85, 0.90)
+
+
+class PredictorLike(Protocol):
+    """What the protocols call: ``SamPredictor``'s interface (``export.runtime.SamOnnxPredictor`` has it too)."""
+
+    def set_image(self, image: np.ndarray) -> None: ...
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True): ...
 
 
 def farthest_from_boundary(region: np.ndarray) -> tuple[tuple[int, int], float]:
@@ -65,7 +75,7 @@ def size_name(area: float) -> str:
     return next(name for name, limit in SIZE_LIMITS if area < limit)
 
 
-def object_ious(predictor: SamPredictor, ground_truth: np.ndarray, box_xywh, max_clicks: int) -> dict:
+def object_ious(predictor: PredictorLike, ground_truth: np.ndarray, box_xywh, max_clicks: int) -> dict:
     """The protocols on one object, the predictor holding its image."""
     height, width = ground_truth.shape
     x, y, w, h = box_xywh
@@ -108,16 +118,19 @@ def summarise(rows: list[dict], max_clicks: int) -> dict:
 
 
 @torch.no_grad()
-def ground_truth_miou(sam: Sam, annotations: Path, images: Path, max_clicks: int = 5,
+def ground_truth_miou(model: Sam | PredictorLike, annotations: Path, images: Path, max_clicks: int = 5,
                       image_ids: list[int] | None = None, max_images: int | None = None,
                       device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """The protocols over a COCO file's instances; ``{"summary", "per_class", "per_size", "objects"}``."""
+    """The protocols over a COCO file's instances; ``{"summary", "per_class", "per_size", "objects"}``.
+
+    ``model`` is a SAM, or anything with ``SamPredictor``'s ``set_image``/``predict`` (the ONNX runtime's
+    predictor), so an exported fp16 or INT8 pair is scored by the same code as the model it came from."""
     if max_clicks < 1:
         raise DistillError("max_clicks must be at least 1")
     coco = load_coco(annotations)
     ids = list(image_ids) if image_ids is not None else sorted(coco.getImgIds())
     ids = ids[:max_images] if max_images else ids
-    predictor = SamPredictor(sam.to(device).eval())
+    predictor = SamPredictor(model.to(device).eval()) if isinstance(model, Sam) else model
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     rows, skipped = [], []
     for image_id in tqdm(ids, desc="miou", unit="image", disable=not progress):

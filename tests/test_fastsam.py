@@ -194,6 +194,27 @@ def test_prompt_modes_and_ap(trained_student, coco_dataset):
     assert 0.0 <= report["stats"]["AP"] <= 1.0 and report["ground_truth_instances"] >= 2
 
 
+def test_ground_truth_ap_on_the_validation_split_scores_only_unseen_images(trained_student, coco_dataset):
+    """A student distilled from ``data.split: train`` is scored on the validation side of the same fixed split that
+    ``eval miou`` and the instance recipes use: those images and their instances only, nothing from the training
+    side."""
+    from sam_distill.data.coco import load_coco, split_image_ids
+    from sam_distill.methods.fastsam.recipe import evaluate_on_split, predict_coco
+
+    weights, _, _ = trained_student
+    annotations = coco_dataset / "annotations.json"
+    coco = load_coco(annotations)
+    val_ids = split_image_ids(coco, "val", 0.5, annotations)
+    assert 0 < len(val_ids) < 6
+    report = evaluate_on_split(weights, annotations, coco_dataset, 0.5, 64, class_agnostic=True, conf=0.001)
+    assert report["images"] == len(val_ids) and report["split"] == "val"
+    assert report["ground_truth_instances"] == len(coco.getAnnIds(imgIds=val_ids))
+    every_image = predict_coco(weights, annotations, coco_dataset, 64, 0.001)
+    by_hand = mask_ap(annotations, [r for r in every_image if r["image_id"] in val_ids], class_agnostic=True,
+                      image_ids=val_ids)
+    assert report["stats"] == by_hand["stats"] and report["detections"] == by_hand["detections"] > 0
+
+
 def test_distill_predict_and_eval_ap_on_a_student(trained_student, coco_dataset, tmp_path, capsys):
     """`distill predict` gives the student's own masks for each prompt mode; `distill eval ap` maps its classes
     (box, bar) to the ground truth's category ids by name."""

@@ -154,3 +154,37 @@ def test_distill_eval_miou_command(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     assert main(["eval", "miou", str(tmp_path / "notes.txt"), "--coco", str(annotations), "--images", str(tmp_path)]) == 2
     assert "notes.txt is not a model file" in capsys.readouterr().err
+
+
+def test_eval_miou_scores_an_exported_onnx_pair_like_the_model_it_came_from(tmp_path, capsys):
+    """`distill eval miou encoder.onnx --decoder decoder.onnx` runs the same protocols through onnxruntime: an fp32
+    pair scores what its PyTorch model scores; an encoder without its decoder is one line."""
+    import json
+
+    import torch
+
+    from sam_distill.cli import main
+    from sam_distill.data.coco import make_synthetic_coco
+    from sam_distill.export.onnx_export import export_decoder, export_encoder
+    from sam_distill.sam.build import build_sam
+
+    annotations = make_synthetic_coco(tmp_path / "coco", count=2, size=96, seed=3)
+    images = annotations.parent / "images"
+    torch.manual_seed(0)
+    sam = build_sam("vit_tiny", 128).eval()
+    encoder, decoder = export_encoder(sam, tmp_path / "encoder.onnx", 17), export_decoder(sam, tmp_path / "decoder.onnx", 17)
+    reference = ground_truth_miou(sam, annotations, images, max_clicks=2, progress=False)["summary"]
+    out = tmp_path / "onnx.json"
+    assert main(["eval", "miou", str(encoder), "--decoder", str(decoder), "--coco", str(annotations),
+                 "--images", str(images), "--clicks", "2", "--out", str(out)]) == 0
+    exported = json.loads(out.read_text())
+    assert exported["model"] == f"{encoder} + {decoder}"
+    assert exported["summary"]["objects"] == reference["objects"]
+    for key in ("box_miou", "point_miou", "clicks_2_miou", "box_as_mask_miou"):
+        assert exported["summary"][key] == pytest.approx(reference[key], abs=0.01), key
+    capsys.readouterr()
+    assert main(["eval", "miou", str(encoder), "--coco", str(annotations), "--images", str(images)]) == 2
+    assert "--decoder DECODER.onnx" in capsys.readouterr().err
+    assert main(["eval", "miou", str(decoder), "--decoder", str(encoder), "--coco", str(annotations),
+                 "--images", str(images)]) == 2
+    assert "not a SAM encoder (input image) and decoder" in capsys.readouterr().err

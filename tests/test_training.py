@@ -391,3 +391,31 @@ def test_instance_recipe_runs_under_torchrun(tmp_path):
     log = (run / "logs" / "run.log").read_text()
     assert log.count("prompter: on vit_tiny") == 1 and "2 processes" in log  # one log, written by rank 0
     assert len(torch.load(run / "checkpoints" / "prompter" / "last.pt", weights_only=True)["ranks"]) == 2
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_bf16_autocasts_only_where_the_cpu_computes_bf16(native_bf16, tiny_cache, tmp_path, monkeypatch):
+    """``cpu_bf16`` trains under bf16 autocast with channels-last convolutions on a CPU with native bf16, and
+    says so; on one without, it trains in fp32 and says why, instead of emulating bf16 slowly."""
+    import sam_distill.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_computes_bf16", lambda: native_bf16)
+    objective = DistillationObjective(_student())
+    seen = []
+    losses = objective.losses
+
+    def recording(model, batch):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return losses(model, batch)
+
+    monkeypatch.setattr(objective, "losses", recording)
+    messages = []
+    summary = train(objective, DistillDataset(EmbeddingCache(tiny_cache)), _schedule(epochs=4, lr=3e-3,
+                    cpu_bf16=True), tmp_path, DistContext(), log=messages.append)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert summary["steps"] == len(rows) == len(seen) == 12 and set(seen) == {native_bf16}
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.8
+    convolutions = [m.weight for m in objective.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions) == native_bf16
+    expected = "bf16 autocast on this CPU" if native_bf16 else "this CPU has no native bf16"
+    assert any(expected in m for m in messages), messages

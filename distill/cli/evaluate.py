@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sam_distill.cli.options import add_model_options, add_teacher_args, load_teacher_from, model_options
+from sam_distill.core.errors import DistillError
 
 
 def cmd_ap(args) -> int:
@@ -41,20 +42,45 @@ def cmd_fidelity(args) -> int:
     return 0
 
 
+def onnx_predictor(encoder: Path, decoder: Path | None):
+    """An exported encoder/decoder pair (any precision) behind ``SamPredictor``'s interface."""
+    from sam_distill.export.runtime import SamOnnxPredictor
+
+    if decoder is None:
+        raise DistillError(f"{encoder} is an ONNX encoder: name its decoder too, --decoder DECODER.onnx (the pair "
+                           "`distill export` writes, e.g. decoder.onnx beside it)")
+    for path, role in ((encoder, "encoder"), (decoder, "--decoder")):
+        if path.suffix != ".onnx" or not path.is_file():
+            raise DistillError(f"{role} {path} is not an ONNX file; give the .onnx pair `distill export` writes")
+    try:
+        predictor = SamOnnxPredictor(encoder, decoder)
+    except Exception as err:  # onnxruntime's own message says what is wrong with the graph
+        raise DistillError(f"{encoder} / {decoder}: onnxruntime cannot load them ({str(err).splitlines()[0][:160]})") \
+            from None
+    if [i.name for i in predictor.encoder.get_inputs()] != ["image"] or \
+            "image_embeddings" not in [i.name for i in predictor.decoder.get_inputs()]:
+        raise DistillError(f"{encoder} / {decoder} are not a SAM encoder (input image) and decoder (input "
+                           "image_embeddings) pair in that order; give the files `distill export` writes")
+    return predictor
+
+
 def cmd_miou(args) -> int:
     from sam_distill.core.device import pick_device
     from sam_distill.core.fileio import atomic_write_json
     from sam_distill.core.model_files import load_model_file
+    from sam_distill.data.coco import load_coco, split_image_ids
     from sam_distill.eval.miou import format_miou_table, ground_truth_miou
 
-    _, (sam, _) = load_model_file(args.model, expect=("sam",))
-    from sam_distill.data.coco import load_coco, split_image_ids
+    if args.model.suffix == ".onnx" or args.decoder is not None:
+        model = onnx_predictor(args.model, args.decoder)
+    else:
+        _, (model, _) = load_model_file(args.model, expect=("sam",))
 
     image_ids = split_image_ids(load_coco(args.annotations), args.split, args.val_fraction, args.annotations)
-    result = ground_truth_miou(sam, args.annotations, args.images, args.clicks, image_ids, args.max_images,
+    result = ground_truth_miou(model, args.annotations, args.images, args.clicks, image_ids, args.max_images,
                                pick_device(args.device))
-    result["model"] = str(args.model)
-    print(format_miou_table(result, f"{args.model}: mIoU against {args.annotations}"))
+    result["model"] = str(args.model) + (f" + {args.decoder}" if args.decoder else "")
+    print(format_miou_table(result, f"{result['model']}: mIoU against {args.annotations}"))
     if args.out:
         atomic_write_json(args.out, result)
         print(f"written {args.out}")
@@ -62,7 +88,6 @@ def cmd_miou(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from sam_distill.core.errors import DistillError
     from sam_distill.core.fileio import atomic_write_json
     from sam_distill.core.model_files import identify
     from sam_distill.eval.bench import PHASES, bench_many, format_bench_table
@@ -122,7 +147,9 @@ def register(subparsers) -> None:
 
     m = evals.add_parser("miou", help="SAM's promptable-segmentation protocols against ground truth: GT-box mIoU, "
                                       "one-click and k-click mIoU, NoC@85/90, per class and size, box-as-mask baseline")
-    m.add_argument("model", type=Path, help="a SAM model file (model.pt, mobile_sam.pt, an official SAM .pth)")
+    m.add_argument("model", type=Path, help="a SAM model file (model.pt, mobile_sam.pt, an official SAM .pth) or "
+                                            "an exported encoder .onnx (with --decoder)")
+    m.add_argument("--decoder", type=Path, help="with an encoder .onnx: its decoder .onnx (any precision of the pair)")
     m.add_argument("--coco", dest="annotations", type=Path, required=True, help="COCO instances json (ground truth)")
     m.add_argument("--images", type=Path, required=True, help="the folder its file_name entries are relative to")
     m.add_argument("--clicks", type=int, default=5, help="corrective clicks per object (mIoU after each, NoC)")

@@ -46,6 +46,7 @@ class Schedule:
     log_every: int = 10
     max_steps: int | None = None
     amp: bool = True
+    cpu_bf16: bool = False
     num_workers: int = 0
 
     @classmethod
@@ -56,7 +57,8 @@ class Schedule:
             lr=config.lr, min_lr=getattr(config, "min_lr", config.lr * 0.01),
             weight_decay=getattr(config, "weight_decay", 0.0), warmup_steps=getattr(config, "warmup_steps", 0),
             checkpoint_every=config.checkpoint_every, log_every=getattr(config, "log_every", 1),
-            max_steps=config.max_steps, amp=getattr(config, "amp", True), num_workers=config.num_workers,
+            max_steps=config.max_steps, amp=getattr(config, "amp", True),
+            cpu_bf16=getattr(config, "cpu_bf16", False), num_workers=config.num_workers,
         )
 
 
@@ -176,9 +178,17 @@ def lr_lambda(schedule: Schedule, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AMX tiles or AVX512-BF16), where oneDNN runs bf16
+    convolutions and matmuls 3-4x faster than fp32; elsewhere bf16 autocast would only emulate and slow down."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return torch.cpu._is_amx_tile_supported() or (capability == "AVX512" and torch.cpu._is_avx512_bf16_supported())
+
+
 @dataclass
 class Optimisation:
-    """AdamW over the trainable parameters, warm-up + cosine, and AMP (CUDA only) for a whole schedule."""
+    """AdamW over the trainable parameters, warm-up + cosine, and mixed precision for a whole schedule: AMP on CUDA,
+    and bf16 autocast on a CPU that computes bf16 natively when the schedule asks for it (``cpu_bf16``)."""
 
     total_steps: int
     optimizer: torch.optim.Optimizer
@@ -195,8 +205,11 @@ class Optimisation:
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
-        use_amp = schedule.amp and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu":
+            use_amp, amp_dtype = schedule.cpu_bf16 and cpu_computes_bf16(), torch.bfloat16
+        else:
+            use_amp = schedule.amp and device.type == "cuda"
+            amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         return cls(total_steps, optimizer, scheduler, scaler, use_amp, amp_dtype)
 
@@ -323,6 +336,11 @@ def train(objective: Objective, dataset: Dataset, schedule: Schedule, out_dir: P
     per_epoch = steps_per_epoch(len(dataset), schedule, context.world_size, objective.unit)
     opt = Optimisation.build(model, schedule, per_epoch, device)
     total_steps = opt.total_steps
+    if opt.use_amp and device.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # oneDNN's bf16 convolutions run fastest channels-last
+        log("train: bf16 autocast on this CPU (native bf16), convolution weights channels-last")
+    elif schedule.cpu_bf16 and device.type == "cpu":
+        log("train: cpu_bf16 asked for, but this CPU has no native bf16 (AMX or AVX512-BF16): training in fp32")
 
     state_path = out_dir / "last.pt"
     step, window = 0, _Window()
