@@ -330,9 +330,28 @@ def holds_run(path: Path) -> bool:
     return path.is_file() or (path / "config.yaml").is_file() or (path / "reports").is_dir()
 
 
-def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
-    """Collect, compute and write the four report files atomically. Returns results.json's content.
+OVERLAYS_CAPTION = ("Ground truth first, then each model. Promptable SAMs are given the ground-truth boxes as "
+                    "prompts; instance models show their own detections (score at least 0.3). Colours follow the "
+                    "class.")
 
+
+def overlay_models(rows: list[dict]) -> list[tuple[str, Path]]:
+    """The PyTorch model files of the report's rows, once each, in row order (ONNX files and random weights have
+    no column: an export's masks are its model's, within its parity verdict)."""
+    chosen: dict[str, tuple[str, Path]] = {}
+    for row in rows:
+        path = row.get("path")
+        if path and Path(path).suffix in (".pt", ".pth") and row.get("kind") != "random-init" and path not in chosen:
+            chosen[path] = (f"{row.get('run', '')}: {Path(path).name}", Path(path))
+    return list(chosen.values())
+
+
+def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict | None = None) -> dict:
+    """Collect, compute and write the four report files atomically (five with ``overlays``). Returns results.json's
+    content.
+
+    ``overlays`` (``annotations``, ``images``, ``image_ids``, optional ``device``) adds ``overlays.png``: every
+    model's masks on those images beside their ground truth (:mod:`sam_distill.eval.gallery`).
     Inputs that hold no run are notes when others do; when none does there is nothing to report, which is one
     sentence rather than an empty report."""
     if not any(holds_run(p) for p in run_dirs):
@@ -358,6 +377,15 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
             notes.append(f"{row['model']}: random weights; its latency is the architecture's, it has no accuracy")
     for key, label in (("total_method", "total p50/p90"), ("peak_mem_method", "peak mem")):
         notes += [f"{label}: {method}" for method in sorted({r[key] for r in rows if r.get(key)})]
+    gallery_png = None
+    if overlays:
+        from sam_distill.eval.gallery import build_gallery
+
+        gallery = build_gallery(overlay_models(rows), overlays["annotations"], overlays["images"],
+                                overlays["image_ids"], Path(out_dir) / "overlays.png", overlays.get("device", "cpu"),
+                                log=log)
+        notes += [f"overlays: {c['label']}: no masks ({c['error']})" for c in gallery["columns"] if "error" in c]
+        gallery_png = (Path(out_dir) / "overlays.png").read_bytes()
     refs = reference_rows()
     png = plot_pareto(rows, refs, metric)
     machines = sorted({r.get("machine") for r in rows if r.get("machine")})
@@ -373,6 +401,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
           f"Accuracy axis: {METRICS[metric] if metric else 'none'}.", "", "![accuracy vs latency](pareto.png)", ""]
     for title, (head, body), caption in sections:
         md += [f"## {title}", "", *([caption, ""] if caption else []), _markdown_table(head, body)]
+    if gallery_png is not None:
+        md += ["## Masks on the same images", "", OVERLAYS_CAPTION, "", "![masks of every model](overlays.png)", ""]
     md += ["## Notes", ""]
     md += [f"- {n}" for n in notes] or ["- none"]
 
@@ -384,6 +414,10 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
         cls = ' class="quoted"' if "QUOTED" in title else ""
         body_html.append(f"<section{cls}><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>"
                          f"{_html_table(head, body)}</section>")
+    if gallery_png is not None:
+        body_html.append(f"<h2>Masks on the same images</h2><p>{html.escape(OVERLAYS_CAPTION)}</p>"
+                         f'<img id="overlays" alt="masks of every model" '
+                         f'src="data:image/png;base64,{base64.b64encode(gallery_png).decode()}">')
     body_html.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes or ["none"]) + "</ul>")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sam-distill report</title>'
             f"<style>{CSS}</style></head><body>{''.join(body_html)}</body></html>")
@@ -395,7 +429,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
     atomic_write_text(out_dir / "report.html", page)
     for note in notes:
         log(f"report: {note}")
-    log(f"report: {out_dir}/report.md, report.html, results.json, pareto.png")
+    log(f"report: {out_dir}/report.md, report.html, results.json, pareto.png"
+        + (", overlays.png" if gallery_png is not None else ""))
     return results
 
 

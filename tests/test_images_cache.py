@@ -182,3 +182,44 @@ def test_data_annotations_split_keeps_the_instance_validation_images_out(tmp_pat
     (tmp_path / "images" / names[train_pos[0]]).unlink()
     with pytest.raises(DistillError, match=f"names 1 image.*e.g. {names[train_pos[0]]}.*data.images"):
         split_images(tmp_path / "images", annotations, "train", 0.3)
+
+
+def test_views_embed_flipped_copies_and_never_leak_a_held_out_image(tiny_teacher, image_folder, tmp_path):
+    """``cache.views`` adds one teacher embedding per flipped/rotated copy; the student's sample is that same copy;
+    the split keeps every view of an image on one side and holds out the image itself only; adding a view later
+    embeds only the new view."""
+    from sam_distill.core.images import apply_view
+    from sam_distill.data.cache import DistillDataset
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in find_images(image_folder)[:4]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    build_cache(tiny_teacher, folder, tmp_path / "cache", views=("identity", "hflip"), **quiet)
+    summary = build_cache(tiny_teacher, folder, tmp_path / "cache", views=("identity", "hflip", "rot90"), **quiet)
+    assert summary["new"] == 4  # only the rot90 copies
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert len(cache) == 12 and sorted(e.get("view") for e in cache.entries).count("rot90") == 4
+    index = next(i for i, e in enumerate(cache.entries) if e["view"] == "rot90")
+    entry = cache.entries[index]
+    rotated = apply_view(load_rgb(entry["source"]), "rot90")
+    assert np.array_equal(rotated[0, :, 0], load_rgb(entry["source"])[:, -1, 0])  # counter-clockwise
+    pixels, embedding = DistillDataset(cache, [index])[0]
+    assert torch.equal(pixels, cache.preprocessing(rotated))
+    with torch.no_grad():
+        expected = tiny_teacher.model.image_encoder(pixels[None])[0]
+    assert torch.allclose(embedding, expected.half().float(), atol=1e-2)
+    assert not torch.allclose(embedding, cache.embedding(cache.entries.index(
+        next(e for e in cache.entries if e["source"] == entry["source"] and e["view"] == "identity"))), atol=1e-2)
+    train, holdout = cache.split(0.5)
+    held = {cache.entries[i]["sha256"] for i in holdout}
+    assert len(held) == 2 and {cache.entries[i]["view"] for i in holdout} == {"identity"}
+    assert not held & {cache.entries[i]["sha256"] for i in train} and len(train) == 6
+
+
+def test_views_config_always_starts_with_the_image_itself():
+    from sam_distill.methods.sections import CacheConfig
+
+    assert CacheConfig(views=["rot90", "hflip", "rot90"]).views == ["identity", "rot90", "hflip"]
+    with pytest.raises(Exception, match="rot45"):
+        CacheConfig(views=["rot45"])

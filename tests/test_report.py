@@ -420,3 +420,51 @@ def test_ground_truth_miou_columns_appear_for_the_models_that_have_them(tmp_path
     assert "| GT box mIoU | GT 1-click mIoU | NoC@85 | box as mask |" in md
     assert "| 0.612 | 0.450 | 3.50 | 0.570 |" in md
     assert "| - | - | - | - |" in md  # the teacher has no ground-truth figures
+
+
+def test_overlays_show_every_model_beside_the_ground_truth(tmp_path):
+    """`distill report --coco --images` adds overlays.png: the ground truth's instances, a promptable SAM's mask for
+    each ground-truth box (the same mask SamPredictor gives for that box), and a column with the reason for a model
+    that cannot predict; the picture is embedded in report.md and report.html."""
+    from segment_anything import SamPredictor
+
+    from sam_distill.core.images import load_rgb
+    from sam_distill.data.coco import load_coco, make_synthetic_coco
+    from sam_distill.eval.gallery import _box_prompted, build_gallery
+    from sam_distill.sam.build import build_sam
+    from sam_distill.sam.model_file import save_model
+
+    annotations = make_synthetic_coco(tmp_path / "coco", count=2, size=96, seed=3)
+    images = annotations.parent / "images"
+    coco = load_coco(annotations)
+    torch.manual_seed(0)
+    sam = build_sam("vit_tiny", 128)
+    model = save_model(sam, tmp_path / "model.pt", "vit_tiny")
+    broken = tmp_path / "broken.pt"
+    torch.save({"format": "sam-distill/model", "student": "vit_tiny", "image_size": 128, "state_dict": {}}, broken)
+    ids = sorted(coco.getImgIds())
+    result = build_gallery([("tiny", model), ("broken", broken)], annotations, images, ids, tmp_path / "g.png",
+                           log=lambda m: None)
+    counts = [len(coco.getAnnIds(imgIds=i, iscrowd=False)) for i in ids]
+    truth, tiny, bad = result["columns"]
+    assert truth["instances"] == counts == tiny["instances"] and tiny["kind"] == "sam" and sum(counts) >= 4
+    assert "does not fit student" in bad["error"] and "instances" not in bad
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    image = load_rgb(images / coco.imgs[ids[0]]["file_name"])
+    x, y, w, h = coco.loadAnns(coco.getAnnIds(imgIds=ids[0]))[0]["bbox"]
+    box = np.array([[x, y, x + w, y + h]], np.float32)
+    batched = _box_prompted(model, [image], [box], "cpu")[0][0]
+    predictor = SamPredictor(sam.eval())
+    predictor.set_image(image)
+    single = predictor.predict(box=box[0], multimask_output=False)[0][0]
+    assert mask_iou(batched, single) > 0.99
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"model": "tiny (model.pt)", "path": str(model), "kind": "sam-distill"}]}))
+    build_report([bench], tmp_path / "report", log=lambda m: None,
+                 overlays={"annotations": annotations, "images": images, "image_ids": ids[:1]})
+    assert "![masks of every model](overlays.png)" in (tmp_path / "report" / "report.md").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    encoded = page.split('id="overlays" alt="masks of every model" src="data:image/png;base64,')[1].split('"')[0]
+    assert base64.b64decode(encoded) == (tmp_path / "report" / "overlays.png").read_bytes()

@@ -112,7 +112,17 @@ def cmd_report(args) -> int:
     from sam_distill.eval.report import build_report
 
     out = args.out or (Path(args.runs[0]) / "reports" if Path(args.runs[0]).is_dir() else Path("report"))
-    build_report(args.runs, out)
+    overlays = None
+    if (args.coco is None) != (args.images is None):
+        raise DistillError("report: masks on images need both --coco ANN and --images DIR (or neither)")
+    if args.coco is not None:
+        from sam_distill.core.device import pick_device
+        from sam_distill.data.coco import load_coco, split_image_ids
+
+        ids = split_image_ids(load_coco(args.coco), args.split, args.val_fraction, args.coco)[: args.overlays]
+        overlays = {"annotations": args.coco, "images": args.images, "image_ids": ids,
+                    "device": str(pick_device(args.device))}
+    build_report(args.runs, out, overlays=overlays)
     return 0
 
 
@@ -181,4 +191,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="report.md/.html, results.json and pareto.png from run folders")
     p.add_argument("runs", nargs="+", type=Path, help="run folders (or bench JSON files)")
     p.add_argument("--out", type=Path, help="output folder (default: the first run's reports/)")
+    p.add_argument("--coco", type=Path, help="COCO instances json: adds overlays.png, every model's masks on a few of "
+                                            "its images beside the ground truth")
+    p.add_argument("--images", type=Path, help="with --coco: the folder its file_name entries are relative to")
+    p.add_argument("--overlays", type=int, default=3, help="with --coco: how many images (the first of the split)")
+    p.add_argument("--split", choices=["all", "val", "train"], default="val",
+                   help="with --coco: the instance recipes' fixed file-name-hash split the images come from")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the runs")
+    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_report)

@@ -90,6 +90,23 @@ def load_rgb(path: Path | str) -> np.ndarray:
         raise UnreadableImage(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'cannot read'}") from None
 
 
+VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
+
+
+def apply_view(image: np.ndarray, view: str) -> np.ndarray:
+    """One of the image's flipped or rotated copies (H×W×C; rot90 turns counter-clockwise), made before SAM's
+    preprocessing so the teacher and the student see the same pixels."""
+    if view == "identity":
+        return image
+    if view == "hflip":
+        return np.ascontiguousarray(image[:, ::-1])
+    if view == "vflip":
+        return np.ascontiguousarray(image[::-1])
+    if view in ("rot90", "rot180", "rot270"):
+        return np.ascontiguousarray(np.rot90(image, int(view[3:]) // 90))
+    raise ValueError(f"unknown view {view!r}; one of {', '.join(VIEWS)}")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """SAM's preprocessing: resize the longest side, normalise pixels, pad bottom-right to a square."""

@@ -8,6 +8,10 @@ Layout of a cache folder::
     skipped-r000.json          files a rank could not read, with the reason
     manifest.jsonl             every entry, merged across ranks (for people and other tools)
 
+An entry is one view of one image: the image itself (``identity``) or, when asked, a flipped or rotated copy
+(``hflip``, ``rot90``, ...), each with its own teacher embedding. Views multiply a small data set at the price of
+one teacher pass each; overhead imagery has no up, so every orientation is a real sample of it.
+
 A shard's ``.npy`` and then its ``.json`` are each written atomically, so a process killed at any
 moment leaves either a committed shard or an orphan ``.npy`` that the next run deletes and redoes.
 Each torchrun rank writes only shards named with its own rank.
@@ -27,7 +31,7 @@ from tqdm import tqdm
 from sam_distill.core.device import DistContext, init_distributed
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_identity, read_json
-from sam_distill.core.images import Preprocessing, UnreadableImage, find_images, load_rgb
+from sam_distill.core.images import Preprocessing, UnreadableImage, apply_view, find_images, load_rgb
 from sam_distill.sam.teachers import Teacher
 
 CACHE_FORMAT = "sam-distill/embedding-cache/1"
@@ -46,23 +50,23 @@ def cache_identity(teacher: Teacher, preprocessing: Preprocessing) -> dict:
 
 
 class _ImageReader(Dataset):
-    """Reads, hashes and preprocesses images in DataLoader workers; failures come back as reasons."""
+    """Reads, hashes and preprocesses (image, view) pairs in DataLoader workers; failures come back as reasons."""
 
-    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
-        self.paths = paths
+    def __init__(self, items: list[tuple[Path, str]], preprocessing: Preprocessing):
+        self.items = items
         self.preprocessing = preprocessing
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index: int):
-        path = self.paths[index]
+        path, view = self.items[index]
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            image = load_rgb(path)
+            image = apply_view(load_rgb(path), view)
         except (UnreadableImage, OSError) as err:
-            return {"path": str(path), "error": str(err)}
-        return {"path": str(path), "sha256": digest, "orig_size": list(image.shape[:2]),
+            return {"path": str(path), "view": view, "error": str(err)}
+        return {"path": str(path), "view": view, "sha256": digest, "orig_size": list(image.shape[:2]),
                 "tensor": self.preprocessing(image)}
 
 
@@ -116,15 +120,20 @@ def _clean_orphans(shard_dir: Path, rank: int) -> None:
             npy.unlink()
 
 
+def view_of(entry: dict) -> str:
+    return entry.get("view", "identity")  # caches written before views existed hold the images themselves
+
+
 def read_entries(cache_dir: Path) -> list[dict]:
-    """All committed entries, in shard order, first occurrence of each content hash only."""
-    seen: set[str] = set()
+    """All committed entries, in shard order, first occurrence of each (content hash, view) only."""
+    seen: set[tuple[str, str]] = set()
     entries = []
     for index_file in sorted((Path(cache_dir) / "shards").glob("r*-s*.json")):
         for entry in read_json(index_file)["entries"]:
-            if entry["sha256"] in seen:
+            key = (entry["sha256"], view_of(entry))
+            if key in seen:
                 continue
-            seen.add(entry["sha256"])
+            seen.add(key)
             entries.append(entry)
     return entries
 
@@ -144,8 +153,10 @@ def build_cache(
     num_workers: int = 0,
     context: DistContext | None = None,
     log=print,
+    views: tuple[str, ...] = ("identity",),
 ) -> dict:
-    """Embed every image not yet in the cache. Safe to kill and rerun; splits across torchrun ranks."""
+    """Embed every view of every image not yet in the cache. Safe to kill and rerun; splits across torchrun
+    ranks. Adding a view later embeds only that view."""
     context = context or init_distributed()
     cache_dir = Path(cache_dir)
     preprocessing = Preprocessing(teacher.image_size)
@@ -159,17 +170,19 @@ def build_cache(
 
     paths = find_images(images) if isinstance(images, (str, Path)) else sorted(Path(p) for p in images)
     done = read_entries(cache_dir)
-    done_sources = {entry["source"] for entry in done}
-    done_hashes = {entry["sha256"] for entry in done}
-    pending = [p for p in paths if str(p.resolve()) not in done_sources]
+    done_sources = {(entry["source"], view_of(entry)) for entry in done}
+    done_hashes = {(entry["sha256"], view_of(entry)) for entry in done}
+    wanted = [(p.resolve(), view) for p in paths for view in views]
+    pending = [(p, view) for p, view in wanted if (str(p), view) not in done_sources]
     mine = pending[context.rank :: context.world_size]
     if context.is_main:
-        log(f"embed: {len(paths)} images, {len(paths) - len(pending)} already cached, {len(pending)} to do "
+        counted = f"{len(paths)} images" + (f" × {len(views)} views ({', '.join(views)})" if len(views) > 1 else "")
+        log(f"embed: {counted}, {len(wanted) - len(pending)} already cached, {len(pending)} to do "
             f"on {context.world_size} process(es); teacher {teacher.describe()}")
 
     teacher.to(context.device).model.eval()
     writer = _ShardWriter(shard_dir, context.rank, shard_size)
-    loader = DataLoader(_ImageReader([p.resolve() for p in mine], preprocessing), batch_size=batch_size,
+    loader = DataLoader(_ImageReader(mine, preprocessing), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     skipped, duplicates, started = [], 0, time.time()
     with tqdm(total=len(mine), desc="embed", unit="img", disable=not context.is_main) as bar:
@@ -179,16 +192,16 @@ def build_cache(
                 if "error" in item:
                     skipped.append({"path": item["path"], "reason": item["error"]})
                     log(f"embed: skipped {item['path']}: {item['error']}")
-                elif item["sha256"] in done_hashes:
+                elif (item["sha256"], item["view"]) in done_hashes:
                     duplicates += 1
                 else:
-                    done_hashes.add(item["sha256"])
+                    done_hashes.add((item["sha256"], item["view"]))
                     good.append(item)
             if good:
                 embeddings = teacher.embed(torch.stack([item["tensor"] for item in good])).float().cpu().numpy()
                 for item, embedding in zip(good, embeddings):
                     writer.add(embedding, {"source": item["path"], "sha256": item["sha256"],
-                                           "orig_size": item["orig_size"]})
+                                           "orig_size": item["orig_size"], "view": item["view"]})
             bar.update(len(batch))
     writer.flush()
     atomic_write_json(cache_dir / f"skipped-r{context.rank:03d}.json", skipped)
@@ -237,15 +250,20 @@ class EmbeddingCache:
         return torch.from_numpy(np.array(shard[entry["row"]], dtype=np.float32))
 
     def split(self, holdout_fraction: float, max_holdout: int | None = None) -> tuple[list[int], list[int]]:
-        """A split by content hash: stable across runs and machines, at least one held-out image."""
-        order = sorted(range(len(self.entries)), key=lambda i: self.entries[i]["sha256"])
-        if holdout_fraction <= 0 or len(order) < 2:
-            return order, []
-        count = max(1, round(len(order) * holdout_fraction))
+        """A split of the images by content hash: stable across runs and machines, at least one held-out image.
+        Training takes every view of its images; the held-out side only the images themselves (the identity
+        view), so no flipped copy of a held-out image is ever trained on."""
+        hashes = sorted({entry["sha256"] for entry in self.entries})
+        everything = sorted(range(len(self.entries)))
+        if holdout_fraction <= 0 or len(hashes) < 2:
+            return everything, []
+        count = max(1, round(len(hashes) * holdout_fraction))
         if max_holdout:
             count = min(count, max_holdout)
-        count = min(count, len(order) - 1)
-        return sorted(order[count:]), sorted(order[:count])
+        held_out = set(hashes[: min(count, len(hashes) - 1)])
+        train = [i for i in everything if self.entries[i]["sha256"] not in held_out]
+        holdout = [i for i in everything if self.entries[i]["sha256"] in held_out and view_of(self.entries[i]) == "identity"]
+        return train, holdout
 
 
 class DistillDataset(Dataset):
@@ -263,7 +281,7 @@ class DistillDataset(Dataset):
         index = self.indices[i]
         source = self.cache.entries[index]["source"]
         try:
-            image = load_rgb(source)
+            image = apply_view(load_rgb(source), view_of(self.cache.entries[index]))
         except (UnreadableImage, OSError) as err:
             raise DistillError(f"cached image {source} can no longer be read ({err}); restore it or rebuild the cache") from None
         return self.preprocessing(image), self.cache.embedding(index)

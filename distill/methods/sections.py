@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sam_distill.core.config import Section
 
@@ -43,6 +43,15 @@ class CacheConfig(Section):
     shard_size: int = Field(16, ge=1)
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
+    views: list[Literal["identity", "hflip", "vflip", "rot90", "rot180", "rot270"]] = Field(
+        ["identity"], description="each image's copies embedded and trained on: flips and rotations (one teacher "
+        "pass each) multiply a small data set; overhead imagery has no up. Always includes identity")
+
+    @field_validator("views")
+    @classmethod
+    def _identity_first(cls, views: list[str]) -> list[str]:
+        """The image itself is always a view (the held-out side scores it), once, first."""
+        return list(dict.fromkeys(["identity", *views]))
 
 
 class TrainConfig(Section):

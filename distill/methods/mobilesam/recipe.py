@@ -32,10 +32,12 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
     cache_dir = config.cache.dir or run_dir.path / "cache"
 
     summary = build_cache(teacher, images, cache_dir, config.cache.shard_size, config.cache.batch_size,
-                          config.cache.num_workers, context=context, log=log)
+                          config.cache.num_workers, context=context, log=log, views=tuple(config.cache.views))
     cache = EmbeddingCache(cache_dir)
     train_indices, holdout = cache.split(config.data.holdout_fraction, config.data.max_holdout)
-    log(f"data: {len(train_indices)} training and {len(holdout)} held-out images")
+    views = len(config.cache.views)
+    log(f"data: {len(train_indices)} training " + ("images" if views == 1 else f"samples ({views} views an image)")
+        + f" and {len(holdout)} held-out images")
     meta = {"teacher": teacher.describe(), "teacher_checkpoint_sha256": teacher.checkpoint_sha256,
             "student": config.student.name, "run": str(run_dir.path)}
 
