@@ -119,7 +119,9 @@ def readable_images(paths: list[Path], image_size: int | None = None, desc: str 
                     log=print):
     """Yields (image H×W×3 uint8, item, COCO image entry with its ``path``) for each readable file, numbered
     from 1; an unreadable one is skipped with one line. The item carries the sizes ``to_coco_results`` needs
-    (``input_size`` given the model's ``image_size``)."""
+    (``input_size`` given the model's ``image_size``). Besides files, ``paths`` may hold in-memory images with a
+    ``name`` and a ``load()`` (a scene's tiles, :class:`sam_distill.data.scenes.SceneTile`), read when their turn
+    comes."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
     from sam_distill.core.images import UnreadableImage, load_rgb
@@ -127,7 +129,7 @@ def readable_images(paths: list[Path], image_size: int | None = None, desc: str 
     count = 0
     for path in tqdm(paths, desc=desc, unit="image", disable=not progress):
         try:
-            image = load_rgb(path)
+            image = load_rgb(path) if isinstance(path, (str, Path)) else path.load()  # a file, or a scene's tile
         except UnreadableImage as err:
             log(f"skipped {path}: {err}")
             continue
