@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "sam_distill.cli.predict",
     "sam_distill.cli.evaluate",
     "sam_distill.cli.export",
+    "sam_distill.cli.demo",
 ]
 # Spellings of the previous release (commands grouped by origin), each answered with what replaced it.
 RENAMED = {
