@@ -16,6 +16,7 @@ import torch.nn as nn
 from sam_distill.core.errors import DistillError
 
 ATTENTION_PROJECTIONS = ("attn.qkv", "attn.proj")
+ENCODER_MODES = ("frozen", "lora", "full")
 
 
 class LoRALinear(nn.Module):
@@ -52,17 +53,54 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def add_lora(module: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = ATTENTION_PROJECTIONS) -> list[str]:
+def add_lora(module: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = ATTENTION_PROJECTIONS,
+             setting: str = "lora_targets") -> list[str]:
     """Wrap every ``nn.Linear`` of ``module`` whose name ends with one of ``targets``; returns their names.
-    Only the adapters train afterwards if the caller froze the rest (the wrapped base layers are frozen here)."""
+    Only the adapters train afterwards if the caller froze the rest (the wrapped base layers are frozen here).
+    ``setting`` is the config key that names the targets, for the error when none is found."""
     names = [name for name, child in module.named_modules()
              if isinstance(child, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
     if not names:
-        raise DistillError(f"LoRA found no linear layer named {' or '.join(targets)} in {type(module).__name__}; "
-                           "set finetune.lora_targets to names its attention layers have")
+        raise DistillError(f"LoRA found no linear layer named {' or '.join(targets)} in {type(module).__name__} "
+                           f"(a ConvNet has none: use full or frozen); set {setting} to names its attention "
+                           "layers have")
     for name in names:
         _set_child(module, name, LoRALinear(module.get_submodule(name), rank, alpha))
     return names
+
+
+def adapt_encoder(encoder: nn.Module, mode: str, rank: int = 16, alpha: float = 32.0,
+                  targets: tuple[str, ...] = ATTENTION_PROJECTIONS, setting: str = "encoder.lora_targets") -> list[str]:
+    """Mark what of an image encoder trains: ``frozen`` nothing, ``full`` every weight, ``lora`` only low-rank
+    adapters on ``targets`` (their names are returned). RSPrompter's PEFT configs: rank 16, alpha 32 on qkv."""
+    if mode not in ENCODER_MODES:
+        raise DistillError(f"encoder training must be one of {', '.join(ENCODER_MODES)}, got {mode!r}")
+    encoder.requires_grad_(mode == "full")
+    return add_lora(encoder, rank, alpha, tuple(targets), setting) if mode == "lora" else []
+
+
+def encoder_mode(value) -> str:
+    """A model config's ``train_encoder``: frozen, lora or full (files of earlier versions stored a bool)."""
+    if isinstance(value, bool) or value is None:
+        return "full" if value else "frozen"
+    return str(value)
+
+
+def lora_settings(config: dict) -> tuple[int, float, tuple[str, ...]]:
+    """(rank, alpha, targets) of a model config, RSPrompter's PEFT values by default."""
+    return (int(config.get("lora_rank", 16)), float(config.get("lora_alpha", 32.0)),
+            tuple(config.get("lora_targets", ("attn.qkv",))))
+
+
+def merged_encoder_config(model: nn.Module) -> dict:
+    """Fold a model's LoRA adapters into its encoder (in place) and return the config its saved file carries: an
+    adapted encoder is saved as the plain architecture, so the file loads without adapters (``adapted`` says
+    what it was)."""
+    config = dict(model.config)
+    if merge_lora(model) and config.get("train_encoder") == "lora":
+        config.update(train_encoder="frozen", adapted="lora", lora_rank=lora_settings(config)[0])
+        model.adapted = []
+    return config
 
 
 def merge_lora(module: nn.Module) -> int:

@@ -164,7 +164,7 @@ def test_lora_finds_tinyvit_attention_and_names_a_wrong_target():
     assert len(names) == 2 * (2 + 6 + 2)  # qkv and proj of the 10 attention blocks (stage 0 is convolutional)
     assert merge_lora(encoder) == len(names)
     with pytest.raises(DistillError, match="no linear layer named attn.q_proj.*finetune.lora_targets"):
-        add_lora(encoder, 2, 2.0, ("attn.q_proj",))
+        add_lora(encoder, 2, 2.0, ("attn.q_proj",), "finetune.lora_targets")
 
 
 # Training

@@ -223,3 +223,46 @@ def test_resume_continues_bit_for_bit(shapes, tmp_path):
     assert any("resumed" in m and "step 2/3" in m for m in messages)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_lora_encoder_trains_only_its_adapters_and_saves_as_plain_weights(shapes, tmp_path):
+    """encoder.train: lora (RSPrompter's PEFT configs): the encoder's own weights stay as they were, only the
+    adapters (and the head) learn; the saved file holds plain weights (adapters merged) that predict what the
+    adapted model predicted."""
+    from sam_distill.methods.prompter.model import load_prompter, save_prompter
+
+    annotations, images = shapes
+    dataset = CocoInstances(annotations, images, SIZE)
+    model = tiny_prompter("query", train_encoder="lora", lora_rank=4, lora_alpha=8.0)
+    assert len(model.adapted) == 4  # the qkv projection of each of vit_tiny's 4 blocks
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad and name.startswith("encoder.")]
+    assert trainable and all(".lora_" in name for name in trainable)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("encoder.") and ".lora_" not in k}
+    objective = InstanceObjective(model, "prompter")
+    assert {k for k in objective.trainable_state() if k.startswith("encoder.")} == \
+        {k for k in model.state_dict() if ".lora_" in k}
+    schedule = Schedule(epochs=1, batch_size=2, grad_accum=1, lr=1e-2, min_lr=1e-3, weight_decay=0.0, warmup_steps=0,
+                        checkpoint_every=100, log_every=100, max_steps=2)
+    train(objective, dataset, schedule, tmp_path / "run", log=lambda m: None)
+    after = model.state_dict()
+    assert all(torch.equal(value, after[key]) for key, value in before.items())
+    assert any(after[k].abs().sum() > 0 for k in after if k.endswith("lora_b"))
+    model.eval()
+    image = dataset[0]["image"][None]
+    adapted = model.predict(image, score_threshold=0.0)[0]
+    path = save_prompter(model, tmp_path / "prompter.pt", dataset.classes)
+    saved = torch.load(path, weights_only=True)
+    assert not any(".lora_" in k for k in saved["state_dict"]) and saved["config"]["adapted"] == "lora"
+    loaded, _ = load_prompter(path)
+    plain = loaded.predict(image, score_threshold=0.0)[0]
+    assert torch.allclose(plain["scores"], adapted["scores"], atol=1e-4)
+    assert torch.allclose(plain["masks"].float(), adapted["masks"].float(), atol=1e-3)
+
+
+def test_encoder_train_takes_the_words_and_the_old_booleans():
+    from sam_distill.methods.sections import EncoderConfig
+
+    assert EncoderConfig(train=True).train == "full" and EncoderConfig(train=False).train == "frozen"
+    assert EncoderConfig(train="lora").lora_rank == 16 and EncoderConfig().lora_targets == ["attn.qkv"]
+    with pytest.raises(Exception, match="frozen"):
+        EncoderConfig(train="half")

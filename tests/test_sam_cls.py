@@ -274,3 +274,15 @@ def test_predict_command_matches_the_recipes_validation(pooled_run, shapes, tmp_
     assert main(["predict", str(run / "model" / "sam_cls.pt"), str(shapes / "images" / name), "--out",
                  str(tmp_path / "o"), "--box", "1", "2", "3", "4"]) == 2
     assert "--box does not apply to" in capsys.readouterr().err
+
+
+def test_sam_cls_refuses_an_encoder_that_would_train(tmp_path):
+    """SAM-cls pools features of a frozen encoder; encoder.train lora/full is a one-line refusal, not ignored."""
+    from sam_distill.methods.config import parse_config
+    from sam_distill.runner import run
+
+    config = parse_config({"recipe": "sam_cls", "name": "x", "run_dir": str(tmp_path / "run"),
+                           "encoder": {"name": "vit_tiny", "image_size": 64, "train": "lora"},
+                           "instances": {"synthetic": {"count": 2, "size": 64}}})
+    with pytest.raises(DistillError, match="encoder.train lora does not apply to it"):
+        run(config)

@@ -49,9 +49,11 @@ class InstanceObjective(Objective):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The weights that change during training (a frozen encoder/decoder is rebuilt, not re-saved)."""
         model = self.model
-        parts = (("encoder.", model.train_encoder), ("mask_decoder.", model.train_decoder), ("prompt_encoder.", False))
-        frozen = [prefix for prefix, trains in parts if not trains]
-        return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(frozen))}
+        parts = (("encoder.", model.train_encoder == "full"), ("mask_decoder.", model.train_decoder),
+                 ("prompt_encoder.", False))
+        frozen = tuple(prefix for prefix, trains in parts if not trains)
+        return {k: v for k, v in model.state_dict().items()
+                if not k.startswith(frozen) or (k.startswith("encoder.") and ".lora_" in k)}
 
     def evaluate(self) -> dict[str, float]:
         return self.scorer()
@@ -171,7 +173,8 @@ def run_trained_instance_recipe(config, run_dir, method: str, build: Callable[[i
     torch.manual_seed(config.seed)
     model = build(len(train_set.classes))
     encoder = describe_encoder(config.encoder)
-    log(f"{method}: on {encoder}, encoder {'trained' if model.train_encoder else 'frozen'}"
+    adapted = f" ({len(model.adapted)} layers, rank {config.encoder.lora_rank})" if model.adapted else ""
+    log(f"{method}: on {encoder}, encoder {model.train_encoder}{adapted}"
         + (f", {context.world_size} processes" if context.distributed else ""))
     meta = {"method": method, "encoder": encoder, "run": str(run_dir.path), "annotations": str(annotations)}
     device = context.device

@@ -90,7 +90,19 @@ class EncoderConfig(Section):
     name: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m or a student (timm_<model>)")
     checkpoint: Optional[Path] = Field(None, description="SAM or sam-distill model file; else RANDOM weights")
     image_size: int = Field(1024, ge=64, multiple_of=16)
-    train: bool = Field(False, description="fine-tune the encoder with the head (default: frozen, as RSPrompter)")
+    train: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="frozen (RSPrompter's default), lora (low-rank adapters on the attention projections, "
+        "RSPrompter's *-peft-512 configs; merged into plain weights in the saved model) or full; sam_cls: frozen")
+    lora_rank: int = Field(16, ge=1, description="encoder.train lora: RSPrompter's PEFT configs use r=16")
+    lora_alpha: float = Field(32.0, gt=0, description="the update is scaled by lora_alpha / lora_rank (theirs: 32)")
+    lora_targets: list[str] = Field(["attn.qkv"], min_length=1,
+                                    description="linear layers adapted (theirs: qkv of every ViT block)")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _from_bool(cls, value):
+        """Configs of earlier versions said true/false."""
+        return {True: "full", False: "frozen"}.get(value, value) if isinstance(value, bool) else value
 
 
 class InstanceEvalConfig(Section):

@@ -23,10 +23,8 @@ from torchvision.ops import sigmoid_focal_loss
 from sam_distill.core.errors import DistillError
 from sam_distill.sam.prompts import decode_image, error_points, jitter_boxes, points_inside
 from sam_distill.students.heads.losses import dice_loss, resize_masks
-from sam_distill.students.lora import ATTENTION_PROJECTIONS, add_lora, merge_lora
+from sam_distill.students.lora import ATTENTION_PROJECTIONS, adapt_encoder, merge_lora
 from sam_distill.train.loop import Objective
-
-ENCODER_MODES = ("frozen", "lora", "full")
 
 
 class PromptableSam(nn.Module):
@@ -38,12 +36,9 @@ class PromptableSam(nn.Module):
                  train_decoder: bool = True, lora_rank: int = 8, lora_alpha: float = 8.0,
                  lora_targets: tuple[str, ...] = ATTENTION_PROJECTIONS):
         super().__init__()
-        if train_encoder not in ENCODER_MODES:
-            raise DistillError(f"train_encoder must be one of {', '.join(ENCODER_MODES)}, got {train_encoder!r}")
         self.sam, self.train_encoder = sam, train_encoder
-        sam.image_encoder.requires_grad_(train_encoder == "full")
-        self.adapted = add_lora(sam.image_encoder, lora_rank, lora_alpha, tuple(lora_targets)) \
-            if train_encoder == "lora" else []
+        self.adapted = adapt_encoder(sam.image_encoder, train_encoder, lora_rank, lora_alpha, tuple(lora_targets),
+                                     "finetune.lora_targets")
         sam.prompt_encoder.requires_grad_(train_prompt_encoder)
         sam.mask_decoder.requires_grad_(train_decoder)
         if not any(p.requires_grad for p in self.parameters()):

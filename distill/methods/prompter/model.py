@@ -14,6 +14,7 @@ from sam_distill.core.fileio import load_tagged, save_tagged_model
 from sam_distill.sam.model_file import build_sam_for
 from sam_distill.students.heads import create_head
 from sam_distill.students.heads.aggregator import Aggregator, TappedEncoder
+from sam_distill.students.lora import adapt_encoder, encoder_mode, lora_settings, merged_encoder_config
 
 PROMPTER_FORMAT = "sam-distill/prompter"
 
@@ -30,21 +31,21 @@ class RSPrompterModel(nn.Module):
         self.aggregator = Aggregator(self.encoder.channels, self.grid, width)
         self.head = create_head(config["head"], width=width, num_classes=int(config["num_classes"]),
                                 image_size=self.image_size, **config.get("head_kwargs", {}))
-        self.train_encoder = bool(config.get("train_encoder", False))
+        self.train_encoder = encoder_mode(config.get("train_encoder"))
         self.train_decoder = bool(config.get("train_decoder", False))
-        self.encoder.requires_grad_(self.train_encoder)
+        self.adapted = adapt_encoder(sam.image_encoder, self.train_encoder, *lora_settings(config))
         self.prompt_encoder.requires_grad_(False)
         self.mask_decoder.requires_grad_(self.train_decoder)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.encoder.train(mode and self.train_encoder)  # a frozen encoder stays in inference mode
+        self.encoder.train(mode and self.train_encoder == "full")  # else it stays in inference mode
         self.mask_decoder.train(mode and self.train_decoder)
         return self
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embeddings B×256×G×G, aggregated map B×W×G×G)."""
-        with nullcontext() if self.train_encoder and torch.is_grad_enabled() else torch.no_grad():
+        with nullcontext() if self.train_encoder != "frozen" and torch.is_grad_enabled() else torch.no_grad():
             embeddings, taps = self.encoder(images)
         return embeddings, self.aggregator(taps)
 
@@ -81,7 +82,9 @@ def build_prompter(config: dict, checkpoint: Path | None = None) -> RSPrompterMo
 
 
 def save_prompter(model: RSPrompterModel, path: Path, classes: list[dict], meta: dict | None = None) -> Path:
-    return save_tagged_model(path, PROMPTER_FORMAT, model, config=model.config, classes=classes, meta=meta or {})
+    """A plain file: LoRA adapters are merged into the encoder's weights first (in place)."""
+    return save_tagged_model(path, PROMPTER_FORMAT, model, config=merged_encoder_config(model), classes=classes,
+                             meta=meta or {})
 
 
 def load_prompter(path: Path) -> tuple[RSPrompterModel, list[dict]]:

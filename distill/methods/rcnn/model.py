@@ -26,6 +26,7 @@ from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import load_tagged, save_tagged_model
 from sam_distill.students.heads.anchor_prompter import padded_image_list
 from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
+from sam_distill.students.lora import adapt_encoder, encoder_mode, lora_settings, merged_encoder_config
 
 RCNN_FORMAT = "sam-distill/sam-rcnn"
 DISPLAY_NAMES = {"sam_det": "SAM-det", "sam_seg": "SAM-seg"}
@@ -92,16 +93,16 @@ class SamRCNN(nn.Module):
         rcnn = builder(self.pyramid, num_classes=int(config["num_classes"]) + 1, rpn_anchor_generator=anchors,
                        box_detections_per_img=int(config.get("detections_per_image", 100)))
         self.rpn, self.roi_heads = rcnn.rpn, rcnn.roi_heads  # torchvision's heads; its resize/normalise is SAM's here
-        self.train_encoder = bool(config.get("train_encoder", False))
+        self.train_encoder = encoder_mode(config.get("train_encoder"))
         self.train_decoder = self.sam_masks and bool(config.get("train_decoder", False))
-        self.encoder.requires_grad_(self.train_encoder)
+        self.adapted = adapt_encoder(self.encoder, self.train_encoder, *lora_settings(config))
         if self.sam_masks:
             self.prompt_encoder.requires_grad_(False)
             self.mask_decoder.requires_grad_(self.train_decoder)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.encoder.train(mode and self.train_encoder)  # a frozen encoder stays in inference mode
+        self.encoder.train(mode and self.train_encoder == "full")  # else it stays in inference mode
         if self.sam_masks:
             self.prompt_encoder.eval()
             self.mask_decoder.train(mode and self.train_decoder)
@@ -109,7 +110,7 @@ class SamRCNN(nn.Module):
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """torchvision's RPN + Fast R-CNN (+ mask) losses; targets: boxes (xyxy, input px), 1-based labels, masks."""
-        with nullcontext() if self.train_encoder else torch.no_grad():
+        with nullcontext() if self.train_encoder != "frozen" else torch.no_grad():
             embeddings = self.encoder(images)
         features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
         wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
@@ -184,7 +185,9 @@ def build_rcnn(config: dict, checkpoint: Path | None = None) -> SamRCNN:
 
 
 def save_rcnn(model: SamRCNN, path: Path, classes: list[dict], meta: dict | None = None) -> Path:
-    return save_tagged_model(path, RCNN_FORMAT, model, config=model.config, classes=classes, meta=meta or {})
+    """A plain file: LoRA adapters are merged into the encoder's weights first (in place)."""
+    return save_tagged_model(path, RCNN_FORMAT, model, config=merged_encoder_config(model), classes=classes,
+                             meta=meta or {})
 
 
 def load_rcnn(path: Path) -> tuple[SamRCNN, list[dict]]:

@@ -30,7 +30,9 @@ def rcnn_config(config, method: str, num_classes: int) -> dict:
     spec = config.sam_det if method == "sam_det" else config.sam_seg
     return {"method": method, "encoder": config.encoder.name, "image_size": config.encoder.image_size,
             "num_classes": num_classes, "width": spec.width, "detections_per_image": spec.detections_per_image,
-            "train_encoder": config.encoder.train, "train_decoder": method == "sam_det" and spec.train_decoder}
+            "train_encoder": config.encoder.train, "lora_rank": config.encoder.lora_rank,
+            "lora_alpha": config.encoder.lora_alpha, "lora_targets": list(config.encoder.lora_targets),
+            "train_decoder": method == "sam_det" and spec.train_decoder}
 
 
 def _run_rcnn(config, run_dir, method: str) -> dict:

@@ -144,6 +144,9 @@ def run_sam_cls(config, run_dir) -> dict:
     )
     from sam_distill.sam.model_file import build_sam_for
 
+    if config.encoder.train != "frozen":
+        raise DistillError(f"config: sam_cls labels SAM's masks with features of a frozen encoder; encoder.train "
+                           f"{config.encoder.train} does not apply to it (set frozen)")
     spec, context = config.sam_cls, init_distributed(config.device)
     device = context.device
     log = run_dir.log if context.is_main else (lambda message: None)
