@@ -52,7 +52,7 @@ def test_upload_prompt_and_the_embedding_kept(two_sams, tmp_path):
     demo = Demo([open_model(path, torch.device("cpu")) for path in two_sams], tmp_path)
     client = TestClient(create_app(demo))
     page = client.get("/").text
-    assert "sam0.pt (vit_tiny)" in page and "/*MODELS*/" not in page
+    assert "sam0.pt (vit_tiny)" in page and "/*DEMO*/" not in page
     uploaded = client.post("/upload", files={"file": ("scene.png", png_bytes(), "image/png")}).json()
     assert (uploaded["width"], uploaded["height"]) == (96, 64)
     assert client.get(f"/image/{uploaded['image']}").content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,6 +83,19 @@ def test_bad_input_is_a_message_and_the_server_keeps_serving(two_sams, tmp_path)
     assert "click a point" in client.post("/segment", json={"image": uploaded["image"]}).json()["error"]
     assert client.post("/segment", content=b"{not json").status_code == 400
     assert client.post("/segment", json={"image": uploaded["image"], "points": [[5, 5, 1]]}).status_code == 200
+
+
+def test_pick_one_of_the_offered_images(two_sams, tmp_path):
+    """`distill demo --images DIR` offers that folder's images; picking one is the same as uploading it."""
+    sample = tmp_path / "harbour.png"
+    sample.write_bytes(png_bytes())
+    client = TestClient(create_app(Demo([open_model(two_sams[0], torch.device("cpu"))], tmp_path / "s", [sample])))
+    assert '"samples": ["harbour.png"]' in client.get("/").text
+    picked = client.post("/pick", json={"name": "harbour.png"}).json()
+    uploaded = client.post("/upload", files={"file": ("x.png", png_bytes(), "image/png")}).json()
+    assert picked == uploaded and (picked["width"], picked["height"]) == (96, 64)
+    refused = client.post("/pick", json={"name": "../secret.png"})
+    assert refused.status_code == 400 and "not one of the images" in refused.json()["error"]
 
 
 def test_an_instance_model_shows_its_automatic_result(two_sams, tmp_path):

@@ -6,6 +6,7 @@ point is to time and compare the toolkit's own models on this machine, and the a
 
     GET  /               the page
     POST /upload         an image (multipart field "file") → {"image", "width", "height"}; a bad one → 400 {"error"}
+    POST /pick           {"name"}: one of the images ``--images`` offers, as if uploaded
     GET  /image/{id}     the uploaded image
     POST /segment        {"image", "points": [[x, y, 1|0]], "box": [x0, y0, x1, y1] | null, "mode": "prompt" |
                          "everything"} → per model an overlay PNG, times and a message; IoU between the models' masks
@@ -80,16 +81,23 @@ def read_upload(data: bytes, filename: str) -> np.ndarray:
 class Demo:
     """The models, the uploaded images (kept in a temporary folder while the server runs) and the answers."""
 
-    def __init__(self, models: list, folder: Path | None = None):
+    def __init__(self, models: list, folder: Path | None = None, samples: list[Path] | None = None):
         if not models:
             raise DistillError("distill demo needs at least one model")
         self.models = models
+        self.samples = {path.name: path for path in samples or []}
         self.folder = Path(folder or tempfile.mkdtemp(prefix="distill-demo-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.images: dict[str, np.ndarray] = {}
 
-    def describe(self) -> list[dict]:
-        return [{"name": m.name, "kind": m.kind, "prompts": m.prompts} for m in self.models]
+    def describe(self) -> dict:
+        return {"models": [{"name": m.name, "kind": m.kind, "prompts": m.prompts} for m in self.models],
+                "samples": sorted(self.samples)}
+
+    def pick(self, name: str) -> dict:
+        if name not in self.samples:
+            raise DistillError(f"{name!r} is not one of the images this demo offers")
+        return self.add_image(self.samples[name].read_bytes(), name)
 
     def add_image(self, data: bytes, filename: str) -> dict:
         image = read_upload(data, filename)
@@ -147,7 +155,7 @@ def create_app(demo: Demo):
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    page = PAGE.read_text().replace("/*MODELS*/[]", json.dumps(demo.describe()))
+    page = PAGE.read_text().replace("/*DEMO*/{}", json.dumps(demo.describe()))
 
     async def index(request: Request):
         return HTMLResponse(page)
@@ -167,6 +175,15 @@ def create_app(demo: Demo):
             return JSONResponse({"error": str(err)}, status_code=400)
         except Exception as err:  # a malformed request body
             return JSONResponse({"error": f"the upload could not be read ({type(err).__name__})"}, status_code=400)
+
+    async def pick(request: Request):
+        try:
+            body = await request.json()
+            return JSONResponse(demo.pick(str(body.get("name", "")) if isinstance(body, dict) else ""))
+        except DistillError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        except ValueError:
+            return JSONResponse({"error": "send a JSON object {\"name\": ...}"}, status_code=400)
 
     async def image(request: Request):
         try:
@@ -188,4 +205,5 @@ def create_app(demo: Demo):
             return JSONResponse({"error": f"segmentation failed: {type(err).__name__}: {err}"}, status_code=500)
 
     return Starlette(routes=[Route("/", index), Route("/upload", upload, methods=["POST"]),
+                             Route("/pick", pick, methods=["POST"]),
                              Route("/image/{image_id}", image), Route("/segment", segment, methods=["POST"])])
