@@ -72,6 +72,28 @@ def test_upload_prompt_and_the_embedding_kept(two_sams, tmp_path):
     assert all(m["encode_ms"] is None for m in again["models"])  # each image is encoded once per model
 
 
+def test_an_onnx_export_folder_answers_like_its_model(two_sams, tmp_path):
+    """A `distill export` folder (encoder.onnx + decoder.onnx) is a promptable model of the page, run by onnxruntime:
+    its mask matches the PyTorch model's; everything mode says it needs the PyTorch file."""
+    pytest.importorskip("onnxruntime")
+    from sam_distill.export.onnx_export import export_decoder, export_encoder
+    from sam_distill.sam.model_file import load_model
+
+    sam, _ = load_model(two_sams[0])
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    export_encoder(sam, folder / "encoder.onnx", 17)
+    export_decoder(sam, folder / "decoder.onnx", 17)
+    demo = Demo([open_model(two_sams[0], torch.device("cpu")), open_model(folder, torch.device("cpu"))], tmp_path / "s")
+    client = TestClient(create_app(demo))
+    uploaded = client.post("/upload", files={"file": ("a.png", png_bytes(), "image/png")}).json()
+    answer = client.post("/segment", json={"image": uploaded["image"], "box": [30, 20, 70, 44]}).json()
+    assert answer["models"][1]["kind"] == "onnx" and answer["models"][1]["masks"] == 1
+    assert answer["iou"]["matrix"][0][1] > 0.95
+    everything = client.post("/segment", json={"image": uploaded["image"], "mode": "everything"}).json()
+    assert "PyTorch SAM files" in everything["models"][1]["message"]
+
+
 def test_bad_input_is_a_message_and_the_server_keeps_serving(two_sams, tmp_path):
     client = TestClient(create_app(Demo([open_model(two_sams[0], torch.device("cpu"))], tmp_path)))
     bad = client.post("/upload", files={"file": ("notes.txt", b"not an image", "text/plain")})
