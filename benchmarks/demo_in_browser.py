@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,9 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-
-def find_chromium() -> str | None:
-    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+from check_report_html import find_chromium  # the same script folder: one way to find the browser
 
 
 def free_port() -> int:

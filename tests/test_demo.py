@@ -21,7 +21,8 @@ from PIL import Image
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
-from sam_distill.serve.app import Demo, create_app, mask_iou  # noqa: E402
+from sam_distill.eval.fidelity import mask_iou  # noqa: E402
+from sam_distill.serve.app import Demo, create_app  # noqa: E402
 from sam_distill.serve.models import open_model  # noqa: E402
 
 

@@ -35,24 +35,17 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 def overlay_png(masks: list[np.ndarray], labels: list[str | None]) -> str:
     """The masks as one transparent PNG (data URL): filled at 45 % opacity, outlined opaque, one colour each
     (the class's colour when the mask has a class)."""
-    from scipy.ndimage import binary_erosion
-
-    from sam_distill.eval.gallery import class_colour
+    from sam_distill.eval.gallery import class_colour, mask_outline
 
     height, width = masks[0].shape
     canvas = np.zeros((height, width, 4), np.uint8)
     for index, (mask, label) in enumerate(zip(masks, labels)):
         colour = class_colour(label) if label else PALETTE[index % len(PALETTE)]
         canvas[mask] = (*colour, 115)
-        canvas[mask & ~binary_erosion(mask, iterations=2)] = (*colour, 255)
+        canvas[mask_outline(mask)] = (*colour, 255)
     buffer = io.BytesIO()
     Image.fromarray(canvas, "RGBA").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def read_upload(data: bytes, filename: str) -> np.ndarray:
@@ -143,6 +136,8 @@ class Demo:
                             "overlay": overlay_png(masks, result["labels"]) if masks else None,
                             "encode_ms": result.get("encode_ms"), "decode_ms": result.get("decode_ms"),
                             "message": result.get("message") or ("" if masks else "no mask")})
+        from sam_distill.eval.fidelity import mask_iou
+
         names = [self.models[i].name for i in prompted]
         iou = [[round(mask_iou(prompted[i], prompted[j]), 4) for j in prompted] for i in prompted]
         return {"models": answers, "iou": {"models": names, "matrix": iou}}
