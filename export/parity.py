@@ -1,5 +1,10 @@
 """Parity of exported files against PyTorch on real inputs: embedding differences and mask IoU for point and box
-prompts, each file paired with the fp32 file of the other role so the figure is that file's own cost."""
+prompts, each file run in its own runtime (onnxruntime, LiteRT, ExecuTorch, CoreML on macOS) and paired with the
+fp32 file of the other role in the same format, so the figure is that file's own cost.
+
+fp32 files must compute what PyTorch computes (``Tolerance.embedding_max_abs``, ``Tolerance.mask_iou``). A
+reduced-precision file (fp16, INT8) gets a verdict instead: it passes when it loses at most
+``Tolerance.max_mask_iou_loss`` of mask IoU against PyTorch beyond what the fp32 file of its format loses."""
 from __future__ import annotations
 
 import tempfile
@@ -12,7 +17,7 @@ from segment_anything.modeling import Sam
 
 from sam_distill.core.images import find_images, load_rgb, make_synthetic_images
 from sam_distill.export.registry import ExportedFile, ExportOptions, Tolerance
-from sam_distill.export.runtime import SamOnnxPredictor
+from sam_distill.export.runtime import PromptPredictor, SamLiteRTPredictor, SamOnnxPredictor
 
 
 def sample_prompts(image_hw: tuple[int, int], count: int, seed: int) -> list[dict]:
@@ -58,9 +63,26 @@ class TorchReference:
                 self.masks.append([predictor.predict(**p, multimask_output="box" not in p)[0] for p in prompts])
 
 
-def pair_parity(reference: TorchReference, encoder: Path, decoder: Path, embeddings: list[np.ndarray] | None = None) -> dict:
-    """Figures for one encoder/decoder pair; ``embeddings`` (from the fp32 encoder) skips running ``encoder``."""
-    predictor = SamOnnxPredictor(encoder, decoder)
+def open_pair(file_format: str, encoder: Path, decoder: Path) -> PromptPredictor:
+    """A ``SamPredictor``-like object running an exported pair in its format's own runtime."""
+    if file_format in ("onnx", "ort"):
+        return SamOnnxPredictor(encoder, decoder)
+    if file_format == "tflite":
+        return SamLiteRTPredictor(encoder, decoder)
+    if file_format == "pte":
+        from sam_distill.export.executorch import SamExecuTorchPredictor
+
+        return SamExecuTorchPredictor(encoder, decoder)
+    if file_format == "coreml":
+        from sam_distill.export.coreml import SamCoreMLPredictor
+
+        return SamCoreMLPredictor(encoder, decoder)
+    raise ValueError(f"no runtime for {file_format} files")
+
+
+def pair_parity(reference: TorchReference, predictor: PromptPredictor,
+                embeddings: list[np.ndarray] | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Figures for one pair; ``embeddings`` (from the fp32 encoder) skips running the pair's encoder."""
     max_abs, mean_abs, ious = [], [], {"point": [], "box": []}
     computed = []
     for index, image in enumerate(reference.images):
@@ -83,29 +105,39 @@ def pair_parity(reference: TorchReference, encoder: Path, decoder: Path, embeddi
     return result, computed
 
 
+PAIRED_FORMATS = ("onnx", "ort", "tflite", "pte", "coreml")
+
+
 def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance) -> None:
-    """Fill ``file.parity`` for every ONNX file; each pairs with the fp32 file of the other role."""
-    fp32 = {f.role: f.path for f in files if f.format == "onnx" and f.precision == "fp32"}
-    if set(fp32) != {"encoder", "decoder"}:
-        return  # nothing to compare against (e.g. an engine-only export)
-    figures, fp32_embeddings = pair_parity(reference, fp32["encoder"], fp32["decoder"])
-    for file in files:
-        if file.format != "onnx":
-            continue
-        if file.precision == "fp32":
-            result = dict(figures)
-            partner = fp32["decoder" if file.role == "encoder" else "encoder"]
-        elif file.role == "encoder":
-            result, _ = pair_parity(reference, file.path, fp32["decoder"])
-            partner = fp32["decoder"]
-        else:
-            result, _ = pair_parity(reference, fp32["encoder"], file.path, fp32_embeddings)
-            partner = fp32["encoder"]
-        if file.role == "decoder":  # the embeddings came from the fp32 encoder: not this file's figure
-            result = {k: v for k, v in result.items() if not k.startswith("embedding")}
-        result["paired_with"] = Path(partner).name
-        result["within_tolerance"] = not failures(result, tolerance)
-        file.parity = result
+    """Fill ``file.parity`` for every file of a format with a runtime here; each file pairs with the fp32 file of
+    the other role in its own format. Reduced-precision files get a verdict against their format's fp32 pair."""
+    for file_format in dict.fromkeys(f.format for f in files if f.format in PAIRED_FORMATS):
+        group = [f for f in files if f.format == file_format and f.parity is None]
+        fp32 = {f.role: f.path for f in group if f.precision == "fp32"}
+        if set(fp32) != {"encoder", "decoder"}:
+            continue  # nothing to compare against (e.g. an engine-only export)
+        figures, fp32_embeddings = pair_parity(reference, open_pair(file_format, fp32["encoder"], fp32["decoder"]))
+        for file in group:
+            if file.precision == "fp32":
+                result = dict(figures)
+                partner = fp32["decoder" if file.role == "encoder" else "encoder"]
+            elif file.role == "encoder":
+                result, _ = pair_parity(reference, open_pair(file_format, file.path, fp32["decoder"]))
+                partner = fp32["decoder"]
+            else:
+                result, _ = pair_parity(reference, open_pair(file_format, fp32["encoder"], file.path), fp32_embeddings)
+                partner = fp32["encoder"]
+            if file.role == "decoder":  # the embeddings came from the fp32 encoder: not this file's figure
+                result = {k: v for k, v in result.items() if not k.startswith("embedding")}
+            result["paired_with"] = Path(partner).name
+            if file.precision.startswith("fp32"):
+                result["within_tolerance"] = not failures(result, tolerance)
+            else:
+                problems = reduced_precision_failures(result, figures, tolerance)
+                result["verdict"] = "fail" if problems else "pass"
+                if problems:
+                    result["verdict_reason"] = "; ".join(problems)
+            file.parity = result
 
 
 def failures(result: dict, tolerance: Tolerance) -> list[str]:
@@ -116,6 +148,23 @@ def failures(result: dict, tolerance: Tolerance) -> list[str]:
         if result[f"{kind}_mask_iou"] < tolerance.mask_iou:
             found.append(f"{kind} mask IoU {result[f'{kind}_mask_iou']:.4f} < {tolerance.mask_iou:g}")
     return found
+
+
+def reduced_precision_failures(result: dict, fp32: dict, tolerance: Tolerance) -> list[str]:
+    """Why a reduced-precision file loses more mask IoU against PyTorch than the allowed loss beyond its fp32 pair."""
+    found = []
+    for kind in ("point", "box"):
+        lost = fp32[f"{kind}_mask_iou"] - result[f"{kind}_mask_iou"]
+        if lost > tolerance.max_mask_iou_loss:
+            found.append(f"{kind} mask IoU {result[f'{kind}_mask_iou']:.3f} against fp32's "
+                         f"{fp32[f'{kind}_mask_iou']:.3f}: {lost:.3f} lost > {tolerance.max_mask_iou_loss:g}")
+    return found
+
+
+def verdict_failures(parity_files: dict) -> list[str]:
+    """One entry per reduced-precision file that failed its verdict: its name and why."""
+    return [f"{name} ({figures['verdict_reason']})" for name, figures in parity_files.items()
+            if figures.get("verdict") == "fail"]
 
 
 def fp32_failure(files: list[ExportedFile], tolerance: Tolerance, parity_path: Path) -> str | None:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_json, sha256_file
+from sam_distill.export.parity import verdict_failures
 from sam_distill.export.quantize import check_calibration
 from sam_distill.export.registry import ExportOptions, ExportSource
 
-TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "segment-anything", "ultralytics", "sam-distill")
+TOOLS = ("torch", "onnx", "onnxruntime", "coremltools", "litert-torch", "ai-edge-litert", "ai-edge-quantizer",
+         "executorch", "tensorrt", "segment-anything", "ultralytics", "sam-distill")
 # ExportOptions fields a user turns on, which each kind's exporters declare they apply (core.model_files.Exporter)
 SWITCHES = ("int8", "fp16", "static_shapes", "calibration")
 
@@ -71,6 +73,9 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
             parity["files"][str(Path(file.path).relative_to(out))] = {"role": file.role, "precision": file.precision,
                                                                       **file.parity}
     manifest["files"] = [file.manifest_entry(out) for file in files]
+    for entry, file in zip(manifest["files"], files):
+        if file.parity and "verdict" in file.parity:
+            entry["verdict"] = file.parity["verdict"]
     manifest["options"] = {"formats": formats, "int8": options.int8, "int8_ops": options.int8_ops, "fp16": options.fp16,
                            "opset": options.opset, "static_shapes": options.static_shapes,
                            "calibration": str(options.calibration) if options.calibration else None,
@@ -78,6 +83,11 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
     manifest["tools"] = tool_versions()
     atomic_write_json(out / "parity.json", parity)
     atomic_write_json(out / "manifest.json", manifest)
+    failing = verdict_failures(parity["files"])
+    if failing:
+        log(f"{len(failing)} reduced-precision file(s) lose more than {options.tolerance.max_mask_iou_loss:g} mask IoU "
+            f"against fp32 and are marked \"verdict\": \"fail\" in parity.json and manifest.json; do not ship them: "
+            + ", ".join(failing))
     failure = next((result.failure for result in results if result.failure), None)
     if failure:
         raise DistillError(failure)
@@ -86,18 +96,19 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
 
 def parity_table(parity: dict) -> str:
     """One line per file (or per chain of graphs checked together): what the export costs against PyTorch."""
-    lines = [f"{'file':<28} {'emb max abs':>12} {'emb mean abs':>12} {'point IoU':>10} {'box IoU':>9}"]
+    lines = [f"{'file':<32} {'emb max abs':>12} {'emb mean abs':>12} {'point IoU':>10} {'box IoU':>9}  verdict"]
     for name, figures in parity["files"].items():
         if "skipped" in figures:
-            lines.append(f"{name:<28} {figures['skipped']}")
+            lines.append(f"{name:<32} {figures['skipped']}")
             continue
         if "class_agreement" in figures or "output_max_abs" not in figures and "point_mask_iou" not in figures:
-            lines.append(f"{name:<28} " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+            lines.append(f"{name:<32} " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float)))
             continue
         if "output_max_abs" in figures:
-            lines.append(f"{name:<28} raw outputs max abs {figures['output_max_abs']:.3g}")
+            lines.append(f"{name:<32} raw outputs max abs {figures['output_max_abs']:.3g}")
             continue
         embedding = [format(figures[k], ".3g") if k in figures else "-" for k in ("embedding_max_abs", "embedding_mean_abs")]
-        lines.append(f"{name:<28} {embedding[0]:>12} {embedding[1]:>12} "
-                     f"{figures['point_mask_iou']:>10.4f} {figures['box_mask_iou']:>9.4f}")
+        verdict = figures.get("verdict", "fp32 " + ("ok" if figures.get("within_tolerance") else "FAILED"))
+        lines.append(f"{name:<32} {embedding[0]:>12} {embedding[1]:>12} "
+                     f"{figures['point_mask_iou']:>10.4f} {figures['box_mask_iou']:>9.4f}  {verdict}")
     return "\n".join(lines)

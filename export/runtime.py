@@ -1,13 +1,18 @@
-"""Run an exported SAM encoder/decoder pair with numpy + onnxruntime only: what a Jetson or desktop app embeds.
+"""Run an exported SAM encoder/decoder pair without PyTorch: numpy plus the format's own runtime (onnxruntime for
+``.onnx`` and ``.ort``, the LiteRT interpreter for ``.tflite``). This file is what an app embeds; it imports no
+other part of the toolkit.
 
-Pre- and post-processing are SAM's (``ResizeLongestSide``, ``Sam.preprocess``, ``SamPredictor``), re-done in numpy
-so no PyTorch is needed. The decoder has segment-anything's official ONNX interface, so any SAM decoder exported by
-``scripts/export_onnx_model.py`` (with ``--return-single-mask`` off) works here too.
+Pre- and post-processing are SAM's (``ResizeLongestSide``, ``Sam.preprocess``, ``SamPredictor``), re-done in numpy.
+The ONNX decoder has segment-anything's official ONNX interface, so any SAM decoder exported by
+``scripts/export_onnx_model.py`` (with ``--return-single-mask`` off) works here too. Decoders for phone runtimes
+(LiteRT, ExecuTorch, CoreML) return SAM's low-resolution masks instead, since those runtimes want static output
+shapes: :func:`postprocess_low_res` upsamples them as ``SamPredictor.postprocess_masks`` does.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
@@ -41,21 +46,52 @@ def apply_coords(coords: np.ndarray, original_hw: tuple[int, int], image_size: i
     return coords
 
 
-class SamOnnxPredictor:
-    """``SamPredictor`` over ONNX files: ``set_image`` once, then ``predict`` per prompt."""
+def resize_bilinear(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """C×H×W float → C×h×w by bilinear interpolation with half-pixel centres and no antialiasing: what
+    ``F.interpolate(mode="bilinear", align_corners=False)`` computes, so masks match PyTorch's at the pixel."""
 
-    def __init__(self, encoder_path, decoder_path, providers: list[str] | None = None,
-                 session_options: ort.SessionOptions | None = None):
-        providers = providers or ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(encoder_path), session_options, providers=providers)
-        self.decoder = ort.InferenceSession(str(decoder_path), session_options, providers=providers)
-        self.image_size = int(self.encoder.get_inputs()[0].shape[-1])
+    def axis(size_in: int, size_out: int):
+        centres = np.clip((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0, None)
+        low = np.minimum(np.floor(centres).astype(np.int64), size_in - 1)
+        high = np.minimum(low + 1, size_in - 1)
+        return low, high, (centres - low).astype(np.float32)
+
+    y0, y1, wy = axis(array.shape[-2], out_hw[0])
+    x0, x1, wx = axis(array.shape[-1], out_hw[1])
+    rows = array[..., y0, :] * (1 - wy)[:, None] + array[..., y1, :] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+def postprocess_low_res(low_res: np.ndarray, original_hw: tuple[int, int], image_size: int) -> np.ndarray:
+    """C×S/4×S/4 mask logits → C×H×W logits of the original image, as ``Sam.postprocess_masks`` does: upscale to
+    S×S, crop the unpadded region, resize to the image."""
+    full = resize_bilinear(np.asarray(low_res, np.float32), (image_size, image_size))
+    height, width = preprocess_shape(*original_hw, image_size)
+    return resize_bilinear(full[:, :height, :width], tuple(original_hw))
+
+
+class PromptPredictor:
+    """``SamPredictor``'s interface over an exported pair: ``set_image`` once, then ``predict`` per prompt. Subclasses
+    say how their runtime runs the encoder (``_encode``) and the decoder (``_decode``)."""
+
+    image_size: int
+    fixed_points: int | None = None  # a decoder with a static point count takes exactly this many (padded with -1)
+    max_points: int | None = None  # a decoder with one signature per point count takes up to this many
+
+    def __init__(self):
         self.embeddings: np.ndarray | None = None
         self.original_hw: tuple[int, int] | None = None
 
+    def _encode(self, image_input: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _decode(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks 1×4×H×W logits at the original size, iou_predictions 1×4, low_res_masks 1×4×S/4×S/4)."""
+        raise NotImplementedError
+
     def set_image(self, image: np.ndarray) -> None:
         self.original_hw = tuple(image.shape[:2])
-        self.embeddings = self.encoder.run(None, {"image": preprocess(image, self.image_size)})[0]
+        self.embeddings = self._encode(preprocess(image, self.image_size))
 
     def set_embeddings(self, embeddings: np.ndarray, original_hw: tuple[int, int]) -> None:
         """Reuse embeddings computed earlier (or on another device) for an image of size ``original_hw``."""
@@ -65,7 +101,7 @@ class SamOnnxPredictor:
         """The decoder's feed for one prompt set, as SAM's ONNX example builds it.
 
         A box becomes two corner points labelled 2 and 3; without a box a padding point labelled -1 is added,
-        as SAM's prompt encoder does.
+        as SAM's prompt encoder does. A decoder with a fixed point count gets more padding points (label -1).
         """
         if self.embeddings is None:
             raise RuntimeError("call set_image before predict")
@@ -77,10 +113,16 @@ class SamOnnxPredictor:
         else:
             coords = np.concatenate([coords, np.zeros((1, 2), np.float32)])
             labels = np.concatenate([labels, np.array([-1], np.float32)])
-        fixed = self.decoder.get_inputs()[1].shape[1]  # a static-shape decoder takes exactly this many points
-        if isinstance(fixed, int) and fixed > len(labels):
-            coords = np.concatenate([coords, np.zeros((fixed - len(labels), 2), np.float32)])
-            labels = np.concatenate([labels, np.full(fixed - len(labels), -1, np.float32)])
+        if self.max_points is not None and len(labels) > self.max_points:
+            raise ValueError(f"this decoder takes up to {self.max_points} points (a box counts 2, points without a box "
+                             f"count one more); the prompt has {len(labels)}: export with a larger --max-points")
+        if self.fixed_points is not None:
+            if len(labels) > self.fixed_points:
+                raise ValueError(f"this decoder takes {self.fixed_points} points (a box counts 2, points without a box "
+                                 f"count one more); the prompt has {len(labels)}: export with a larger --static-points")
+            missing = self.fixed_points - len(labels)
+            coords = np.concatenate([coords, np.zeros((missing, 2), np.float32)])
+            labels = np.concatenate([labels, np.full(missing, -1, np.float32)])
         low_res = self.image_size // 4
         has_mask = mask_input is not None
         mask = np.asarray(mask_input, np.float32).reshape(1, 1, low_res, low_res) if has_mask \
@@ -97,7 +139,85 @@ class SamOnnxPredictor:
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                 multimask_output: bool = True, return_logits: bool = False):
         """(masks C×H×W, iou_predictions C, low_res_logits C×S/4×S/4) as ``SamPredictor.predict`` returns them."""
-        masks, iou, low_res = self.decoder.run(None, self.decoder_inputs(point_coords, point_labels, box, mask_input))
+        masks, iou, low_res = self._decode(self.decoder_inputs(point_coords, point_labels, box, mask_input))
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         masks, iou, low_res = masks[0, chosen], iou[0, chosen], low_res[0, chosen]
         return (masks if return_logits else masks > 0.0), iou, low_res
+
+
+class SamOnnxPredictor(PromptPredictor):
+    """An ``.onnx`` or ``.ort`` pair in onnxruntime; the decoder has SAM's official ONNX interface."""
+
+    def __init__(self, encoder_path, decoder_path, providers: list[str] | None = None, session_options=None):
+        import onnxruntime as ort
+
+        super().__init__()
+        providers = providers or ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder_path), session_options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), session_options, providers=providers)
+        self.image_size = int(self.encoder.get_inputs()[0].shape[-1])
+        inputs = self.decoder.get_inputs()  # a static-shape decoder takes exactly this many points
+        fixed = inputs[1].shape[1] if len(inputs) > 1 and len(inputs[1].shape) > 1 else None
+        self.fixed_points = fixed if isinstance(fixed, int) else None
+
+    def _encode(self, image_input):
+        return self.encoder.run(None, {"image": image_input})[0]
+
+    def _decode(self, feed):
+        masks, iou, low_res = self.decoder.run(None, feed)
+        return masks, iou, low_res
+
+
+class LowResPredictor(PromptPredictor):
+    """A pair whose decoder takes SAM's ONNX inputs less ``orig_im_size`` and returns ``iou_predictions`` and
+    ``low_res_masks``; the masks at the image's size are made here (:func:`postprocess_low_res`). ``encode`` and
+    ``decode`` run the runtime: named arrays in, named arrays out."""
+
+    def __init__(self, encode: Callable[[dict], dict], decode: Callable[[dict], dict], image_size: int,
+                 fixed_points: int | None):
+        super().__init__()
+        self._run_encoder, self._run_decoder = encode, decode
+        self.image_size, self.fixed_points = image_size, fixed_points
+
+    def _encode(self, image_input):
+        return self._run_encoder({"image": image_input})["image_embeddings"]
+
+    def _decode(self, feed):
+        outputs = self._run_decoder({name: feed[name] for name in LOW_RES_DECODER_INPUTS})
+        low_res = outputs["low_res_masks"]
+        masks = postprocess_low_res(low_res[0], self.original_hw, self.image_size)[None]
+        return masks, outputs["iou_predictions"], low_res
+
+
+LOW_RES_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+
+
+class LiteRTModel:
+    """A ``.tflite`` file in the LiteRT interpreter (``ai-edge-litert``), called with and returning named arrays.
+    A decoder file holds one signature per point count (``points_1`` …); the feed's point count picks it."""
+
+    def __init__(self, path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.runners = {name: self.interpreter.get_signature_runner(name)
+                        for name in self.interpreter.get_signature_list()}
+        self.inputs = next(iter(self.runners.values())).get_input_details()
+
+    @property
+    def max_points(self) -> int | None:
+        counts = [int(name.removeprefix("points_")) for name in self.runners if name.startswith("points_")]
+        return max(counts) if counts else None
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        name = f"points_{feed['point_coords'].shape[1]}" if "point_coords" in feed else next(iter(self.runners))
+        return self.runners[name](**{key: np.ascontiguousarray(feed[key], np.float32) for key in self.inputs})
+
+
+class SamLiteRTPredictor(LowResPredictor):
+    """A LiteRT pair (``distill export --format tflite``); the decoder takes 1 … ``max_points`` points."""
+
+    def __init__(self, encoder_path, decoder_path, threads: int | None = None):
+        encoder, decoder = LiteRTModel(encoder_path, threads), LiteRTModel(decoder_path, threads)
+        super().__init__(encoder, decoder, int(encoder.inputs["image"]["shape"][-1]), fixed_points=None)
+        self.max_points = decoder.max_points

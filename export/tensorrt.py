@@ -13,12 +13,21 @@ def trtexec_commands(folder: Path) -> list[str]:
             for name in ("encoder", "decoder.static")]
 
 
+def network_flags(trt) -> int:
+    """TensorRT 8.x parses ONNX only into an explicit-batch network (``create_network(0)`` gives an implicit-batch
+    one the parser rejects); 10.x dropped implicit batch, and with it the flag, so there 0 is right."""
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    if explicit is None or int(trt.__version__.split(".")[0]) >= 10:
+        return 0
+    return 1 << int(explicit)
+
+
 def build_engine(onnx_path: Path, engine_path: Path) -> Path:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {parser.get_error(0)}")

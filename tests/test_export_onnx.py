@@ -150,7 +150,7 @@ def test_fp32_parity_failure_names_the_figure(exported):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--format", "tflite"], "cannot be exported to 'tflite'; choose one of: coreml, engine, onnx"),
+    (["--format", "savedmodel"], "cannot be exported to 'savedmodel'; choose one of: coreml, engine, onnx, ort, pte, tflite"),
     (["--format", "onnx", "--opset", "7"], "--opset 7 is not supported"),
 ])
 def test_bad_options_are_one_line_errors(tiny_teacher_checkpoint, tmp_path, capsys, args, message):

@@ -42,23 +42,31 @@ def cmd_fidelity(args) -> int:
     return 0
 
 
-def onnx_predictor(encoder: Path, decoder: Path | None):
-    """An exported encoder/decoder pair (any precision) behind ``SamPredictor``'s interface."""
-    from sam_distill.export.runtime import SamOnnxPredictor
+PAIR_SUFFIXES = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".pte": "pte"}
 
+
+def exported_predictor(encoder: Path, decoder: Path | None):
+    """An exported encoder/decoder pair (ONNX, ORT, LiteRT or ExecuTorch, any precision) behind ``SamPredictor``'s
+    interface, run in its own runtime."""
+    from sam_distill.export.parity import open_pair
+
+    file_format = PAIR_SUFFIXES.get(encoder.suffix)
     if decoder is None:
-        raise DistillError(f"{encoder} is an ONNX encoder: name its decoder too, --decoder DECODER.onnx (the pair "
-                           "`distill export` writes, e.g. decoder.onnx beside it)")
+        raise DistillError(f"{encoder} is an exported encoder: name its decoder too, --decoder DECODER{encoder.suffix} "
+                           f"(the pair `distill export` writes, e.g. decoder{encoder.suffix} beside it)")
     for path, role in ((encoder, "encoder"), (decoder, "--decoder")):
-        if path.suffix != ".onnx" or not path.is_file():
-            raise DistillError(f"{role} {path} is not an ONNX file; give the .onnx pair `distill export` writes")
+        if path.suffix != encoder.suffix or file_format is None or not path.is_file():
+            raise DistillError(f"{role} {path} is not an exported {'/'.join(PAIR_SUFFIXES)} file of the encoder's "
+                               "format; give the pair `distill export` writes")
     try:
-        predictor = SamOnnxPredictor(encoder, decoder)
-    except Exception as err:  # onnxruntime's own message says what is wrong with the graph
-        raise DistillError(f"{encoder} / {decoder}: onnxruntime cannot load them ({str(err).splitlines()[0][:160]})") \
-            from None
-    if [i.name for i in predictor.encoder.get_inputs()] != ["image"] or \
-            "image_embeddings" not in [i.name for i in predictor.decoder.get_inputs()]:
+        predictor = open_pair(file_format, encoder, decoder)
+    except ImportError as err:
+        raise DistillError(f"{encoder}: its runtime is not installed ({err}); docs/export.md names the extra") from None
+    except Exception as err:  # the runtime's own message says what is wrong with the file
+        raise DistillError(f"{encoder} / {decoder}: the {file_format} runtime cannot load them "
+                           f"({str(err).splitlines()[0][:160]})") from None
+    if file_format in ("onnx", "ort") and ([i.name for i in predictor.encoder.get_inputs()] != ["image"] or
+                                           "image_embeddings" not in [i.name for i in predictor.decoder.get_inputs()]):
         raise DistillError(f"{encoder} / {decoder} are not a SAM encoder (input image) and decoder (input "
                            "image_embeddings) pair in that order; give the files `distill export` writes")
     return predictor
@@ -71,8 +79,8 @@ def cmd_miou(args) -> int:
     from sam_distill.data.coco import load_coco, split_image_ids
     from sam_distill.eval.miou import format_miou_table, ground_truth_miou
 
-    if args.model.suffix == ".onnx" or args.decoder is not None:
-        model = onnx_predictor(args.model, args.decoder)
+    if args.model.suffix in PAIR_SUFFIXES or args.decoder is not None:
+        model = exported_predictor(args.model, args.decoder)
     else:
         _, (model, _) = load_model_file(args.model, expect=("sam",))
 
@@ -158,8 +166,8 @@ def register(subparsers) -> None:
     m = evals.add_parser("miou", help="SAM's promptable-segmentation protocols against ground truth: GT-box mIoU, "
                                       "one-click and k-click mIoU, NoC@85/90, per class and size, box-as-mask baseline")
     m.add_argument("model", type=Path, help="a SAM model file (model.pt, mobile_sam.pt, an official SAM .pth) or "
-                                            "an exported encoder .onnx (with --decoder)")
-    m.add_argument("--decoder", type=Path, help="with an encoder .onnx: its decoder .onnx (any precision of the pair)")
+                   "an exported encoder .onnx/.ort/.tflite/.pte (with --decoder)")
+    m.add_argument("--decoder", type=Path, help="with an exported encoder: its decoder of the same format (any precision)")
     m.add_argument("--coco", dest="annotations", type=Path, required=True, help="COCO instances json (ground truth)")
     m.add_argument("--images", type=Path, required=True, help="the folder its file_name entries are relative to")
     m.add_argument("--clicks", type=int, default=5, help="corrective clicks per object (mIoU after each, NoC)")

@@ -30,6 +30,9 @@ register_kind(ModelKind(
     exporters={
         "onnx": Exporter("sam_distill.export.onnx_export:export_onnx",
                          ("int8", "fp16", "static_shapes", "calibration")),
+        "ort": Exporter("sam_distill.export.ort_format:export_ort", ("int8", "fp16")),
+        "tflite": Exporter("sam_distill.export.litert:export_litert", ("int8", "fp16")),
+        "pte": Exporter("sam_distill.export.executorch:export_pte", ("int8",)),
         "coreml": Exporter("sam_distill.export.coreml:export_coreml", ("fp16",)),
         # engines are always fp16 and built from the static-shape pair
         "engine": Exporter("sam_distill.export.tensorrt:export_engine", ("fp16", "static_shapes")),
