@@ -28,13 +28,16 @@ QUANTISED_OPS = ("DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "Co
 
 
 def quantize_dynamic_file(source: Path, target: Path, ops: str) -> Path:
-    """Dynamic INT8 (weights INT8, activations quantised per call) of ``ops``; a graph in which those operators do
-    not occur is refused rather than written as an "INT8" copy of the fp32 file."""
+    """Dynamic INT8 (weights INT8 per output channel, activations quantised per call) of ``ops``; a graph in which
+    those operators do not occur is refused rather than written as an "INT8" copy of the fp32 file. Per-channel:
+    TinyViT-5M's encoder ran 1.46× faster than fp32 against 1.42× per-tensor, at the same mask IoU
+    (benchmarks/int8_recipes.py)."""
     import onnx
 
     if ops not in INT8_OPS:
         raise DistillError(f"--int8-ops {ops!r} is not known; choose one of: {', '.join(INT8_OPS)}")
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS[ops])
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS[ops],
+                     per_channel=True)
     if not any(node.op_type in QUANTISED_OPS for node in onnx.load(str(target), load_external_data=False).graph.node):
         target.unlink()
         kinds = " or ".join(INT8_OPS[ops] or ["quantisable"])

@@ -69,4 +69,38 @@ def tiny_cache(tiny_teacher, image_folder, tmp_path_factory) -> Path:
     return cache_dir
 
 
+def _export_once(checkpoint: Path, tmp_path_factory, formats: list[str], **options) -> tuple[Path, dict]:
+    from sam_distill.export.pipeline import export_model
+    from sam_distill.export.registry import ExportOptions
+
+    out = tmp_path_factory.mktemp("_".join(formats))
+    lines: list[str] = []
+    manifest = export_model(checkpoint, formats, out, ExportOptions(**options), log=lines.append)
+    return out, {"manifest": manifest, "log": lines}
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_export(tiny_teacher_checkpoint, tmp_path_factory):
+    """The tiny teacher as ONNX and ONNX Runtime Mobile files with fp16 and INT8 copies, exported once for the export
+    tests and the docs' snippets: (folder, {"manifest", "log"})."""
+    return _export_once(tiny_teacher_checkpoint, tmp_path_factory, ["onnx", "ort"], int8=True, fp16=True,
+                        parity_count=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pte_export(tiny_teacher_checkpoint, tmp_path_factory):
+    """The tiny teacher as an ExecuTorch pair (about a minute and a half to lower here), exported once."""
+    pytest.importorskip("executorch.runtime")
+    return _export_once(tiny_teacher_checkpoint, tmp_path_factory, ["pte"], parity_count=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite_export(tiny_teacher_checkpoint, tmp_path_factory):
+    """The tiny teacher as a LiteRT pair with fp16 copies and decoder signatures for 1–4 points."""
+    pytest.importorskip("litert_torch", reason="LiteRT export needs the litert extra (not in `all`: docs/export.md)")
+    pytest.importorskip("ai_edge_litert")
+    return _export_once(tiny_teacher_checkpoint, tmp_path_factory, ["tflite"], fp16=True, max_points=4,
+                        parity_count=1)
+
+
 needs_nwpu = pytest.mark.skipif(not SHARED_NWPU.exists(), reason="../shared/data/nwpu_vhr10 is not present")

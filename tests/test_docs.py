@@ -19,7 +19,10 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MODEL_SUFFIXES = (".pt", ".pth")
-ONNX_SUFFIXES = (".onnx",)
+EXPORT_SUFFIXES = (".onnx", ".ort", ".tflite", ".pte")
+# the session fixture (conftest.py) that exports the tiny teacher to the format of each suffix
+EXPORT_FIXTURES = {".onnx": "tiny_onnx_export", ".ort": "tiny_onnx_export", ".tflite": "tiny_tflite_export",
+                   ".pte": "tiny_pte_export"}
 
 
 def blocks(language: str) -> list[tuple[str, str]]:
@@ -33,19 +36,18 @@ def blocks(language: str) -> list[tuple[str, str]]:
 
 def paths_named(code: str) -> list[str]:
     """The string literals of the code that name files (by suffix)."""
+    suffixes = IMAGE_SUFFIXES + MODEL_SUFFIXES + EXPORT_SUFFIXES
     return [node.value for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Constant)
-            and isinstance(node.value, str) and node.value.lower().endswith(IMAGE_SUFFIXES + MODEL_SUFFIXES + ONNX_SUFFIXES)]
+            and isinstance(node.value, str) and node.value.lower().endswith(suffixes)]
 
 
 @pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory, tiny_teacher_checkpoint):
-    """One of each kind of file a snippet may name: a photo, our model.pt (a timm test encoder in SAM) and the
-    tiny teacher's ONNX export."""
+def stand_ins(tmp_path_factory):
+    """A photo and our model.pt (a timm test encoder in SAM); exported files come from the tiny teacher's exports
+    (conftest.py), made when a snippet names one."""
     from PIL import Image
 
     from sam_distill.core.images import make_synthetic_images
-    from sam_distill.export.pipeline import export_model
-    from sam_distill.export.registry import ExportOptions
     from sam_distill.sam.build import sam_with_encoder
     from sam_distill.sam.model_file import save_model
     from sam_distill.students import create_student
@@ -55,29 +57,27 @@ def stand_ins(tmp_path_factory, tiny_teacher_checkpoint):
     Image.open(photo).convert("RGB").save(folder / "photo.jpg")
     name = "timm_test_efficientnet"
     save_model(sam_with_encoder(create_student(name, image_size=256), 256), folder / "model.pt", name)
-    export_model(tiny_teacher_checkpoint, ["onnx"], folder / "export", ExportOptions(parity_count=1),
-                 log=lambda message: None)
     return folder
 
 
-def _make(path: Path, stand_ins: Path) -> None:
+def _make(path: Path, stand_ins: Path, request) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         source = stand_ins / "photo.jpg"
     elif path.suffix.lower() in MODEL_SUFFIXES:
         source = stand_ins / "model.pt"
-    elif path.name in ("encoder.onnx", "decoder.onnx"):
-        source = stand_ins / "export" / path.name
+    elif path.suffix in EXPORT_FIXTURES and path.stem in ("encoder", "decoder"):
+        source = request.getfixturevalue(EXPORT_FIXTURES[path.suffix])[0] / path.name
     else:
         raise AssertionError(f"a snippet names {path}; teach tests/test_docs.py to make one")
     path.write_bytes(source.read_bytes())
 
 
 @pytest.mark.parametrize("code", [code for _, code in blocks("python")], ids=[name for name, _ in blocks("python")])
-def test_python_snippets_run_as_written(code, stand_ins, tmp_path, monkeypatch):
+def test_python_snippets_run_as_written(code, stand_ins, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     for name in paths_named(code):
-        _make(tmp_path / name, stand_ins)
+        _make(tmp_path / name, stand_ins, request)
     exec(compile(code, "snippet", "exec"), {"__name__": "__snippet__"})  # noqa: S102  (our own docs)
 
 

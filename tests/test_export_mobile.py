@@ -60,12 +60,10 @@ def test_low_res_postprocessing_is_sams(tiny_teacher):
 
 
 @pytest.fixture(scope="module")
-def ort_export(tiny_teacher_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ort")
-    lines = []
-    manifest = export_model(tiny_teacher_checkpoint, ["ort"], out, ExportOptions(int8=True, fp16=True, parity_count=2),
-                            log=lines.append)
-    return out, manifest, lines
+def ort_export(tiny_onnx_export):
+    out, exported = tiny_onnx_export
+    manifest = dict(exported["manifest"], files=[f for f in exported["manifest"]["files"] if f["format"] == "ort"])
+    return out, manifest, exported["log"]
 
 
 def test_ort_files_run_in_onnxruntime_with_their_operator_config(ort_export, tiny_teacher, image_folder):
@@ -74,7 +72,7 @@ def test_ort_files_run_in_onnxruntime_with_their_operator_config(ort_export, tin
     out, manifest, _ = ort_export
     assert {f["file"] for f in manifest["files"]} == {f"{role}{suffix}.ort" for role in ("encoder", "decoder")
                                                       for suffix in ("", ".fp16", ".int8-dynamic")}
-    assert not list(out.glob("*.onnx"))  # the ONNX intermediates stay out of the bundle
+    assert not list(out.glob("*.pre.onnx")) and len(list(out.glob("*.onnx"))) == 6  # ONNX's own files only
     config = (out / "required_operators.config").read_text()
     operators = {op for line in config.splitlines() if line.startswith("ai.onnx;")
                  for op in line.split(";")[2].split(",")}
@@ -117,13 +115,11 @@ def test_verdict_rule():
     assert verdict_failures(files) == [f"encoder.fp16.tflite ({problems[0]})"]
 
 
-def test_executorch_pair_runs_in_executorch_like_sam_predictor(tiny_teacher_checkpoint, tiny_teacher, image_folder,
-                                                              tmp_path):
-    pytest.importorskip("executorch.runtime")
+def test_executorch_pair_runs_in_executorch_like_sam_predictor(tiny_pte_export, tiny_teacher, image_folder):
     from sam_distill.export.executorch import MAX_POINTS, SamExecuTorchPredictor
 
-    manifest = export_model(tiny_teacher_checkpoint, ["pte"], tmp_path, ExportOptions(parity_count=1),
-                            log=lambda m: None)
+    tmp_path, exported = tiny_pte_export
+    manifest = exported["manifest"]
     assert [(f["file"], f["format"], f["precision"]) for f in manifest["files"]] == [
         ("encoder.pte", "pte", "fp32"), ("decoder.pte", "pte", "fp32")]
     decoder = manifest["files"][1]
@@ -137,13 +133,11 @@ def test_executorch_pair_runs_in_executorch_like_sam_predictor(tiny_teacher_chec
     _matches_sam_predictor(runtime, tiny_teacher.model, image, _prompts(h, w))  # 2, 4 and 2 points: one file
 
 
-def test_litert_pair_runs_in_the_litert_interpreter(tiny_teacher_checkpoint, tiny_teacher, image_folder, tmp_path):
-    pytest.importorskip("litert_torch", reason="LiteRT export needs the litert extra (not in `all`: docs/export.md)")
-    pytest.importorskip("ai_edge_litert")
+def test_litert_pair_runs_in_the_litert_interpreter(tiny_tflite_export, tiny_teacher, image_folder):
     from sam_distill.export.runtime import SamLiteRTPredictor
 
-    manifest = export_model(tiny_teacher_checkpoint, ["tflite"], tmp_path,
-                            ExportOptions(fp16=True, max_points=4, parity_count=1), log=lambda m: None)
+    tmp_path, exported = tiny_tflite_export
+    manifest = exported["manifest"]
     entries = {f["file"]: f for f in manifest["files"]}
     assert set(entries) == {"encoder.tflite", "decoder.tflite", "encoder.fp16.tflite", "decoder.fp16.tflite"}
     decoder = entries["decoder.tflite"]
