@@ -16,7 +16,6 @@ import argparse
 import csv
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
 from sam_distill.core.images import find_images, load_rgb
+from sam_distill.eval.bench import time_runs
 from sam_distill.export.onnx_export import export_decoder, export_encoder
 from sam_distill.export.parity import mask_iou, sample_prompts
 from sam_distill.export.quantize import FeedReader
@@ -83,13 +83,7 @@ def interleaved_medians(sessions: dict, feed: dict, repeats: int, rounds: int) -
 
 
 def median_seconds(run_session: ort.InferenceSession, feed: dict, repeats: int) -> float:
-    run_session.run(None, feed)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_runs(lambda: run_session.run(None, feed), repeats, warmup=1))
 
 
 def agreement(encoder: Path, decoder: Path, images: list[np.ndarray], reference: list[list[np.ndarray]],

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from sam_distill.export.low_res_decoder import NOTE as DECODER_NOTE
 from sam_distill.export.low_res_decoder import OUTPUTS as DECODER_OUTPUTS
-from sam_distill.export.low_res_decoder import LowResDecoder, low_res_example
+from sam_distill.export.low_res_decoder import LowResDecoder, describe_outputs, low_res_example
 from sam_distill.export.registry import Exported, ExportedFile, ExportOptions, ExportSource
 from sam_distill.export.runtime import LowResPredictor
 
@@ -130,13 +130,13 @@ class SamCoreMLPredictor(LowResPredictor):
     def __init__(self, encoder_path, decoder_path):
         encoder, decoder = CoreMLModel(encoder_path), CoreMLModel(decoder_path)
         size = int(encoder.model.get_spec().description.input[0].type.multiArrayType.shape[-1])
-        super().__init__(encoder, decoder, size, fixed_points=None)
+        super().__init__(encoder, decoder, size)
 
 
 def export_coreml(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """Encoder and decoder ``.mlpackage`` in fp32, and fp16 with ``--fp16``; compared with PyTorch on macOS."""
     from sam_distill.export.onnx_export import ENCODER_NOTE, sam_manifest
-    from sam_distill.export.parity import TorchReference, check_parity, fp32_failure, parity_images
+    from sam_distill.export.parity import checked_export
 
     sam, info = source.load()
     out.mkdir(parents=True, exist_ok=True)
@@ -149,18 +149,14 @@ def export_coreml(source: ExportSource, options: ExportOptions, out: Path, log=p
                           precision, out / f"encoder{suffix}.mlpackage")
         decoder = convert(LowResDecoder(sam), low_res_example(sam, 2), DECODER_OUTPUTS, precision,
                           out / f"decoder{suffix}.mlpackage", flexible_points=True)
-        known = {"iou_predictions": [1, 4], "low_res_masks": [1, 4, size // 4, size // 4]}
+        known = {output["name"]: output["shape"] for output in describe_outputs(size)}
         for role, path, note in (("encoder", encoder, ENCODER_NOTE), ("decoder", decoder, decoder_note)):
             inputs, outputs = describe_mlpackage(path)
             for output in outputs:  # a package with flexible inputs stores no output shapes
                 output["shape"] = output["shape"] or known.get(output["name"], [])
             files.append(ExportedFile(path, "coreml", role, precision, inputs, outputs, note))
     if sys.platform == "darwin":
-        log("checking parity in CoreML against PyTorch ...")
-        images, names = parity_images(options, size)
-        check_parity(files, TorchReference(sam, images), options.tolerance)
-        return Exported(files, manifest=sam_manifest(sam, info, out), parity={"images": names},
-                        failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+        return checked_export(sam, info, files, options, out, "CoreML", log)
     for file in files:
         file.parity = {"skipped": NOT_CHECKED}
     return Exported(files, manifest=sam_manifest(sam, info, out))

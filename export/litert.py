@@ -113,8 +113,8 @@ ORDER = {name: index for index, name in enumerate(("image", *DECODER_INPUTS))}
 def export_litert(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """``encoder.tflite`` and ``decoder.tflite`` in fp32; ``.fp16`` and ``.int8-dynamic`` copies with the options;
     every file run in the LiteRT interpreter against PyTorch."""
-    from sam_distill.export.onnx_export import ENCODER_NOTE, sam_manifest
-    from sam_distill.export.parity import TorchReference, check_parity, fp32_failure, parity_images
+    from sam_distill.export.onnx_export import ENCODER_NOTE
+    from sam_distill.export.parity import checked_export
 
     if options.max_points < 1:
         raise DistillError(f"--max-points {options.max_points}: the decoder needs at least 1 point signature")
@@ -140,8 +140,4 @@ def export_litert(source: ExportSource, options: ExportOptions, out: Path, log=p
     for role, precision, path in written:
         inputs, outputs = describe_tflite(path)
         files.append(ExportedFile(path, "tflite", role, precision, inputs, outputs, notes[role]))
-    log("checking parity in the LiteRT interpreter against PyTorch ...")
-    images, names = parity_images(options, size)
-    check_parity(files, TorchReference(sam, images), options.tolerance)
-    return Exported(files, manifest=sam_manifest(sam, info, out), parity={"images": names},
-                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+    return checked_export(sam, info, files, options, out, "the LiteRT interpreter", log)

@@ -10,8 +10,9 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
 from sam_distill.export.onnx_export import decoder_example
+from sam_distill.export.runtime import LOW_RES_DECODER_INPUTS
 
-INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+INPUTS = LOW_RES_DECODER_INPUTS
 OUTPUTS = ("iou_predictions", "low_res_masks")
 NOTE = ("inputs as segment-anything's ONNX decoder less orig_im_size (point_coords in the model-input frame; a box is "
         "two corners labelled 2 and 3; without a box add a point labelled -1); returns iou_predictions (1×4) and "
@@ -35,6 +36,13 @@ class LowResDecoder(nn.Module):
             dense_prompt_embeddings=self.wrapper._embed_masks(mask_input, has_mask_input),
         )
         return scores, masks
+
+
+def describe_outputs(image_size: int) -> list[dict]:
+    """The manifest's description of :class:`LowResDecoder`'s outputs at input size ``image_size``."""
+    low = image_size // 4
+    return [{"name": "iou_predictions", "shape": [1, 4], "dtype": "float32"},
+            {"name": "low_res_masks", "shape": [1, 4, low, low], "dtype": "float32"}]
 
 
 def low_res_example(sam: Sam, points: int) -> dict[str, torch.Tensor]:

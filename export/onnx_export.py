@@ -145,7 +145,7 @@ def sam_manifest(sam: Sam, info, out: Path) -> dict:
 def export_onnx(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """fp32 encoder and decoder; with options, fp16, INT8 (dynamic and calibrated static) and static-shape variants;
     every file's parity against PyTorch (``SamPredictor``) on the parity images."""
-    from sam_distill.export.parity import TorchReference, check_parity, fp32_failure, parity_images
+    from sam_distill.export.parity import checked_export
     from sam_distill.export.quantize import quantize_dynamic_file, quantize_static_files
 
     sam, info = source.load()
@@ -169,11 +169,7 @@ def export_onnx(source: ExportSource, options: ExportOptions, out: Path, log=pri
                       for role, note in (("encoder", ENCODER_NOTE), ("decoder", DECODER_NOTE))]
     if options.static_shapes:
         files += export_static(sam, out, options)
-    log("checking parity against PyTorch ...")
-    images, names = parity_images(options, int(sam.image_encoder.img_size))
-    check_parity(files, TorchReference(sam, images), options.tolerance)
-    return Exported(files, manifest=sam_manifest(sam, info, out), parity={"images": names},
-                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+    return checked_export(sam, info, files, options, out, "onnxruntime", log)
 
 
 def export_static(sam: Sam, out: Path, options: ExportOptions) -> list[ExportedFile]:

@@ -57,10 +57,9 @@ def export_ort(source: ExportSource, options: ExportOptions, out: Path, log=prin
         describe_onnx,
         export_decoder,
         export_encoder,
-        sam_manifest,
         to_fp16,
     )
-    from sam_distill.export.parity import TorchReference, check_parity, fp32_failure, parity_images
+    from sam_distill.export.parity import checked_export
     from sam_distill.export.quantize import quantize_dynamic_file
 
     sam, info = source.load()
@@ -86,12 +85,7 @@ def export_ort(source: ExportSource, options: ExportOptions, out: Path, log=prin
         inputs, outputs = inputs_outputs[(role, precision)]
         files.append(ExportedFile(converted[path.stem], "ort", role, precision, inputs, outputs,
                                   f"ORT format ({OPTIMIZATION_LEVEL} optimisations); {notes[role]}"))
-    log("checking parity in onnxruntime against PyTorch ...")
-    images, names = parity_images(options, int(sam.image_encoder.img_size))
-    check_parity(files, TorchReference(sam, images), options.tolerance)
-    manifest = sam_manifest(sam, info, out)
-    manifest["ort_mobile"] = {"operator_config": CONFIG, "build": "onnxruntime's build.sh --minimal_build "
-                              f"--include_ops_by_config {CONFIG} (or the prebuilt onnxruntime-android / "
-                              "onnxruntime-objc packages, which run .ort files as they are)"}
-    return Exported(files, manifest=manifest, parity={"images": names},
-                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+    ort_mobile = {"operator_config": CONFIG, "build": "onnxruntime's build.sh --minimal_build "
+                  f"--include_ops_by_config {CONFIG} (or the prebuilt onnxruntime-android / onnxruntime-objc "
+                  "packages, which run .ort files as they are)"}
+    return checked_export(sam, info, files, options, out, "onnxruntime", log, {"ort_mobile": ort_mobile})

@@ -108,6 +108,20 @@ def pair_parity(reference: TorchReference, predictor: PromptPredictor,
 PAIRED_FORMATS = ("onnx", "ort", "tflite", "pte", "coreml")
 
 
+def checked_export(sam: Sam, info, files: list[ExportedFile], options: ExportOptions, out: Path, runtime: str,
+                   log=print, extra_manifest: dict | None = None):
+    """What a SAM exporter returns once its files are written: every file run in ``runtime`` against PyTorch on the
+    parity images, the manifest sections SAM exports share (plus ``extra_manifest``), and the fp32 failure line."""
+    from sam_distill.export.onnx_export import sam_manifest
+    from sam_distill.export.registry import Exported
+
+    log(f"checking parity in {runtime} against PyTorch ...")
+    images, names = parity_images(options, int(sam.image_encoder.img_size))
+    check_parity(files, TorchReference(sam, images), options.tolerance)
+    return Exported(files, manifest={**sam_manifest(sam, info, out), **(extra_manifest or {})},
+                    parity={"images": names}, failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+
+
 def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance) -> None:
     """Fill ``file.parity`` for every file of a format with a runtime here; each file pairs with the fp32 file of
     the other role in its own format. Reduced-precision files get a verdict against their format's fp32 pair."""

@@ -73,9 +73,6 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
             parity["files"][str(Path(file.path).relative_to(out))] = {"role": file.role, "precision": file.precision,
                                                                       **file.parity}
     manifest["files"] = [file.manifest_entry(out) for file in files]
-    for entry, file in zip(manifest["files"], files):
-        if file.parity and "verdict" in file.parity:
-            entry["verdict"] = file.parity["verdict"]
     manifest["options"] = {"formats": formats, "int8": options.int8, "int8_ops": options.int8_ops, "fp16": options.fp16,
                            "opset": options.opset, "static_shapes": options.static_shapes,
                            "calibration": str(options.calibration) if options.calibration else None,

@@ -58,6 +58,8 @@ class ExportedFile:
                  "precision": self.precision, "inputs": self.inputs, "outputs": self.outputs}
         if self.notes:
             entry["notes"] = self.notes
+        if self.parity and "verdict" in self.parity:
+            entry["verdict"] = self.parity["verdict"]
         return entry
 
 

@@ -174,10 +174,10 @@ class LowResPredictor(PromptPredictor):
     ``decode`` run the runtime: named arrays in, named arrays out."""
 
     def __init__(self, encode: Callable[[dict], dict], decode: Callable[[dict], dict], image_size: int,
-                 fixed_points: int | None):
+                 max_points: int | None = None):
         super().__init__()
         self._run_encoder, self._run_decoder = encode, decode
-        self.image_size, self.fixed_points = image_size, fixed_points
+        self.image_size, self.max_points = image_size, max_points
 
     def _encode(self, image_input):
         return self._run_encoder({"image": image_input})["image_embeddings"]
@@ -219,5 +219,4 @@ class SamLiteRTPredictor(LowResPredictor):
 
     def __init__(self, encoder_path, decoder_path, threads: int | None = None):
         encoder, decoder = LiteRTModel(encoder_path, threads), LiteRTModel(decoder_path, threads)
-        super().__init__(encoder, decoder, int(encoder.inputs["image"]["shape"][-1]), fixed_points=None)
-        self.max_points = decoder.max_points
+        super().__init__(encoder, decoder, int(encoder.inputs["image"]["shape"][-1]), decoder.max_points)

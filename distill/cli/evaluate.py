@@ -167,7 +167,8 @@ def register(subparsers) -> None:
                                       "one-click and k-click mIoU, NoC@85/90, per class and size, box-as-mask baseline")
     m.add_argument("model", type=Path, help="a SAM model file (model.pt, mobile_sam.pt, an official SAM .pth) or "
                    "an exported encoder .onnx/.ort/.tflite/.pte (with --decoder)")
-    m.add_argument("--decoder", type=Path, help="with an exported encoder: its decoder of the same format (any precision)")
+    m.add_argument("--decoder", type=Path,
+                   help="with an exported encoder: its decoder of the same format (any precision)")
     m.add_argument("--coco", dest="annotations", type=Path, required=True, help="COCO instances json (ground truth)")
     m.add_argument("--images", type=Path, required=True, help="the folder its file_name entries are relative to")
     m.add_argument("--clicks", type=int, default=5, help="corrective clicks per object (mIoU after each, NoC)")

@@ -11,7 +11,8 @@ def cmd_export(args) -> int:
 
     out = args.out or args.model.parent / f"{args.model.stem}-export"
     options = ExportOptions(int8=args.int8, int8_ops=args.int8_ops, fp16=args.fp16, opset=args.opset,
-                            static_shapes=args.static_shapes, static_points=args.static_points, max_points=args.max_points,
+                            static_shapes=args.static_shapes, static_points=args.static_points,
+                            max_points=args.max_points,
                             calibration=args.calibration, calibration_count=args.calibration_count,
                             parity_images=args.parity_images, parity_count=args.parity_count,
                             tolerance=Tolerance(args.max_embedding_diff, args.min_mask_iou, args.max_mask_iou_loss))
@@ -22,7 +23,8 @@ def cmd_export(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a model to ONNX, ORT, LiteRT, ExecuTorch, CoreML or TensorRT with parity reports")
+    p = subparsers.add_parser("export", help="export a model to ONNX, ORT, LiteRT, ExecuTorch, CoreML or TensorRT "
+                              "with parity reports")
     p.add_argument("model", type=Path, help="a SAM model (our model.pt, MobileSAM's mobile_sam.pt, an official SAM "
                    ".pth), an RSPrompter prompter.pt or an ultralytics YOLO-seg .pt")
     p.add_argument("--format", nargs="+", default=["onnx"], metavar="FORMAT",
