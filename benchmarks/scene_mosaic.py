@@ -7,7 +7,8 @@ ground truth beside the same model's AP on the images one by one (untiled), whic
         [--points-per-side 16] [--out runs/scene_mosaic]
 
 Run from the folder that holds ../shared. Each model runs in a fresh process, so its peak memory (VmHWM) is its
-own. Figures: docs/BENCHMARKS.md ("Whole scenes").
+own. Each model's row is written as soon as it is measured; a rerun measures only the models not in the
+table yet (and reuses the mosaic). Figures: docs/BENCHMARKS.md ("Whole scenes").
 """
 from __future__ import annotations
 
@@ -128,10 +129,16 @@ def main() -> None:
     from sam_distill.eval.coco_ap import mask_ap
 
     args.out.mkdir(parents=True, exist_ok=True)
-    scene, scene_gt, cells_gt = build_mosaic(args.out, args.cells, args.cell)
+    scene, scene_gt, cells_gt = args.out / "mosaic.tif", args.out / "mosaic_coco.json", args.out / "cells_coco.json"
+    if not (scene.exists() and scene_gt.exists() and cells_gt.exists()):
+        scene, scene_gt, cells_gt = build_mosaic(args.out, args.cells, args.cell)
     print(f"mosaic {scene} ({args.cells * args.cell} px square), ground truth {scene_gt}")
-    rows = []
+    table = args.out / "scene_mosaic.json"
+    rows = json.loads(table.read_text()) if table.exists() else []  # a rerun keeps the models already measured
     for model in args.models:
+        if any(row["model"] == model for row in rows):
+            print(f"{model}: measured already ({table})")
+            continue
         command = [sys.executable, __file__, "--measure", model, "--out", str(args.out), "--tile", str(args.tile),
                    "--overlap", str(args.overlap), "--points-per-side", str(args.points_per_side)]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -148,9 +155,9 @@ def main() -> None:
                "tiled_mask_AP": tiled["stats"]["AP"], "tiled_mask_AP50": tiled["stats"]["AP50"],
                "untiled_mask_AP": untiled.get("mask_AP"), "untiled_mask_AP50": untiled.get("mask_AP50")}
         rows.append(row)
+        table.write_text(json.dumps(rows, indent=1))
         print(json.dumps(row))
-    (args.out / "scene_mosaic.json").write_text(json.dumps(rows, indent=1))
-    print(f"written {args.out / 'scene_mosaic.json'}")
+    print(f"written {table}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from sam_distill.data.coco import CocoInstances, make_synthetic_coco
 from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.methods.instance_predict import predict_dataset
 from sam_distill.methods.instances import InstanceObjective
-from sam_distill.methods.rcnn.model import SimpleFeaturePyramid, build_rcnn, load_rcnn, sam_box_masks, save_rcnn
+from sam_distill.methods.rcnn.model import build_rcnn, load_rcnn, sam_box_masks, save_rcnn
+from sam_distill.students.heads.pyramid import SimpleFeaturePyramid
 from sam_distill.train.loop import Schedule, train
 
 SIZE = 128

@@ -3,6 +3,7 @@ learning to AP50 >= 0.9 on generated instances (both prompters), ONNX parity, CL
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def tiny_prompter(head: str, **overrides):
     return build_prompter(config)
 
 
-@pytest.mark.parametrize("encoder, channels", [("vit_tiny", [192] * 4), ("tinyvit_5m", [128, 160, 320, 320]),
+@pytest.mark.parametrize("encoder, channels", [("vit_tiny", [192] * 2), ("tinyvit_5m", [128, 160, 320, 320]),
                                                ("timm_test_resnet", None)])
 def test_taps_and_aggregator_on_every_encoder_family(encoder, channels):
     model = build_prompter({"encoder": encoder, "image_size": SIZE, "head": "query", "num_classes": 2, "width": 32})
@@ -48,6 +49,47 @@ def test_taps_and_aggregator_on_every_encoder_family(encoder, channels):
     assert features.shape == (2, 32, SIZE // 16, SIZE // 16)
     assert not any(p.requires_grad for p in model.encoder.parameters())  # frozen by default
     assert not any(p.requires_grad for p in model.mask_decoder.parameters())
+
+
+def test_default_taps_are_every_second_vit_block_as_the_authors_select_layers():
+    from sam_distill.sam.build import build_sam
+
+    taps = encoder_taps(build_sam("vit_tiny", SIZE).image_encoder)
+    blocks = list(build_sam("vit_tiny", SIZE).image_encoder.blocks)
+    assert len(taps) == 2 and [type(t.module).__name__ for t in taps] == [type(blocks[1]).__name__] * 2
+
+
+def test_prompt_embeddings_go_through_sin_cos():
+    """The paper's prompt embeddings: sin(e[..., ::2]) + e[..., 1::2] of an MLP's 2×256-wide output, per prompt;
+    sincos off gives the MLP's output itself."""
+    from sam_distill.students.heads.query_prompter import PromptHead
+
+    torch.manual_seed(0)
+    features = torch.randn(3, 7, 32)
+    head = PromptHead(32, 64, prompts=5)
+    raw = head.mlp(features).reshape(3, 7, 5, 512)
+    expected = torch.sin(raw[..., 0::2]) + raw[..., 1::2]
+    assert torch.allclose(head(features), expected) and head(features).shape == (3, 7, 5, 256)
+    plain = PromptHead(32, 64, prompts=5, sincos=False)
+    assert torch.equal(plain(features), plain.mlp(features).reshape(3, 7, 5, 256))
+    assert tiny_prompter("query").head.prompt_head.sincos  # on by default in both prompters
+    assert tiny_prompter("anchor").head.prompt_head[-1].sincos
+
+
+def test_sine_position_code_matches_detr_and_tells_positions_apart():
+    """The anchor prompter's only source of where a box is: DETR's normalised sine code on the pyramid."""
+    from sam_distill.students.heads.pyramid import sine_positions
+
+    code = sine_positions(8, 3, 4, torch.zeros(1))
+    assert code.shape == (1, 8, 3, 4)
+    y, x = 2 / 3 * 2 * math.pi, 4 / 4 * 2 * math.pi  # row 1 and column 3, normalised as DETR does: (i + 1) / n · 2π
+    frequencies = [1.0, 1.0, 100.0, 100.0]  # 10000 ** (2 · (i // 2) / 4)
+    expected = [math.sin(y / frequencies[0]), math.cos(y / frequencies[1]), math.sin(y / frequencies[2]),
+                math.cos(y / frequencies[3]), math.sin(x / frequencies[0]), math.cos(x / frequencies[1]),
+                math.sin(x / frequencies[2]), math.cos(x / frequencies[3])]
+    assert torch.allclose(code[0, :, 1, 3], torch.tensor(expected), atol=1e-6)
+    flat = code[0].flatten(1).T
+    assert torch.cdist(flat, flat).add(torch.eye(12) * 10).min() > 0.1  # every cell's code is its own
 
 
 def test_bad_taps_name_the_valid_range():
@@ -266,3 +308,24 @@ def test_encoder_train_takes_the_words_and_the_old_booleans():
     assert EncoderConfig(train="lora").lora_rank == 16 and EncoderConfig().lora_targets == ["attn.qkv"]
     with pytest.raises(Exception, match="frozen"):
         EncoderConfig(train="half")
+
+
+@pytest.mark.parametrize("head", ["anchor", "query"])
+def test_authors_nwpu_configs_cite_their_source_and_their_cpu_variant_is_valid(head):
+    """configs/rsprompter_{head}_nwpu.yaml mirror the authors' NWPU files value by value; the smoke variant written
+    in each header (its --set options) is a valid config."""
+    import re
+    from pathlib import Path
+
+    from sam_distill.methods.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"rsprompter_{head}_nwpu.yaml"
+    text = path.read_text()
+    assert f"configs/rsprompter/rsprompter_{head}-nwpu-peft-512.py" in text
+    config = load_config(path)
+    assert (config.prompter.head, config.prompter.prompts_per_object, config.prompter.sincos) == (head, 5, True)
+    assert config.train.weight_decay == 0.05 and config.train.min_lr == pytest.approx(config.train.lr * 0.001)
+    overrides = re.findall(r"--set (\S+)", text)
+    assert len(overrides) >= 5
+    smoke = load_config(path, overrides)
+    assert smoke.encoder.name == "vit_tiny" and smoke.train.max_steps == 100

@@ -1,5 +1,7 @@
 """RSPrompter's feature aggregator: tap intermediate encoder layers, reduce each with light convolutions,
-and fuse them with residual connections into one dense map on SAM's embedding grid (S/16).
+and fuse them with residual connections into one dense map on SAM's embedding grid (S/16), as the authors'
+``RSFeatureAggregator`` does: every second ViT block, each reduced to a narrow width (32) by a 1×1 and a 3×3
+convolution, summed cumulatively with a residual 3×3 convolution after each addition, then a fusion to 256.
 
 ``encoder_taps`` is the one place that knows where each encoder family keeps its intermediate features:
 SAM ViT ``blocks[i]`` (B×H×W×C), TinyViT ``layers[i]`` (B×N×C token sequences) and timm students'
@@ -39,11 +41,10 @@ class Tap:
 
 def encoder_taps(encoder: nn.Module, indices: list[int] | None = None) -> list[Tap]:
     """The hook points of an encoder; ``indices`` picks ViT blocks / TinyViT stages / timm feature levels
-    (default: RSPrompter's every-few-blocks for ViTs, every stage otherwise)."""
+    (default: RSPrompter's every second ViT block, ``range(1, depth, 2)``; every stage otherwise)."""
     if hasattr(encoder, "blocks") and hasattr(encoder, "patch_embed"):  # segment-anything ImageEncoderViT
         modules, layout = list(encoder.blocks), "nhwc"
-        step = max(1, len(modules) // 4)
-        default = list(range(step - 1, len(modules), step))
+        default = list(range(1, len(modules), 2))
     elif hasattr(encoder, "layers") and hasattr(encoder, "neck"):  # TinyViT
         modules, layout = list(encoder.layers), "tokens"
         default = list(range(len(modules)))
@@ -85,30 +86,41 @@ class TappedEncoder(nn.Module):
         return embedding, captured
 
 
-def conv_block(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-                         nn.GroupNorm(8 if out_channels % 8 == 0 else 1, out_channels), nn.ReLU(inplace=True))
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm as the authors' code has it, or GroupNorm for batches too small for batch statistics."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
+    raise DistillError(f"norm must be batch or group, got {kind!r}")
+
+
+def conv_block(in_channels: int, out_channels: int, kernel: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
+                         norm_layer(norm, out_channels), nn.ReLU(inplace=True))
 
 
 class Aggregator(nn.Module):
-    """Per tap 1×1 reduce → 3×3 conv, resized to the embedding grid, summed level by level with a
-    residual 3×3 fusion after each addition (RSPrompter's aggregator)."""
+    """Per tap: 1×1 to ``hidden`` → 3×3 (resized to the embedding grid when a tap has another stride); then
+    cumulatively ``h = x + h; x = h + conv3×3(h)`` tap by tap; then a fusion 1×1 to ``width`` → 3×3 → 3×3.
+    The authors' defaults: hidden 32, width 256, BatchNorm."""
 
-    def __init__(self, in_channels: list[int], grid: int, width: int = 128):
+    def __init__(self, in_channels: list[int], grid: int, width: int = 256, hidden: int = 32, norm: str = "batch"):
         super().__init__()
         self.grid = grid
-        self.reduce = nn.ModuleList(nn.Sequential(conv_block(c, width, 1), conv_block(width, width, 3))
+        self.reduce = nn.ModuleList(nn.Sequential(conv_block(c, hidden, 1, norm), conv_block(hidden, hidden, 3, norm))
                                     for c in in_channels)
-        self.fuse = nn.ModuleList(nn.Sequential(conv_block(width, width, 3), nn.Conv2d(width, width, 3, padding=1))
-                                  for _ in in_channels)
-        self.out = conv_block(width, width, 3)
+        self.hidden = nn.ModuleList(conv_block(hidden, hidden, 3, norm) for _ in in_channels)
+        self.fusion = nn.Sequential(conv_block(hidden, width, 1, norm), conv_block(width, width, 3, norm),
+                                    nn.Conv2d(width, width, 3, padding=1))
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         fused = None
-        for feature, reduce, fuse in zip(maps, self.reduce, self.fuse):
+        for feature, reduce, hidden in zip(maps, self.reduce, self.hidden):
             feature = reduce(feature)
             if feature.shape[-1] != self.grid or feature.shape[-2] != self.grid:
                 feature = F.interpolate(feature, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-            fused = feature if fused is None else fused + feature
-            fused = fused + fuse(fused)
-        return self.out(fused)
+            if fused is not None:
+                feature = fused + feature
+            fused = feature + hidden(feature)
+        return self.fusion(fused)

@@ -1,10 +1,11 @@
-"""Anchor-based prompter: torchvision's RPN and Fast R-CNN RoI heads on the aggregated map find and classify
-boxes; a prompt head maps each RoI feature to K prompt embeddings, and SAM's own box encoding (the prompt
-encoder's random-Fourier positions of the corners) is added so the prompts sit where SAM's decoder expects.
-Losses: RPN + Fast R-CNN (torchvision's) + mask BCE/Dice on positive proposals (RSPrompter-anchor)."""
+"""Anchor-based prompter, as RSPrompter-anchor builds it: the aggregated map becomes a simple feature pyramid
+(strides 4–64) with a sine position code added; torchvision's RPN and Fast R-CNN RoI heads find and classify
+boxes on it; for each box a 14×14 RoI feature goes through a stride-2 convolution and an MLP to K prompt
+embeddings, ``sin(e[..., ::2]) + e[..., 1::2]`` of the MLP's output (the paper's sin-cos), which SAM's decoder
+turns into the mask with its no-mask dense embedding. Where a box is in the image reaches the prompts only
+through the position code in the pooled features, as in the authors' ``RSPrompterAnchorRoIPromptHead``.
+Losses: RPN + Fast R-CNN (torchvision's) + mask BCE/Dice on positive proposals."""
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -14,14 +15,16 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_align
+from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from sam_distill.students.heads import HEADS
 from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
-from sam_distill.students.heads.query_prompter import PROMPT_DIM, mlp
+from sam_distill.students.heads.pyramid import SimpleFeaturePyramid, sine_positions
+from sam_distill.students.heads.query_prompter import PromptHead
 
-ROI_SIZE = 7
-STRIDE = 16
+BOX_ROI_SIZE = 7  # torchvision's Fast R-CNN box head
+PROMPT_ROI_SIZE = 14  # the authors' mask RoI extractor (roi_feat_size=14)
+ROI_LEVELS = ["0", "1", "2", "3"]  # strides 4, 8, 16, 32; "pool" (64) feeds the RPN only, as in torchvision
 
 
 def padded_image_list(like: torch.Tensor, image_size: int) -> ImageList:
@@ -32,39 +35,45 @@ def padded_image_list(like: torch.Tensor, image_size: int) -> ImageList:
 
 @HEADS.register("anchor")
 class AnchorPrompter(nn.Module):
-    def __init__(self, width: int, num_classes: int, image_size: int, prompts_per_object: int = 4,
-                 masks_per_image: int = 16, detections_per_image: int = 50, **_unused):
+    def __init__(self, width: int, num_classes: int, image_size: int, prompts_per_object: int = 5,
+                 masks_per_image: int = 16, detections_per_image: int = 50, sincos: bool = True, **_unused):
         super().__init__()
-        if prompts_per_object < 2:
-            raise ValueError("the anchor prompter needs prompts_per_object >= 2 (two box-corner slots)")
-        self.image_size, self.prompts_per_object, self.masks_per_image = image_size, prompts_per_object, masks_per_image
-        sizes = tuple(max(4, image_size // d) for d in (32, 16, 8, 4, 2))
-        anchors = AnchorGenerator(sizes=(sizes,), aspect_ratios=((0.5, 1.0, 2.0),))
+        self.image_size, self.masks_per_image, self.prompts_per_object = image_size, masks_per_image, prompts_per_object
+        self.pyramid = SimpleFeaturePyramid(width, width)
+        scale = image_size / 1024  # torchvision's anchor sizes are meant for ~1024-px inputs
+        anchors = AnchorGenerator(tuple((max(4, round(size * scale)),) for size in (32, 64, 128, 256, 512)),
+                                  ((0.5, 1.0, 2.0),) * 5)
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(width, anchors.num_anchors_per_location()[0]), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
             batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n=dict(training=1000, testing=300),
             post_nms_top_n=dict(training=300, testing=100), nms_thresh=0.7)
         self.roi_heads = RoIHeads(
-            MultiScaleRoIAlign(["0"], ROI_SIZE, 2), TwoMLPHead(width * ROI_SIZE ** 2, 256),
+            MultiScaleRoIAlign(ROI_LEVELS, BOX_ROI_SIZE, 2), TwoMLPHead(width * BOX_ROI_SIZE ** 2, 256),
             FastRCNNPredictor(256, num_classes + 1), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
             batch_size_per_image=128, positive_fraction=0.25, bbox_reg_weights=None, score_thresh=0.05,
             nms_thresh=0.5, detections_per_img=detections_per_image)
-        self.prompt_head = nn.Sequential(nn.Flatten(), mlp(width * ROI_SIZE ** 2, 256, prompts_per_object * PROMPT_DIM))
+        self.prompt_pool = MultiScaleRoIAlign(ROI_LEVELS, PROMPT_ROI_SIZE, 2)
+        self.prompt_head = nn.Sequential(
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Flatten(), PromptHead(width * (PROMPT_ROI_SIZE // 2) ** 2, width, prompts_per_object, sincos))
         self.matcher = Matcher(0.5, 0.5, allow_low_quality_matches=False)
 
-    def prompts(self, features: torch.Tensor, boxes: list[torch.Tensor], box_embedding) -> list[torch.Tensor]:
-        """K prompt embeddings per box: RoI feature through the prompt head, plus SAM's corner encoding."""
-        pooled = roi_align(features, boxes, ROI_SIZE, spatial_scale=1 / STRIDE, sampling_ratio=2, aligned=True)
-        prompts = self.prompt_head(pooled).reshape(-1, self.prompts_per_object, PROMPT_DIM)
-        corners = box_embedding(torch.cat(boxes).detach())
-        prompts = torch.cat([prompts[:, :2] + corners, prompts[:, 2:]], dim=1)
+    def levels(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pyramid of the aggregated map, each level with the sine position code added."""
+        return {name: level + sine_positions(level.shape[1], *level.shape[-2:], level)
+                for name, level in self.pyramid(features).items()}
+
+    def prompts(self, levels: dict[str, torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """K prompt embeddings (n×K×256) per image's boxes (input pixels, xyxy)."""
+        sizes = [(self.image_size, self.image_size)] * len(boxes)
+        prompts = self.prompt_head(self.prompt_pool(levels, boxes, sizes))
         return list(prompts.split([len(b) for b in boxes]))
 
     def losses(self, model, features, embeddings, targets) -> dict[str, torch.Tensor]:
-        images, feature_dict = padded_image_list(features, self.image_size), OrderedDict([("0", features)])
+        images, levels = padded_image_list(features, self.image_size), self.levels(features)
         det_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        proposals, rpn_losses = self.rpn(images, feature_dict, det_targets)
-        _, det_losses = self.roi_heads(feature_dict, proposals, images.image_sizes, det_targets)
+        proposals, rpn_losses = self.rpn(images, levels, det_targets)
+        _, det_losses = self.roi_heads(levels, proposals, images.image_sizes, det_targets)
         # Mask branch on positive proposals (IoU >= 0.5 with a ground-truth box), ground-truth boxes included.
         boxes, gt_masks = [], []
         for proposal, target in zip(proposals, targets):
@@ -80,9 +89,8 @@ class AnchorPrompter(nn.Module):
             gt_masks.append(target["masks"][matched[positive]])
         loss = {**rpn_losses, **det_losses}
         if sum(len(b) for b in boxes):
-            prompts = self.prompts(features, boxes, model.box_embedding)
             logits, targets_low = [], []
-            for i, (image_prompts, masks) in enumerate(zip(prompts, gt_masks)):
+            for i, (image_prompts, masks) in enumerate(zip(self.prompts(levels, boxes), gt_masks)):
                 if len(image_prompts):
                     pred, _ = model.decode(embeddings[i:i + 1], image_prompts)
                     logits.append(pred)
@@ -92,20 +100,20 @@ class AnchorPrompter(nn.Module):
             loss["mask_dice"] = 5.0 * dice_loss(pred, gt)
         return loss
 
-    def detect(self, features: torch.Tensor) -> list[dict]:
-        images, feature_dict = padded_image_list(features, self.image_size), OrderedDict([("0", features)])
-        proposals, _ = self.rpn(images, feature_dict)
-        detections, _ = self.roi_heads(feature_dict, proposals, images.image_sizes)
+    def detect(self, levels: dict[str, torch.Tensor]) -> list[dict]:
+        images = padded_image_list(levels["0"], self.image_size)
+        proposals, _ = self.rpn(images, levels)
+        detections, _ = self.roi_heads(levels, proposals, images.image_sizes)
         return detections
 
     @torch.no_grad()
     def predict(self, model, features, embeddings, score_threshold: float = 0.05) -> list[dict]:
-        detections = self.detect(features)
-        boxes = [d["boxes"][d["scores"] >= score_threshold] for d in detections]
-        prompts = self.prompts(features, boxes, model.box_embedding)
+        levels = self.levels(features)
+        detections = self.detect(levels)
+        keeps = [d["scores"] >= score_threshold for d in detections]
+        prompts = self.prompts(levels, [d["boxes"][keep] for d, keep in zip(detections, keeps)])
         results = []
-        for i, (detection, image_prompts) in enumerate(zip(detections, prompts)):
-            keep = detection["scores"] >= score_threshold
+        for i, (detection, keep, image_prompts) in enumerate(zip(detections, keeps, prompts)):
             masks, _ = model.decode(embeddings[i:i + 1], image_prompts)
             results.append({"masks": masks, "scores": detection["scores"][keep], "labels": detection["labels"][keep],
                             "boxes": detection["boxes"][keep]})

@@ -23,11 +23,31 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 3) -> nn.Sequentia
     return nn.Sequential(*parts, nn.Linear(dims[-1], out_dim))
 
 
+def sin_cos(embedding: torch.Tensor) -> torch.Tensor:
+    """RSPrompter's transform of an MLP's output (…×2D → …×D): ``sin(e[..., ::2]) + e[..., 1::2]``. SAM's prompt
+    embeddings are sums of high-frequency sinusoids of positions; an MLP alone reaches them poorly, a sine does."""
+    return torch.sin(embedding[..., ::2]) + embedding[..., 1::2]
+
+
+class PromptHead(nn.Module):
+    """Features (…×in) → K prompt embeddings of SAM's width (…×K×256), through an MLP and, with ``sincos`` (the
+    paper's default), :func:`sin_cos` of twice as many outputs."""
+
+    def __init__(self, in_dim: int, hidden: int, prompts: int, sincos: bool = True):
+        super().__init__()
+        self.prompts, self.sincos = prompts, sincos
+        self.mlp = mlp(in_dim, hidden, prompts * PROMPT_DIM * (2 if sincos else 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        raw = self.mlp(features).reshape(*features.shape[:-1], self.prompts, -1)
+        return sin_cos(raw) if self.sincos else raw
+
+
 @HEADS.register("query")
 class QueryPrompter(nn.Module):
     def __init__(self, width: int, num_classes: int, num_queries: int = 16, prompts_per_object: int = 4,
                  depth: int = 2, heads: int = 8, no_object_weight: float = 0.1,
-                 cost_weights: tuple[float, float, float] = (2.0, 5.0, 5.0), **_unused):
+                 cost_weights: tuple[float, float, float] = (2.0, 5.0, 5.0), sincos: bool = True, **_unused):
         super().__init__()
         self.num_classes, self.num_queries, self.prompts_per_object = num_classes, num_queries, prompts_per_object
         self.position = PositionEmbeddingRandom(width // 2)
@@ -36,7 +56,7 @@ class QueryPrompter(nn.Module):
                                            norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, depth, norm=nn.LayerNorm(width))
         self.class_head = nn.Linear(width, num_classes + 1)
-        self.prompt_head = mlp(width, width, prompts_per_object * PROMPT_DIM)
+        self.prompt_head = PromptHead(width, width, prompts_per_object, sincos)
         self.cost_weights = cost_weights
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = no_object_weight
@@ -47,7 +67,7 @@ class QueryPrompter(nn.Module):
         batch, _, height, width = features.shape
         memory = (features + self.position((height, width))[None]).flatten(2).transpose(1, 2)
         queries = self.decoder(self.queries.weight[None].expand(batch, -1, -1), memory)
-        prompts = self.prompt_head(queries).reshape(batch, self.num_queries, self.prompts_per_object, PROMPT_DIM)
+        prompts = self.prompt_head(queries)
         return self.class_head(queries), prompts
 
     def losses(self, model, features, embeddings, targets) -> dict[str, torch.Tensor]:

@@ -27,8 +27,9 @@ class RSPrompterModel(nn.Module):
         self.grid = self.image_size // 16
         self.encoder = TappedEncoder(sam.image_encoder, config.get("taps"))
         self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
-        width = int(config.get("width", 128))
-        self.aggregator = Aggregator(self.encoder.channels, self.grid, width)
+        width = int(config.get("width", 256))
+        self.aggregator = Aggregator(self.encoder.channels, self.grid, width, int(config.get("hidden", 32)),
+                                     config.get("norm", "batch"))
         self.head = create_head(config["head"], width=width, num_classes=int(config["num_classes"]),
                                 image_size=self.image_size, **config.get("head_kwargs", {}))
         self.train_encoder = encoder_mode(config.get("train_encoder"))
@@ -48,10 +49,6 @@ class RSPrompterModel(nn.Module):
         with nullcontext() if self.train_encoder != "frozen" and torch.is_grad_enabled() else torch.no_grad():
             embeddings, taps = self.encoder(images)
         return embeddings, self.aggregator(taps)
-
-    def box_embedding(self, boxes: torch.Tensor) -> torch.Tensor:
-        """SAM's own encoding of box corners (n×2×256), as its prompt encoder makes it for a box prompt."""
-        return self.prompt_encoder._embed_boxes(boxes)
 
     def decode(self, embedding: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's embedding (1×256×G×G) and n×K×256 sparse prompts → low-res mask logits n×4G×4G, IoU n."""
@@ -76,7 +73,8 @@ class RSPrompterModel(nn.Module):
 
 
 def build_prompter(config: dict, checkpoint: Path | None = None) -> RSPrompterModel:
-    """config keys: encoder, image_size, head, num_classes, taps, width, head_kwargs, train_encoder, train_decoder."""
+    """config keys: encoder, image_size, head, num_classes, taps, width, hidden, norm, head_kwargs, train_encoder,
+    train_decoder (and lora_* with train_encoder lora)."""
     sam = build_sam_for(config["encoder"], int(config["image_size"]), checkpoint)
     return RSPrompterModel(sam, config)
 

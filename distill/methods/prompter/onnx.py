@@ -50,9 +50,9 @@ class AnchorHeadGraph(nn.Module):
         self.model = model
 
     def forward(self, *taps):
-        features = self.model.aggregator(list(taps))
-        detection = self.model.head.detect(features)[0]
-        prompts = self.model.head.prompts(features, [detection["boxes"]], self.model.box_embedding)[0]
+        levels = self.model.head.levels(self.model.aggregator(list(taps)))
+        detection = self.model.head.detect(levels)[0]
+        prompts = self.model.head.prompts(levels, [detection["boxes"]])[0]
         return detection["boxes"], detection["scores"], detection["labels"], prompts
 
 

@@ -10,10 +10,12 @@ from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainCo
 def prompter_model_config(config, num_classes: int) -> dict:
     spec, encoder = config.prompter, config.encoder
     return {"encoder": encoder.name, "image_size": encoder.image_size, "head": spec.head, "num_classes": num_classes,
-            "taps": spec.taps, "width": spec.width, "train_encoder": encoder.train, "lora_rank": encoder.lora_rank,
+            "taps": spec.taps, "width": spec.width, "hidden": spec.hidden, "norm": spec.norm,
+            "train_encoder": encoder.train, "lora_rank": encoder.lora_rank,
             "lora_alpha": encoder.lora_alpha, "lora_targets": list(encoder.lora_targets),
             "train_decoder": spec.train_decoder,
-            "head_kwargs": {"num_queries": spec.num_queries, "prompts_per_object": spec.prompts_per_object}}
+            "head_kwargs": {"num_queries": spec.num_queries, "prompts_per_object": spec.prompts_per_object,
+                            "sincos": spec.sincos}}
 
 
 @register_method("prompter", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,

@@ -10,13 +10,11 @@ pretrained weights, needs it. Saved like the prompters: one plain-data ``torch.s
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -26,6 +24,7 @@ from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import load_tagged, save_tagged_model
 from sam_distill.students.heads.anchor_prompter import padded_image_list
 from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
+from sam_distill.students.heads.pyramid import SimpleFeaturePyramid
 from sam_distill.students.lora import adapt_encoder, encoder_mode, lora_settings, merged_encoder_config
 
 RCNN_FORMAT = "sam-distill/sam-rcnn"
@@ -33,37 +32,6 @@ DISPLAY_NAMES = {"sam_det": "SAM-det", "sam_seg": "SAM-seg"}
 BOX_CHUNK = 64  # box prompts decoded per mask-decoder call
 DECODER_BOXES_PER_IMAGE = 16  # ground-truth boxes prompted per image when the decoder trains
 MASK_LOSS_WEIGHT = 5.0  # as the anchor prompter weighs its mask terms against the detection losses
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
-
-
-class SimpleFeaturePyramid(nn.Module):
-    """ViTDet's simple pyramid: strides 4 and 8 by transposed convolutions, 16 as is, 32 by max-pooling,
-    each projected to ``width`` channels; plus torchvision's extra ``pool`` level (stride 64)."""
-
-    def __init__(self, in_channels: int = 256, width: int = 256):
-        super().__init__()
-        half, quarter = in_channels // 2, in_channels // 4
-        self.rescale = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(in_channels, half, 2, 2), _norm(half), nn.GELU(),
-                          nn.ConvTranspose2d(half, quarter, 2, 2)),
-            nn.ConvTranspose2d(in_channels, half, 2, 2),
-            nn.Identity(),
-            nn.MaxPool2d(2),
-        ])
-        self.project = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width),
-                          nn.Conv2d(width, width, 3, padding=1, bias=False), _norm(width))
-            for c in (quarter, half, in_channels, in_channels))
-        self.out_channels = width
-
-    def forward(self, embedding: torch.Tensor) -> OrderedDict:
-        levels = OrderedDict((str(i), project(rescale(embedding)))
-                             for i, (rescale, project) in enumerate(zip(self.rescale, self.project)))
-        levels["pool"] = F.max_pool2d(levels["3"], 1, 2)
-        return levels
 
 
 class SamRCNN(nn.Module):
