@@ -126,7 +126,7 @@ def test_an_instance_model_shows_its_automatic_result(two_sams, tmp_path):
 
     torch.manual_seed(0)
     model = build_prompter({"encoder": "vit_tiny", "image_size": 128, "head": "query", "num_classes": 1, "width": 32,
-                            "head_kwargs": {"num_queries": 4}})
+                            "head_kwargs": {"num_queries": 4, "decoder_layers": 2, "pixel_decoder_layers": 1, "heads": 4}})
     prompter = save_prompter(model, tmp_path / "prompter.pt", [{"id": 1, "name": "box"}])
     demo = Demo([open_model(two_sams[0], torch.device("cpu")), open_model(prompter, torch.device("cpu"))], tmp_path)
     client = TestClient(create_app(demo))

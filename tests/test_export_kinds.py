@@ -108,7 +108,7 @@ def test_prompter_int8_and_fp16_chains_with_parity(tmp_path):
 
     torch.manual_seed(0)
     model = build_prompter({"encoder": "vit_tiny", "image_size": 128, "head": "query", "num_classes": 3, "width": 32,
-                            "head_kwargs": {"num_queries": 4}})
+                            "head_kwargs": {"num_queries": 4, "decoder_layers": 2, "pixel_decoder_layers": 1, "heads": 4}})
     path = save_prompter(model, tmp_path / "prompter.pt", [{"id": 1, "name": "a"}])
     out = tmp_path / "onnx"
     assert main(["export", str(path), "--int8", "--fp16", "--out", str(out)]) == 0

@@ -32,7 +32,9 @@ def shapes(tmp_path_factory):
 def tiny_prompter(head: str, **overrides):
     torch.manual_seed(0)
     config = {"encoder": "vit_tiny", "image_size": SIZE, "head": head, "num_classes": 3, "width": 64,
-              "train_encoder": True, "train_decoder": True, "head_kwargs": {"num_queries": 8}, **overrides}
+              "train_encoder": True, "train_decoder": True,
+              "head_kwargs": {"num_queries": 8, "decoder_layers": 3, "pixel_decoder_layers": 2, "heads": 4},
+              **overrides}
     return build_prompter(config)
 
 
@@ -74,6 +76,70 @@ def test_prompt_embeddings_go_through_sin_cos():
     assert torch.equal(plain(features), plain.mlp(features).reshape(3, 7, 5, 256))
     assert tiny_prompter("query").head.prompt_head.sincos  # on by default in both prompters
     assert tiny_prompter("anchor").head.prompt_head[-1].sincos
+
+
+def _instance_batch(count: int = 2):
+    """Two 128-px images with two square objects each (classes 1 and 2), as CocoInstances yields them."""
+    images, targets = torch.randn(count, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)), []
+    for _ in range(count):
+        masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+        masks[0, 8:40, 8:40], masks[1, 60:120, 50:110] = True, True
+        targets.append({"labels": torch.tensor([1, 2]), "masks": masks,
+                        "boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0], [50.0, 60.0, 110.0, 120.0]])})
+    return images, targets
+
+
+def test_query_prompter_matches_and_is_trained_at_every_decoder_layer(monkeypatch):
+    """Mask2Former's auxiliary losses: one Hungarian matching per image at each of the decoder's 3 layers and its
+    first prediction (4), and every layer's class logits get a gradient of their own."""
+    model = tiny_prompter("query")
+    head = model.head
+    calls = []
+    match = head.match
+    monkeypatch.setattr(head, "match", lambda *args: calls.append(1) or match(*args))
+    images, targets = _instance_batch()
+    loss = model.losses(images, targets)
+    assert len(calls) == 4 * len(targets)
+    assert set(loss) == {"class", "coarse_bce", "coarse_dice", "mask_bce", "mask_dice"}
+    model.zero_grad()
+    layers = head(model.features(images)[1])
+    layers[1][0].sum().backward()  # the class logits after decoder layer 1 alone reach that layer
+    assert head.transformer.decoder.layers[0].self_attn.out_proj.weight.grad.abs().sum() > 0
+    assert len(layers) == 4 and all(logits.shape == (2, 8, 4) for logits, _, _ in layers)
+
+
+def test_query_prompter_gives_sam_its_coarse_mask_as_the_dense_prompt():
+    """The authors' decoder_plus: SAM's dense prompt is its mask_downscaling of Mask2Former's coarse mask, not the
+    no-mask embedding; with dense_prompt off it is the no-mask embedding."""
+    images, _ = _instance_batch(1)
+    for dense in (True, False):
+        model = tiny_prompter("query", head_kwargs={"num_queries": 8, "decoder_layers": 2, "pixel_decoder_layers": 1,
+                                                    "heads": 4, "dense_prompt": dense}).eval()
+        seen = []
+        model.mask_decoder.register_forward_hook(
+            lambda module, args, kwargs, output: seen.append(kwargs["dense_prompt_embeddings"]), with_kwargs=True)
+        with torch.no_grad():
+            embeddings, features = model.features(images)
+            _, prompts, coarse = model.head(features)[-1]
+            model.head.sam_masks(model, embeddings, prompts[0], coarse[0])
+            if dense:
+                expected = model.prompt_encoder.mask_downscaling(coarse[0][:, None])
+            else:
+                expected = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 8, 8)
+        assert coarse.shape == (1, 8, 32, 32)  # stride 4: SAM's mask-prompt size for a 128-px input
+        torch.testing.assert_close(seen[-1], expected)
+
+
+@pytest.mark.parametrize("pixel_decoder", ["deformable", "pyramid"])
+def test_query_prompter_pixel_decoder_choice(pixel_decoder):
+    """Mask2Former's multi-scale deformable-attention pixel decoder (transformers'), or the pyramid as it is."""
+    model = tiny_prompter("query", head_kwargs={"num_queries": 8, "decoder_layers": 2, "pixel_decoder_layers": 1,
+                                                "heads": 4, "pixel_decoder": pixel_decoder})
+    names = {type(m).__name__ for m in model.head.modules()}
+    assert ("Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention" in names) == (pixel_decoder == "deformable")
+    assert "Mask2FormerMaskedAttentionDecoder" in names
+    level_embed = model.head.pixel_decoder.level_embed if pixel_decoder == "deformable" else torch.zeros(1)
+    assert torch.isfinite(level_embed).all() and level_embed.abs().max() < 10  # initialised, not left as raw memory
 
 
 def test_sine_position_code_matches_detr_and_tells_positions_apart():

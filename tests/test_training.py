@@ -147,7 +147,8 @@ def _instance_model(kind: str):
         from sam_distill.methods.prompter.model import build_prompter
 
         return build_prompter({"encoder": "vit_tiny", "image_size": INSTANCE_SIZE, "head": kind.split("_")[1],
-                               "num_classes": 3, "width": 32, "head_kwargs": {"num_queries": 8}})
+                               "num_classes": 3, "width": 32,
+                               "head_kwargs": {"num_queries": 8, "decoder_layers": 2, "pixel_decoder_layers": 1, "heads": 4}})
     from sam_distill.methods.rcnn.model import build_rcnn
 
     return build_rcnn({"method": kind, "encoder": "vit_tiny", "image_size": INSTANCE_SIZE, "num_classes": 3,
@@ -378,7 +379,7 @@ def test_instance_recipe_runs_under_torchrun(tmp_path):
     config.write_text(
         f"recipe: prompter\nname: ddp\nrun_dir: {tmp_path / 'run'}\ndevice: cpu\n"
         "train: {max_steps: 2, batch_size: 1, warmup_steps: 0, checkpoint_every: 1, log_every: 1, num_workers: 0}\n"
-        f"encoder: {{name: vit_tiny, image_size: {INSTANCE_SIZE}}}\nprompter: {{head: query, width: 32}}\n"
+        f"encoder: {{name: vit_tiny, image_size: {INSTANCE_SIZE}}}\nprompter: {{head: query, width: 32, decoder_layers: 2, pixel_decoder_layers: 1}}\n"
         "instances: {synthetic: {count: 8, size: 128}, val_fraction: 0.3, eval: {every: 1, overlays: 0}}\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "sam_distill", "run", str(config)]

@@ -284,6 +284,18 @@ def _rank_state(objective: Objective, window: _Window, device: torch.device) -> 
     return state
 
 
+def _average_buffers(model: nn.Module, context: DistContext) -> None:
+    """Make every rank's floating-point buffers (BatchNorm's running statistics) their mean over the ranks, as
+    mmengine's SyncBuffersHook does: each rank updates them from its own batches, so without this the ranks (and a
+    checkpoint) would hold rank 0's statistics of half the data, and ranks would disagree."""
+    if not context.distributed:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            torch_dist.all_reduce(buffer)
+            buffer.div_(context.world_size)
+
+
 def _gather(value, context: DistContext) -> list:
     if not context.distributed:
         return [value]
@@ -362,6 +374,7 @@ def train(objective: Objective, dataset: Dataset, schedule: Schedule, out_dir: P
     evaluations: MetricsWriter | None = None
 
     def save_state() -> None:
+        _average_buffers(model, context)
         ranks = _gather(_rank_state(objective, window, device), context)
         if context.is_main:
             atomic_torch_save({"format": STATE_FORMAT, "objective": objective.name, "step": step,

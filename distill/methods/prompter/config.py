@@ -20,6 +20,14 @@ class PrompterConfig(Section):
                                             "batch; group for batches of one or two)")
     sincos: bool = Field(True, description="prompt embeddings as sin(e[..., ::2]) + e[..., 1::2] of the MLP's output "
                          "(the paper's sin-cos: an MLP needs sin to reach SAM's high-frequency positional codes)")
-    num_queries: int = Field(16, ge=1, description="query prompter only")
+    num_queries: int = Field(16, ge=1, description="query prompter only (the authors' NWPU config: 70)")
+    decoder_layers: int = Field(6, ge=1, description="query prompter: masked-attention layers (the authors': 6)")
+    pixel_decoder: Literal["deformable", "pyramid"] = Field(
+        "deformable", description="query prompter: Mask2Former's multi-scale deformable-attention pixel decoder, or "
+        "the simple pyramid's levels as they are (faster)")
+    pixel_decoder_layers: int = Field(3, ge=1, description="query prompter: deformable-attention layers (the "
+                                      "authors': 3)")
+    dense_prompt: bool = Field(True, description="query prompter: Mask2Former's coarse mask as SAM's dense prompt "
+                               "(the authors' decoder_plus)")
     prompts_per_object: int = Field(5, ge=1, description="K prompt embeddings per object (the authors' K: 5)")
     train_decoder: bool = False

@@ -50,12 +50,17 @@ class RSPrompterModel(nn.Module):
             embeddings, taps = self.encoder(images)
         return embeddings, self.aggregator(taps)
 
-    def decode(self, embedding: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's embedding (1×256×G×G) and n×K×256 sparse prompts → low-res mask logits n×4G×4G, IoU n."""
+    def decode(self, embedding: torch.Tensor, prompts: torch.Tensor,
+               mask_prompts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's embedding (1×256×G×G), n×K×256 sparse prompts and optionally n×4G×4G mask logits as the
+        dense prompt (SAM's ``mask_input``; else its no-mask embedding) → low-res mask logits n×4G×4G, IoU n."""
         if prompts.shape[0] == 0:
             size = 4 * embedding.shape[-1]
             return embedding.new_zeros(0, size, size), embedding.new_zeros(0)
-        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *embedding.shape[-2:])
+        if mask_prompts is None:
+            dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *embedding.shape[-2:])
+        else:
+            dense = self.prompt_encoder.mask_downscaling(mask_prompts[:, None].to(embedding.dtype))
         masks, iou = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
                                        sparse_prompt_embeddings=prompts.to(embedding.dtype),
                                        dense_prompt_embeddings=dense, multimask_output=False)

@@ -2,11 +2,13 @@
 
 * ``encoder.onnx``: image 1×3×S×S → image_embeddings 1×256×G×G and the tapped feature maps (tap0, tap1, ...)
 * ``head.onnx`` (aggregator + prompter), from the taps:
-  query prompter → class_logits 1×N×(C+1), prompts 1×N×K×256;
-  anchor prompter → boxes n×4, scores n, labels n, prompts n×K×256 (RPN, RoI heads with their NMS, prompt head
-  and SAM's box-corner encoding all inside the graph)
-* ``decoder.onnx``: image_embeddings + prompts n×K×256 (n dynamic) → low-res mask logits n×4G×4G, iou n
-  (SAM's mask decoder with the prompt encoder's no-mask embedding and dense positional encoding baked in).
+  query prompter → class_logits 1×N×(C+1), prompts 1×N×K×256, mask_prompts 1×N×4G×4G (its last layer's coarse
+  masks, SAM's dense prompt);
+  anchor prompter → boxes n×4, scores n, labels n, prompts n×K×256 (pyramid, RPN, RoI heads with their NMS and
+  the prompt head all inside the graph)
+* ``decoder.onnx``: image_embeddings + prompts n×K×256 (n dynamic) + mask_input n×4G×4G + has_mask_input 1 →
+  low-res mask logits n×4G×4G, iou n: SAM's mask decoder with its prompt encoder's dense part inside, taking
+  mask_input as SAM's official ONNX decoder does (has_mask_input 0: the no-mask embedding).
 
 ``export_prompter_onnx`` writes them with ``prompter.json`` (classes, sizes, output names) and checks parity.
 """
@@ -41,7 +43,8 @@ class QueryHeadGraph(nn.Module):
         self.model = model
 
     def forward(self, *taps):
-        return self.model.head(self.model.aggregator(list(taps)))
+        logits, prompts, coarse = self.model.head(self.model.aggregator(list(taps)))[-1]
+        return logits, prompts, coarse
 
 
 class AnchorHeadGraph(nn.Module):
@@ -61,14 +64,42 @@ class _Decoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image_embeddings, prompts):
-        return self.model.decode(image_embeddings, prompts)
+    def forward(self, image_embeddings, prompts, mask_input, has_mask_input):
+        encoder = self.model.prompt_encoder
+        dense = (has_mask_input * encoder.mask_downscaling(mask_input[:, None])
+                 + (1 - has_mask_input) * encoder.no_mask_embed.weight.reshape(1, -1, 1, 1))
+        masks, iou = self.model.mask_decoder(image_embeddings=image_embeddings, image_pe=encoder.get_dense_pe(),
+                                             sparse_prompt_embeddings=prompts, dense_prompt_embeddings=dense,
+                                             multimask_output=False)
+        return masks[:, 0], iou[:, 0]
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict) -> None:
     module.eval()  # the exporter restores the wrapper's mode afterwards: it must be eval, or the model ends in training mode
     torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
                       opset_version=OPSET, dynamo=False)
+    _float_grid_samples(path)
+
+
+def _float_grid_samples(path: Path) -> None:
+    """transformers' deformable attention traces its reference points as float64 constants, so the exported
+    GridSample gets a double grid beside a float image, which onnxruntime has no kernel for: cast the grid."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    double = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "GridSample" and node.input[1] in double:
+            cast = f"{node.input[1]}_as_float"
+            nodes.append(onnx.helper.make_node("Cast", [node.input[1]], [cast], to=onnx.TensorProto.FLOAT))
+            node.input[1] = cast
+        nodes.append(node)
+    if len(nodes) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
 
 
 def parity_sample(image_size: int) -> torch.Tensor:
@@ -91,7 +122,7 @@ def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None
     _export(_Encoder(model), (image,), paths["encoder"], ["image"], ["image_embeddings", *tap_names], {})
     kind = model.config["head"]
     if kind == "query":
-        head_outputs = ["class_logits", "prompts"]
+        head_outputs = ["class_logits", "prompts", "mask_prompts"]
         _export(QueryHeadGraph(model), tuple(taps), paths["head"], tap_names, head_outputs, {})
     elif kind == "anchor":
         head_outputs = ["boxes", "scores", "labels", "prompts"]
@@ -99,11 +130,12 @@ def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None
                 {name: {0: "detections"} for name in head_outputs})
     else:
         raise DistillError(f"no ONNX export for prompter head {kind!r}")
-    prompts = torch.zeros(3, model.head.prompts_per_object, 256)
-    _export(_Decoder(model), (embedding, prompts), paths["decoder"], ["image_embeddings", "prompts"],
-            ["low_res_masks", "iou_predictions"],
-            {"prompts": {0: "prompts"}, "low_res_masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}})
+    prompts, low_res = torch.zeros(3, model.head.prompts_per_object, 256), 4 * embedding.shape[-1]
+    _export(_Decoder(model), (embedding, prompts, torch.zeros(3, low_res, low_res), torch.ones(1)), paths["decoder"],
+            ["image_embeddings", "prompts", "mask_input", "has_mask_input"], ["low_res_masks", "iou_predictions"],
+            {name: {0: "prompts"} for name in ("prompts", "mask_input", "low_res_masks", "iou_predictions")})
     manifest = {"format": "sam-distill/prompter-onnx", "head": kind, "image_size": size, "taps": tap_names,
+                "dense_prompt": kind == "query" and bool(model.head.dense_prompt),
                 "head_outputs": head_outputs, "classes": classes or [], "files": {k: p.name for k, p in paths.items()},
                 "preprocessing": "SAM: resize longest side, normalise, pad bottom-right"}
     report = {"files": {k: str(p) for k, p in paths.items()}}
@@ -126,7 +158,13 @@ def run_onnx(out_dir: Path, image: np.ndarray) -> dict[str, np.ndarray]:
     encoded = session["encoder"].run(None, {"image": image.astype(np.float32)})
     head = dict(zip(manifest["head_outputs"], session["head"].run(None, dict(zip(manifest["taps"], encoded[1:])))))
     prompts = head["prompts"][0] if manifest["head"] == "query" else head["prompts"]
-    masks, iou = session["decoder"].run(None, {"image_embeddings": encoded[0], "prompts": prompts})
+    low_res = 4 * encoded[0].shape[-1]
+    mask_input = head["mask_prompts"][0] if manifest.get("dense_prompt") else np.zeros(
+        (len(prompts), low_res, low_res), np.float32)
+    masks, iou = session["decoder"].run(None, {"image_embeddings": encoded[0], "prompts": prompts,
+                                               "mask_input": mask_input.astype(np.float32),
+                                               "has_mask_input": np.array([float(manifest.get("dense_prompt", False))],
+                                                                          np.float32)})
     return {**head, "low_res_masks": masks, "iou_predictions": iou}
 
 
@@ -135,14 +173,15 @@ def onnx_parity(model, out_dir: Path, image: torch.Tensor) -> dict:
     onnx_out = run_onnx(out_dir, image.numpy())
     with torch.no_grad():
         embedding, taps = model.encoder(image)
+        mask_prompts = None
         if model.config["head"] == "query":
-            logits, prompts = QueryHeadGraph(model)(*taps)
+            logits, prompts, coarse = QueryHeadGraph(model)(*taps)
             torch_classes, onnx_classes = logits.argmax(-1)[0].numpy(), onnx_out["class_logits"].argmax(-1)[0]
-            prompts = prompts[0]
+            prompts, mask_prompts = prompts[0], coarse[0] if model.head.dense_prompt else None
         else:
             boxes, _, labels, prompts = AnchorHeadGraph(model)(*taps)
             torch_classes, onnx_classes = labels.numpy(), onnx_out["labels"]
-        masks, _ = model.decode(embedding, prompts)
+        masks, _ = model.decode(embedding, prompts, mask_prompts)
     same_count = len(torch_classes) == len(onnx_classes)
     report = {"detections_torch": int(len(torch_classes)), "detections_onnx": int(len(onnx_classes)),
               "class_agreement": float(np.mean(torch_classes == onnx_classes)) if same_count and len(torch_classes) else

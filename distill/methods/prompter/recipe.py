@@ -15,7 +15,9 @@ def prompter_model_config(config, num_classes: int) -> dict:
             "lora_alpha": encoder.lora_alpha, "lora_targets": list(encoder.lora_targets),
             "train_decoder": spec.train_decoder,
             "head_kwargs": {"num_queries": spec.num_queries, "prompts_per_object": spec.prompts_per_object,
-                            "sincos": spec.sincos}}
+                            "sincos": spec.sincos, "decoder_layers": spec.decoder_layers,
+                            "pixel_decoder": spec.pixel_decoder, "pixel_decoder_layers": spec.pixel_decoder_layers,
+                            "dense_prompt": spec.dense_prompt}}
 
 
 @register_method("prompter", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,
