@@ -48,11 +48,19 @@ def _train(model, shapes, tmp_path, steps=60):
     return dataset
 
 
-@pytest.mark.parametrize("method,metric", [("sam_seg", "mask_AP50"), ("sam_det", "box_AP50")])
-def test_detector_baselines_learn_generated_instances(shapes, tmp_path, method, metric):
-    """Overfit check on a frozen random encoder: the pyramid + R-CNN heads learn to find (and, for SAM-seg,
-    segment) the shapes. SAM-det's masks come from SAM, which is random here, so its box AP is the check."""
-    model = tiny_rcnn(method)
+MASK2FORMER = {"head": "mask2former",
+               "mask2former": {"num_queries": 8, "decoder_layers": 3, "pixel_decoder_layers": 2, "heads": 4}}
+
+
+@pytest.mark.parametrize("method,overrides,metric",
+                         [("sam_seg", {}, "mask_AP50"), ("sam_seg", MASK2FORMER, "mask_AP50"),
+                          ("sam_det", {}, "box_AP50")],
+                         ids=["sam_seg", "sam_seg_m2f", "sam_det"])
+def test_detector_baselines_learn_generated_instances(shapes, tmp_path, method, overrides, metric):
+    """Overfit check on a frozen random encoder: the pyramid + R-CNN (or Mask2Former) heads learn to find (and,
+    for SAM-seg, segment) the shapes. SAM-det's masks come from SAM, which is random here, so its box AP is the
+    check. Measured: SAM-seg with Mask2Former mask AP50 0.000 → 0.389 in these 60 steps."""
+    model = tiny_rcnn(method, **overrides)
     dataset = CocoInstances(*shapes, SIZE)
     before = instance_ap(dataset.coco, predict_dataset(model, dataset, dataset.classes, torch.device("cpu"),
                                                        progress=False))[metric]
@@ -209,3 +217,29 @@ def test_baselines_run_on_the_teacher_or_a_distilled_student(tmp_path, tiny_teac
     assert len(on_student.eval().predict(torch.randn(1, 3, 256, 256))) == 1
     with pytest.raises(DistillError, match="holds a timm_resnet18 encoder but the encoder is named 'tinyvit_5m'"):
         build_rcnn({"method": "sam_seg", "encoder": "tinyvit_5m", "image_size": 256, "num_classes": 2}, path)
+
+
+def test_sam_seg_mask2former_file_round_trip_bench_and_recipe_config(tmp_path):
+    """SAM-seg's Mask2Former head: saved and loaded, it predicts the same masks; bench times it; the recipe's
+    config section turns into its settings."""
+    from sam_distill.eval.bench import bench_many
+    from sam_distill.methods.config import parse_config
+    from sam_distill.methods.rcnn.recipe import rcnn_config
+
+    model = tiny_rcnn("sam_seg", **MASK2FORMER).eval()
+    path = save_rcnn(model, tmp_path / "sam_seg_m2f.pt", [{"id": i, "name": n} for i, n in enumerate("abc", 1)])
+    loaded, _ = load_rcnn(path)
+    images = torch.randn(1, 3, SIZE, SIZE)
+    first, second = model.predict(images, 0.0)[0], loaded.predict(images, 0.0)[0]
+    assert first["masks"].shape == (8, SIZE // 4, SIZE // 4) and "boxes" not in first
+    torch.testing.assert_close(first["masks"], second["masks"])
+    torch.testing.assert_close(first["scores"], second["scores"])
+    assert loaded.mask2former is not None and not hasattr(loaded, "rpn")
+    row = bench_many([str(path)], runs=1, warmup=0, log=lambda m: None)["rows"][0]
+    assert row["decoder_p50_ms"] > 0 and row["params"] == sum(p.numel() for p in loaded.parameters())
+    config = parse_config({"recipe": "sam_seg", "encoder": {"name": "vit_tiny", "image_size": SIZE},
+                           "instances": {"synthetic": {"count": 4, "size": SIZE}},
+                           "sam_seg": {"head": "mask2former", "num_queries": 20, "pixel_decoder": "pyramid"}})
+    settings = rcnn_config(config, "sam_seg", 3)
+    assert settings["head"] == "mask2former" and settings["mask2former"]["num_queries"] == 20
+    assert settings["mask2former"]["pixel_decoder"] == "pyramid"

@@ -95,8 +95,8 @@ def test_query_prompter_matches_and_is_trained_at_every_decoder_layer(monkeypatc
     model = tiny_prompter("query")
     head = model.head
     calls = []
-    match = head.match
-    monkeypatch.setattr(head, "match", lambda *args: calls.append(1) or match(*args))
+    match = head.mask2former.match
+    monkeypatch.setattr(head.mask2former, "match", lambda *args: calls.append(1) or match(*args))
     images, targets = _instance_batch()
     loss = model.losses(images, targets)
     assert len(calls) == 4 * len(targets)
@@ -104,7 +104,7 @@ def test_query_prompter_matches_and_is_trained_at_every_decoder_layer(monkeypatc
     model.zero_grad()
     layers = head(model.features(images)[1])
     layers[1][0].sum().backward()  # the class logits after decoder layer 1 alone reach that layer
-    assert head.transformer.decoder.layers[0].self_attn.out_proj.weight.grad.abs().sum() > 0
+    assert head.mask2former.transformer.decoder.layers[0].self_attn.out_proj.weight.grad.abs().sum() > 0
     assert len(layers) == 4 and all(logits.shape == (2, 8, 4) for logits, _, _ in layers)
 
 
@@ -138,7 +138,8 @@ def test_query_prompter_pixel_decoder_choice(pixel_decoder):
     names = {type(m).__name__ for m in model.head.modules()}
     assert ("Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention" in names) == (pixel_decoder == "deformable")
     assert "Mask2FormerMaskedAttentionDecoder" in names
-    level_embed = model.head.pixel_decoder.level_embed if pixel_decoder == "deformable" else torch.zeros(1)
+    decoder = model.head.mask2former.pixel_decoder
+    level_embed = decoder.level_embed if pixel_decoder == "deformable" else torch.zeros(1)
     assert torch.isfinite(level_embed).all() and level_embed.abs().max() < 10  # initialised, not left as raw memory
 
 

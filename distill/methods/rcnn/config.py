@@ -9,14 +9,25 @@ from pydantic import Field
 from sam_distill.core.config import Section
 
 
-class SamSegConfig(Section):
-    """SAM-seg: torchvision's Mask R-CNN head on a simple feature pyramid built from the SAM map."""
+class DetectorBaselineConfig(Section):
+    """What SAM-seg and SAM-det share: the simple feature pyramid built from the SAM map."""
 
     width: int = Field(256, ge=32, multiple_of=32, description="feature pyramid channels")
     detections_per_image: int = Field(100, ge=1)
 
 
-class SamDetConfig(SamSegConfig):
+class SamSegConfig(DetectorBaselineConfig):
+    """SAM-seg: torchvision's Mask R-CNN head, or a Mask2Former head (the paper's two), on the pyramid."""
+
+    head: Literal["maskrcnn", "mask2former"] = Field("maskrcnn", description="maskrcnn or mask2former")
+    num_queries: int = Field(100, ge=1, description="mask2former: queries (Mask2Former's 100)")
+    decoder_layers: int = Field(6, ge=1, description="mask2former: masked-attention layers (the authors': 6)")
+    pixel_decoder: Literal["deformable", "pyramid"] = Field(
+        "deformable", description="mask2former: multi-scale deformable-attention pixel decoder, or the pyramid")
+    pixel_decoder_layers: int = Field(3, ge=1, description="mask2former: deformable-attention layers (3)")
+
+
+class SamDetConfig(DetectorBaselineConfig):
     """SAM-det: a detector's boxes become SAM box prompts and SAM's masks the instance masks."""
 
     detector: Literal["faster_rcnn", "coco_results"] = Field(

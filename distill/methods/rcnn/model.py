@@ -3,7 +3,9 @@
 The encoder's single stride-16 image embedding becomes a ViTDet-style simple feature pyramid (strides
 4 to 64), and torchvision's Faster R-CNN (SAM-det) or Mask R-CNN (SAM-seg) heads run on it with
 torchvision's own RPN/RoI defaults. SAM-det turns each detected box into a SAM box prompt and keeps SAM's
-mask; SAM-seg keeps Mask R-CNN's own mask. SAM-det can also fine-tune SAM's mask decoder on the ground-truth
+mask; SAM-seg keeps Mask R-CNN's own mask, or, with ``head: mask2former`` (the paper's other SAM-seg), runs a
+Mask2Former head on the same pyramid (``students.heads.mask2former``, shared with RSPrompter-query) and keeps its
+masks. SAM-det can also fine-tune SAM's mask decoder on the ground-truth
 boxes (``train_decoder``): the paper keeps SAM frozen, but a domain far from SA-1B, or a SAM without
 pretrained weights, needs it. Saved like the prompters: one plain-data ``torch.save``
 (``{"format": "sam-distill/sam-rcnn", "config", "classes", "state_dict", "meta"}``), weights_only-loadable.
@@ -24,11 +26,13 @@ from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import load_tagged, save_tagged_model
 from sam_distill.students.heads.anchor_prompter import padded_image_list
 from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
+from sam_distill.students.heads.mask2former import Mask2FormerHead, add_losses
 from sam_distill.students.heads.pyramid import SimpleFeaturePyramid
 from sam_distill.students.lora import adapt_encoder, encoder_mode, lora_settings, merged_encoder_config
 
 RCNN_FORMAT = "sam-distill/sam-rcnn"
 DISPLAY_NAMES = {"sam_det": "SAM-det", "sam_seg": "SAM-seg"}
+SEG_HEADS = ("maskrcnn", "mask2former")  # SAM-seg's heads, as in the paper
 BOX_CHUNK = 64  # box prompts decoded per mask-decoder call
 DECODER_BOXES_PER_IMAGE = 16  # ground-truth boxes prompted per image when the decoder trains
 MASK_LOSS_WEIGHT = 5.0  # as the anchor prompter weighs its mask terms against the detection losses
@@ -53,14 +57,23 @@ class SamRCNN(nn.Module):
         # SAM-seg never prompts SAM, so it neither carries nor times SAM's prompt encoder and decoder.
         self.prompt_encoder = sam.prompt_encoder if self.sam_masks else None
         self.mask_decoder = sam.mask_decoder if self.sam_masks else None
-        self.pyramid = SimpleFeaturePyramid(int(sam.prompt_encoder.embed_dim), int(config.get("width", 256)))
-        scale = self.image_size / 1024  # torchvision's anchor sizes are meant for ~1024-px inputs
-        anchors = AnchorGenerator(tuple((max(4, round(size * scale)),) for size in (32, 64, 128, 256, 512)),
-                                  ((0.5, 1.0, 2.0),) * 5)
-        builder = FasterRCNN if self.sam_masks else MaskRCNN
-        rcnn = builder(self.pyramid, num_classes=int(config["num_classes"]) + 1, rpn_anchor_generator=anchors,
-                       box_detections_per_img=int(config.get("detections_per_image", 100)))
-        self.rpn, self.roi_heads = rcnn.rpn, rcnn.roi_heads  # torchvision's heads; its resize/normalise is SAM's here
+        embed_dim, width = int(sam.prompt_encoder.embed_dim), int(config.get("width", 256))
+        self.head = config.get("head", "maskrcnn") if self.method == "sam_seg" else "fasterrcnn"
+        if self.head not in SEG_HEADS + ("fasterrcnn",):
+            raise DistillError(f"unknown SAM-seg head {self.head!r}; use one of {', '.join(SEG_HEADS)}")
+        self.mask2former = None
+        if self.head == "mask2former":  # the paper's other SAM-seg: Mask2Former on the same pyramid
+            settings = config.get("mask2former", {})
+            self.mask2former = Mask2FormerHead(embed_dim, width, int(config["num_classes"]), **settings)
+        else:
+            self.pyramid = SimpleFeaturePyramid(embed_dim, width)
+            scale = self.image_size / 1024  # torchvision's anchor sizes are meant for ~1024-px inputs
+            anchors = AnchorGenerator(tuple((max(4, round(size * scale)),) for size in (32, 64, 128, 256, 512)),
+                                      ((0.5, 1.0, 2.0),) * 5)
+            builder = FasterRCNN if self.sam_masks else MaskRCNN
+            rcnn = builder(self.pyramid, num_classes=int(config["num_classes"]) + 1, rpn_anchor_generator=anchors,
+                           box_detections_per_img=int(config.get("detections_per_image", 100)))
+            self.rpn, self.roi_heads = rcnn.rpn, rcnn.roi_heads  # torchvision's; its resize/normalise is SAM's here
         self.train_encoder = encoder_mode(config.get("train_encoder"))
         self.train_decoder = self.sam_masks and bool(config.get("train_decoder", False))
         self.adapted = adapt_encoder(self.encoder, self.train_encoder, *lora_settings(config))
@@ -80,6 +93,11 @@ class SamRCNN(nn.Module):
         """torchvision's RPN + Fast R-CNN (+ mask) losses; targets: boxes (xyxy, input px), 1-based labels, masks."""
         with nullcontext() if self.train_encoder != "frozen" else torch.no_grad():
             embeddings = self.encoder(images)
+        if self.mask2former is not None:  # Mask2Former's own recipe: matching and losses after every layer
+            losses: dict[str, torch.Tensor] = {}
+            for logits, _, masks in self.mask2former(embeddings):
+                add_losses(losses, self.mask2former.layer_losses(logits, masks, targets)[0])
+            return losses
         features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
         wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
         det_targets = [{k: t[k].to(torch.uint8) if k == "masks" else t[k] for k in wanted} for t in targets]
@@ -116,6 +134,12 @@ class SamRCNN(nn.Module):
     @torch.no_grad()
     def predict_from_embeddings(self, embeddings: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
         """Everything after the image encoder (what ``distill bench`` times as the decoder phase)."""
+        if self.mask2former is not None:  # the last layer's queries; their masks are logits at stride 4
+            logits, _, masks = self.mask2former(embeddings)[-1]
+            scores, labels = Mask2FormerHead.instance_scores(logits, masks)
+            keeps = scores >= score_threshold
+            return [{"masks": masks[i][keep], "scores": scores[i][keep], "labels": labels[i][keep] + 1}
+                    for i, keep in enumerate(keeps)]
         features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
         proposals, _ = self.rpn(image_list, features)
         detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)

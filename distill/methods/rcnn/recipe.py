@@ -32,7 +32,11 @@ def rcnn_config(config, method: str, num_classes: int) -> dict:
             "num_classes": num_classes, "width": spec.width, "detections_per_image": spec.detections_per_image,
             "train_encoder": config.encoder.train, "lora_rank": config.encoder.lora_rank,
             "lora_alpha": config.encoder.lora_alpha, "lora_targets": list(config.encoder.lora_targets),
-            "train_decoder": method == "sam_det" and spec.train_decoder}
+            "train_decoder": method == "sam_det" and spec.train_decoder,
+            **({"head": spec.head, "mask2former": {
+                "num_queries": spec.num_queries, "decoder_layers": spec.decoder_layers,
+                "pixel_decoder": spec.pixel_decoder, "pixel_decoder_layers": spec.pixel_decoder_layers}}
+               if method == "sam_seg" else {})}
 
 
 def _run_rcnn(config, run_dir, method: str) -> dict:
