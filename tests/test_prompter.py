@@ -397,21 +397,27 @@ def test_encoder_train_takes_the_words_and_the_old_booleans():
         EncoderConfig(train="half")
 
 
-@pytest.mark.parametrize("head", ["anchor", "query"])
-def test_authors_nwpu_configs_cite_their_source_and_their_cpu_variant_is_valid(head):
-    """configs/rsprompter_{head}_nwpu.yaml mirror the authors' NWPU files value by value; the smoke variant written
-    in each header (its --set options) is a valid config."""
+@pytest.mark.parametrize("ours, theirs", [("rsprompter_anchor", "rsprompter_anchor-nwpu-peft-512"),
+                                          ("rsprompter_query", "rsprompter_query-nwpu-peft-512"),
+                                          ("samseg_maskrcnn", "samseg-maskrcnn-nwpu"),
+                                          ("samseg_mask2former", "samseg-mask2former-nwpu"), ("samdet", "samdet-nwpu")])
+def test_authors_nwpu_configs_cite_their_source_and_their_cpu_variant_is_valid(ours, theirs):
+    """configs/*_nwpu.yaml mirror the authors' NWPU files value by value; the smoke variant written in each header
+    (its --set options) is a valid config."""
     import re
     from pathlib import Path
 
     from sam_distill.methods.config import load_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"rsprompter_{head}_nwpu.yaml"
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{ours}_nwpu.yaml"
     text = path.read_text()
-    assert f"configs/rsprompter/rsprompter_{head}-nwpu-peft-512.py" in text
+    assert f"configs/rsprompter/{theirs}.py" in text
     config = load_config(path)
-    assert (config.prompter.head, config.prompter.prompts_per_object, config.prompter.sincos) == (head, 5, True)
     assert config.train.weight_decay == 0.05 and config.train.min_lr == pytest.approx(config.train.lr * 0.001)
+    assert config.train.warmup_steps == 50
+    if ours.startswith("rsprompter"):
+        assert (config.prompter.head, config.prompter.prompts_per_object, config.prompter.sincos) == (
+            ours.split("_")[1], 5, True)
     overrides = re.findall(r"--set (\S+)", text)
     assert len(overrides) >= 5
     smoke = load_config(path, overrides)
