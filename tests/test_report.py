@@ -468,3 +468,24 @@ def test_overlays_show_every_model_beside_the_ground_truth(tmp_path):
     page = (tmp_path / "report" / "report.html").read_text()
     encoded = page.split('id="overlays" alt="masks of every model" src="data:image/png;base64,')[1].split('"')[0]
     assert base64.b64decode(encoded) == (tmp_path / "report" / "overlays.png").read_bytes()
+
+
+def test_a_runs_teacher_saved_as_our_model_pt_is_benched_as_the_teacher(tmp_path, tiny_teacher):
+    """The NWPU chain's teacher is a SAM fine-tuned here, saved in our own format like any student; the run's bench
+    must still treat it as the teacher, or the report has no speed-up to show."""
+    from sam_distill.eval.report import report_run
+    from sam_distill.methods.config import load_config
+    from sam_distill.sam.model_file import assemble, save_model
+    from sam_distill.students import create_student
+
+    torch.manual_seed(0)
+    teacher = save_model(tiny_teacher.model, tmp_path / "teacher" / "model.pt", "vit_tiny")
+    run = tmp_path / "run"
+    save_model(assemble(create_student("tinyvit_5m", image_size=256), tiny_teacher.model), run / "model" / "model.pt",
+               "tinyvit_5m")
+    (run / "config.yaml").write_text(f"recipe: mobilesam\nteacher:\n  name: vit_tiny\n  checkpoint: {teacher}\n")
+    results = report_run(run, load_config(run / "config.yaml"), runs=1, log=lambda line: None)
+
+    roles = {Path(r["path"]): r["role"] for r in json.loads((run / "reports" / "bench.json").read_text())["rows"]}
+    assert roles == {teacher: "teacher", run / "model" / "model.pt": "student"}
+    assert len(results["heavy_vs_light"]) == 1 and not any("no teacher row" in n for n in results["notes"])
