@@ -15,6 +15,7 @@ from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.methods.instance_predict import predict_dataset
 from sam_distill.methods.instances import InstanceObjective
 from sam_distill.methods.prompter.model import build_prompter
+from sam_distill.students.heads.anchor_prompter import padded_image_list
 from sam_distill.students.heads.aggregator import encoder_taps
 from sam_distill.train.loop import Schedule, train
 
@@ -142,6 +143,23 @@ def test_query_prompter_pixel_decoder_choice(pixel_decoder):
     level_embed = decoder.level_embed if pixel_decoder == "deformable" else torch.zeros(1)
     assert torch.isfinite(level_embed).all() and level_embed.abs().max() < 10  # initialised, not left as raw memory
 
+
+
+def test_box_arithmetic_stays_float32_under_bf16_autocast():
+    """torchvision's anchors take the features' dtype: under bf16 autocast (`train.cpu_bf16`) proposals and box
+    targets would be rounded to 2-4 px steps at 512 px. Both the anchor prompter and the Mask R-CNN / Faster R-CNN
+    baselines run their RPN and RoI heads through `detect_in_float32`."""
+    from sam_distill.students.heads.anchor_prompter import detect_in_float32
+
+    model = tiny_prompter("anchor").eval()
+    with torch.no_grad():
+        _, features = model.features(torch.rand(1, 3, SIZE, SIZE))
+        levels = {name: level.bfloat16() for name, level in model.head.levels(features).items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            proposals, detections, _ = detect_in_float32(model.head.rpn, model.head.roi_heads, levels, SIZE)
+            raw_proposals, _ = model.head.rpn(padded_image_list(levels["0"], SIZE), levels)
+    assert proposals[0].dtype == detections[0]["boxes"].dtype == detections[0]["scores"].dtype == torch.float32
+    assert raw_proposals[0].dtype == torch.bfloat16  # what torchvision gives when called directly
 
 def test_sine_position_code_matches_detr_and_tells_positions_apart():
     """The anchor prompter's only source of where a box is: DETR's normalised sine code on the pyramid."""

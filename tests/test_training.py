@@ -59,6 +59,40 @@ def test_training_reduces_loss_and_writes_metrics(tiny_cache, tmp_path):
     assert state["step"] == 12 and state["format"] == "sam-distill/train-state" and state["objective"] == "distill"
 
 
+
+class _PoisonedSteps(DistillationObjective):
+    """The distillation objective with a NaN loss on the chosen (1-based) steps, as one overflowing batch gives."""
+
+    def __init__(self, model, poisoned: set[int]):
+        super().__init__(model)
+        self.poisoned, self.calls = poisoned, 0
+
+    def losses(self, model, batch):
+        self.calls += 1
+        losses = super().losses(model, batch)
+        return {k: v * float("nan") for k, v in losses.items()} if self.calls in self.poisoned else losses
+
+
+def test_a_non_finite_step_is_skipped_and_a_diverged_run_stops_in_one_line(tiny_cache, tmp_path, monkeypatch):
+    import sam_distill.train.loop as loop
+
+    dataset, lines = DistillDataset(EmbeddingCache(tiny_cache)), []
+    objective = _PoisonedSteps(_student(), poisoned={3})
+    train(objective, dataset, _schedule(epochs=4, lr=3e-3, amp=False), tmp_path / "one", log=lines.append)
+    assert [line for line in lines if "non-finite" in line] == [
+        "train: step 3: non-finite loss or gradient (nan); step skipped, the weights are left as they were"]
+    assert all(torch.isfinite(p).all() for p in objective.model.parameters())
+    rows = read_metrics(tmp_path / "one" / "metrics.csv")
+    assert len(rows) == 12 and all(r["loss"] == r["loss"] for r in rows if r["step"] != 3)  # NaN only where skipped
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.8  # it went on learning
+
+    monkeypatch.setattr(loop, "MAX_NONFINITE_STEPS_IN_A_ROW", 3)
+    objective = _PoisonedSteps(_student(), poisoned=set(range(5, 100)))
+    with pytest.raises(DistillError, match="training diverged: 3 steps in a row up to step 7 had a non-finite"):
+        train(objective, dataset, _schedule(epochs=4, lr=3e-3, amp=False, checkpoint_every=4), tmp_path / "many",
+              log=lambda line: None)
+    assert torch.load(tmp_path / "many" / "last.pt", weights_only=True)["step"] == 4  # the finished work is kept
+
 def test_gradient_accumulation_matches_a_larger_batch(tiny_cache, tmp_path, monkeypatch):
     dataset = DistillDataset(EmbeddingCache(tiny_cache))
     seen = []

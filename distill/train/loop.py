@@ -335,6 +335,19 @@ def _restore(objective: Objective, optimisation: Optimisation, state_path: Path,
     return int(state["step"]), window
 
 
+MAX_NONFINITE_STEPS_IN_A_ROW = 20
+
+
+def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimizer would apply is finite. One batch that overflows (a degenerate box, a
+    bf16 rounding) would otherwise turn every weight into NaN and lose the whole run; the gradients are already
+    all-reduced here, so every DDP rank takes the same decision."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
 def train(objective: Objective, dataset: Dataset, schedule: Schedule, out_dir: Path,
           context: DistContext = DistContext(), seed: int = 0, resume: bool = True, log=print,
           meta: dict | None = None) -> dict:
@@ -396,6 +409,7 @@ def train(objective: Objective, dataset: Dataset, schedule: Schedule, out_dir: P
         context.barrier()
 
     started = time.time()
+    nonfinite_in_a_row = 0
     micro_per_step = schedule.grad_accum
     bar = tqdm(total=total_steps, initial=step, desc=objective.name, unit="step", disable=not context.is_main)
     samples_seen, window_start = 0, time.time()
@@ -424,11 +438,22 @@ def train(objective: Objective, dataset: Dataset, schedule: Schedule, out_dir: P
                     scale = 1 if key == "loss" else micro_per_step
                     step_values[key] = step_values.get(key, 0.0) + value.item() / scale
                 samples_seen += _batch_rows(batch) * context.world_size
-            opt.scaler.step(opt.optimizer)
-            opt.scaler.update()
+            if opt.scaler.is_enabled() or gradients_are_finite(opt.optimizer):  # fp16's scaler skips on its own
+                opt.scaler.step(opt.optimizer)
+                opt.scaler.update()
+                nonfinite_in_a_row = 0
+                window.add({k: v for k, v in step_values.items() if k in logged})
+            else:
+                nonfinite_in_a_row += 1
+                log(f"train: step {step + 1}: non-finite loss or gradient ({step_values['loss']:.4g}); step skipped, "
+                    f"the weights are left as they were")
+                if nonfinite_in_a_row >= MAX_NONFINITE_STEPS_IN_A_ROW:
+                    raise DistillError(
+                        f"training diverged: {nonfinite_in_a_row} steps in a row up to step {step + 1} had a non-finite "
+                        f"loss or gradient; the checkpoint in {out_dir} is from before that (lower train.lr, or set "
+                        f"train.cpu_bf16: false) and the run resumes from it")
             opt.scheduler.step()
             step += 1
-            window.add({k: v for k, v in step_values.items() if k in logged})
             bar.update(1)
             bar.set_postfix(loss=f"{step_values['loss']:.4g}")
             if step % schedule.log_every == 0 or step == total_steps:

@@ -33,6 +33,21 @@ def padded_image_list(like: torch.Tensor, image_size: int) -> ImageList:
     return ImageList(like.new_zeros(like.shape[0], 1, *size), [size] * like.shape[0])
 
 
+def detect_in_float32(rpn: RegionProposalNetwork, roi_heads: RoIHeads, levels: dict[str, torch.Tensor],
+                      image_size: int, targets: list[dict] | None = None):
+    """torchvision's RPN and RoI heads on pyramid levels, run in float32 even inside an autocast region:
+    (proposals, detections, losses). Their anchors take the features' dtype and their box coding is arithmetic on
+    pixel coordinates, which bf16 (8 significant bits: steps of 2-4 px at 512 px) rounds into wrong proposals and
+    regression targets; with them in bf16 the NWPU chain's anchor prompter went NaN after ~350 steps."""
+    first = next(iter(levels.values()))
+    with torch.autocast(first.device.type, enabled=False):
+        levels = {name: level.float() for name, level in levels.items()}
+        images = padded_image_list(first.float(), image_size)
+        proposals, rpn_losses = rpn(images, levels, targets)
+        detections, detection_losses = roi_heads(levels, proposals, images.image_sizes, targets)
+    return proposals, detections, {**rpn_losses, **detection_losses}
+
+
 @HEADS.register("anchor")
 class AnchorPrompter(nn.Module):
     def __init__(self, width: int, num_classes: int, image_size: int, prompts_per_object: int = 5,
@@ -70,10 +85,9 @@ class AnchorPrompter(nn.Module):
         return list(prompts.split([len(b) for b in boxes]))
 
     def losses(self, model, features, embeddings, targets) -> dict[str, torch.Tensor]:
-        images, levels = padded_image_list(features, self.image_size), self.levels(features)
+        levels = self.levels(features)
         det_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        proposals, rpn_losses = self.rpn(images, levels, det_targets)
-        _, det_losses = self.roi_heads(levels, proposals, images.image_sizes, det_targets)
+        proposals, _, loss = detect_in_float32(self.rpn, self.roi_heads, levels, self.image_size, det_targets)
         # Mask branch on positive proposals (IoU >= 0.5 with a ground-truth box), ground-truth boxes included.
         boxes, gt_masks = [], []
         for proposal, target in zip(proposals, targets):
@@ -87,7 +101,6 @@ class AnchorPrompter(nn.Module):
             positive = positive[torch.randperm(len(positive), device=positive.device)[: self.masks_per_image]]
             boxes.append(candidates[positive])
             gt_masks.append(target["masks"][matched[positive]])
-        loss = {**rpn_losses, **det_losses}
         if sum(len(b) for b in boxes):
             logits, targets_low = [], []
             for i, (image_prompts, masks) in enumerate(zip(self.prompts(levels, boxes), gt_masks)):
@@ -101,10 +114,7 @@ class AnchorPrompter(nn.Module):
         return loss
 
     def detect(self, levels: dict[str, torch.Tensor]) -> list[dict]:
-        images = padded_image_list(levels["0"], self.image_size)
-        proposals, _ = self.rpn(images, levels)
-        detections, _ = self.roi_heads(levels, proposals, images.image_sizes)
-        return detections
+        return detect_in_float32(self.rpn, self.roi_heads, levels, self.image_size)[1]
 
     @torch.no_grad()
     def predict(self, model, features, embeddings, score_threshold: float = 0.05) -> list[dict]:

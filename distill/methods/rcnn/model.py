@@ -24,7 +24,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import load_tagged, save_tagged_model
-from sam_distill.students.heads.anchor_prompter import padded_image_list
+from sam_distill.students.heads.anchor_prompter import detect_in_float32
 from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
 from sam_distill.students.heads.mask2former import Mask2FormerHead, add_losses
 from sam_distill.students.heads.pyramid import SimpleFeaturePyramid
@@ -98,12 +98,9 @@ class SamRCNN(nn.Module):
             for logits, _, masks in self.mask2former(embeddings):
                 add_losses(losses, self.mask2former.layer_losses(logits, masks, targets)[0])
             return losses
-        features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
         wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
         det_targets = [{k: t[k].to(torch.uint8) if k == "masks" else t[k] for k in wanted} for t in targets]
-        proposals, rpn_losses = self.rpn(image_list, features, det_targets)
-        _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, det_targets)
-        losses = {**rpn_losses, **roi_losses}
+        losses = detect_in_float32(self.rpn, self.roi_heads, self.pyramid(embeddings), self.image_size, det_targets)[2]
         if self.train_decoder:
             losses.update(self._decoder_losses(embeddings, targets))
         return losses
@@ -140,9 +137,7 @@ class SamRCNN(nn.Module):
             keeps = scores >= score_threshold
             return [{"masks": masks[i][keep], "scores": scores[i][keep], "labels": labels[i][keep] + 1}
                     for i, keep in enumerate(keeps)]
-        features, image_list = self.pyramid(embeddings), padded_image_list(embeddings, self.image_size)
-        proposals, _ = self.rpn(image_list, features)
-        detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+        detections = detect_in_float32(self.rpn, self.roi_heads, self.pyramid(embeddings), self.image_size)[1]
         results = []
         for i, detection in enumerate(detections):
             keep = detection["scores"] >= score_threshold
