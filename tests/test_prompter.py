@@ -145,6 +145,17 @@ def test_query_prompter_pixel_decoder_choice(pixel_decoder):
 
 
 
+
+@pytest.mark.parametrize("head", ["query", "anchor"])
+def test_an_image_batch_with_nothing_detected_gives_empty_results(head):
+    """A validation batch where no detection clears the score threshold (common early in training) must give
+    empty predictions, not stop the run at its final evaluation."""
+    model = tiny_prompter(head).eval()
+    results = model.predict(torch.rand(2, 3, SIZE, SIZE), score_threshold=2.0)  # scores are at most 1
+    assert len(results) == 2
+    for result in results:
+        assert result["masks"].shape == (0, SIZE // 4, SIZE // 4) and len(result["scores"]) == len(result["labels"]) == 0
+
 def test_box_arithmetic_stays_float32_under_bf16_autocast():
     """torchvision's anchors take the features' dtype: under bf16 autocast (`train.cpu_bf16`) proposals and box
     targets would be rounded to 2-4 px steps at 512 px. Both the anchor prompter and the Mask R-CNN / Faster R-CNN

@@ -33,7 +33,8 @@ class PromptHead(nn.Module):
         self.mlp = mlp(in_dim, hidden, prompts * PROMPT_DIM * (2 if sincos else 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        raw = self.mlp(features).reshape(*features.shape[:-1], self.prompts, -1)
+        width = PROMPT_DIM * (2 if self.sincos else 1)  # spelled out: -1 is ambiguous when no object is found
+        raw = self.mlp(features).reshape(*features.shape[:-1], self.prompts, width)
         return sin_cos(raw) if self.sincos else raw
 
 
