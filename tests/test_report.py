@@ -198,6 +198,10 @@ def test_onnx_encoder_is_detected_and_timed(tmp_path, tiny_teacher):
     assert model.params == pytest.approx(sum(p.numel() for p in tiny_teacher.model.image_encoder.parameters()), rel=0.02)
     row = bench_model(model, runs=2, warmup=1)
     assert row["encoder_p50_ms"] > 0 and "decoder_p50_ms" not in row and "gflops" not in row
+    from sam_distill.export.onnx_export import to_fp16
+
+    half = load_bench_model(str(to_fp16(path, tmp_path / "encoder.fp16.onnx")), threads=1, image_size=256)
+    assert (half.kind, half.format) == ("onnx-encoder", "onnx-fp16")  # not labelled fp32 in the table
 
 
 def test_unknown_kinds_become_one_skipped_line(tmp_path):

@@ -57,7 +57,8 @@ def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
 
 def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
     """A SAM encoder (input ``image``) or SamOnnxModel decoder (``image_embeddings``) graph on onnxruntime's CPU
-    provider; dynamic input sizes take ``image_size``. INT8 graphs are labelled ``onnx-int8``."""
+    provider; dynamic input sizes take ``image_size``. INT8 graphs are labelled ``onnx-int8``, graphs with fp16
+    weights ``onnx-fp16``."""
     if device != "cpu":
         raise DistillError(f"model {path}: ONNX models are timed on CPU only; drop --device {device}")
     try:
@@ -66,6 +67,7 @@ def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: in
         raise DistillError(f"model {path} is not a readable ONNX file ({str(err).splitlines()[0][:120]})") from None
     params = sum(int(np.prod(t.dims)) for t in graph.graph.initializer)
     quantised = any(node.op_type in QUANTISED_OPS for node in graph.graph.node)
+    half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -76,7 +78,7 @@ def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: in
         return session.run(None, feeds)
 
     model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{part}",
-                       format="onnx-int8" if quantised else "onnx-fp32", role=ROLE_STUDENT, path=path, params=params,
+                       format="onnx-int8" if quantised else "onnx-fp16" if half else "onnx-fp32", role=ROLE_STUDENT, path=path, params=params,
                        image_size=image_size,
                        notes=[f"onnxruntime {ort.__version__} CPU, {threads} intra-op threads; GFLOPs not counted"])
     setattr(model, part, run)
