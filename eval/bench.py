@@ -361,21 +361,26 @@ def _copy_of(spec: str, rows: list[dict]) -> dict | None:
 
 def bench_many(specs: list[str], runs: int = 10, warmup: int = 2, device: str = "cpu", threads: int = 1,
                random_init: bool = False, image_size: int = 1024, cache_dir: Path | None = None,
-               phases: tuple[str, ...] = PHASES, memory: bool = True, log: Callable[[str], None] = print) -> dict:
+               phases: tuple[str, ...] = PHASES, memory: bool = True, log: Callable[[str], None] = print,
+               teacher: str | None = None) -> dict:
     """Bench every model; a model that cannot be loaded becomes one ``skipped`` line, not a failure, and a file
-    holding the same weights as one already benched is named in that row, not benched again."""
+    holding the same weights as one already benched is named in that row, not benched again. ``teacher`` (one of
+    ``specs``) is benched as the teacher whatever its file format: a SAM fine-tuned here and saved as our
+    ``model.pt`` would otherwise count as one more student, leaving no teacher for speed-ups and fidelity."""
     if device != "cpu" and not torch.cuda.is_available():
         raise DistillError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
     threads_before = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _bench_each(specs, runs, warmup, device, threads, random_init, image_size, cache_dir, phases, memory, log)
+        return _bench_each(specs, runs, warmup, device, threads, random_init, image_size, cache_dir, phases, memory,
+                           log, teacher)
     finally:
         torch.set_num_threads(threads_before)  # a library call leaves the caller's thread count as it found it
 
 
-def _bench_each(specs, runs, warmup, device, threads, random_init, image_size, cache_dir, phases, memory, log) -> dict:
+def _bench_each(specs, runs, warmup, device, threads, random_init, image_size, cache_dir, phases, memory, log,
+                teacher_spec) -> dict:
     from tqdm import tqdm
 
     rows, skipped, models = [], [], []
@@ -392,6 +397,8 @@ def _bench_each(specs, runs, warmup, device, threads, random_init, image_size, c
             skipped.append({"model": spec, "reason": str(err)})
             log(f"bench: skipped {spec}: {err}")
             continue
+        if spec == teacher_spec:
+            model.role = ROLE_TEACHER
         row = bench_model(model, runs, warmup, device, threads, phases, memory=memory)
         rows.append(row)
         models.append(model)

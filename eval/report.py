@@ -434,9 +434,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict 
     return results
 
 
-def run_models(run_dir: Path, config) -> tuple[list[Path], list[Path]]:
-    """A run's teacher checkpoint (a list of at most one: when it is a local file) and every model file it wrote or
-    exported."""
+def run_models(run_dir: Path, config) -> tuple[Path | None, list[Path]]:
+    """A run's teacher checkpoint (when it is a local file) and every model file it wrote or exported."""
     from sam_distill.sam.official import TEACHERS, checkpoint_cache_dir
 
     spec = config.teacher
@@ -450,7 +449,7 @@ def run_models(run_dir: Path, config) -> tuple[list[Path], list[Path]]:
     produced = [p for folder in ("model", "export")
                 for p in sorted((run_dir / folder).rglob("*"), key=lambda p: (p.parent, p.name != "model.pt", p.name))
                 if p.suffix in (".pt", ".pth", ".onnx") and p.is_file()]
-    return teachers[:1], produced  # our model.pt ahead of its copies, so the row that stands for both is ours
+    return (teachers[0] if teachers else None), produced  # our model.pt ahead of its copies: its row stands for both
 
 
 def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:
@@ -469,14 +468,9 @@ def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:
     reports = run_dir / "reports"
     try:
         teacher, produced = run_models(run_dir, config)
-        bench = bench_many([str(m) for m in teacher + produced], runs=runs, warmup=1,
-                           threads=torch.get_num_threads(), log=log)
-        for row in bench["rows"]:
-            # The run's teacher is its teacher whatever its file says: a fine-tuned SAM saved as our model.pt (the
-            # NWPU chain's teacher) would otherwise be benched as one more student, and the report would find no
-            # teacher to measure the speed-up against.
-            if teacher and row.get("path") == str(teacher[0]):
-                row["role"] = ROLE_TEACHER
+        specs = [str(m) for m in ([teacher] if teacher else []) + produced]
+        bench = bench_many(specs, runs=runs, warmup=1, threads=torch.get_num_threads(), log=log,
+                           teacher=str(teacher) if teacher else None)
         atomic_write_json(reports / "bench.json", bench)
         return build_report([run_dir], reports, log=log)
     except DistillError as err:

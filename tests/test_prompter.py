@@ -15,8 +15,8 @@ from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.methods.instance_predict import predict_dataset
 from sam_distill.methods.instances import InstanceObjective
 from sam_distill.methods.prompter.model import build_prompter
-from sam_distill.students.heads.anchor_prompter import padded_image_list
 from sam_distill.students.heads.aggregator import encoder_taps
+from sam_distill.students.heads.anchor_prompter import padded_image_list
 from sam_distill.train.loop import Schedule, train
 
 SIZE = 128
@@ -144,8 +144,6 @@ def test_query_prompter_pixel_decoder_choice(pixel_decoder):
     assert torch.isfinite(level_embed).all() and level_embed.abs().max() < 10  # initialised, not left as raw memory
 
 
-
-
 @pytest.mark.parametrize("head", ["query", "anchor"])
 def test_an_image_batch_with_nothing_detected_gives_empty_results(head):
     """A validation batch where no detection clears the score threshold (common early in training) must give
@@ -154,7 +152,9 @@ def test_an_image_batch_with_nothing_detected_gives_empty_results(head):
     results = model.predict(torch.rand(2, 3, SIZE, SIZE), score_threshold=2.0)  # scores are at most 1
     assert len(results) == 2
     for result in results:
-        assert result["masks"].shape == (0, SIZE // 4, SIZE // 4) and len(result["scores"]) == len(result["labels"]) == 0
+        assert result["masks"].shape == (0, SIZE // 4, SIZE // 4)
+        assert len(result["scores"]) == len(result["labels"]) == 0
+
 
 def test_box_arithmetic_stays_float32_under_bf16_autocast():
     """torchvision's anchors take the features' dtype: under bf16 autocast (`train.cpu_bf16`) proposals and box
@@ -171,6 +171,7 @@ def test_box_arithmetic_stays_float32_under_bf16_autocast():
             raw_proposals, _ = model.head.rpn(padded_image_list(levels["0"], SIZE), levels)
     assert proposals[0].dtype == detections[0]["boxes"].dtype == detections[0]["scores"].dtype == torch.float32
     assert raw_proposals[0].dtype == torch.bfloat16  # what torchvision gives when called directly
+
 
 def test_sine_position_code_matches_detr_and_tells_positions_apart():
     """The anchor prompter's only source of where a box is: DETR's normalised sine code on the pyramid."""

@@ -59,7 +59,6 @@ def test_training_reduces_loss_and_writes_metrics(tiny_cache, tmp_path):
     assert state["step"] == 12 and state["format"] == "sam-distill/train-state" and state["objective"] == "distill"
 
 
-
 class _PoisonedSteps(DistillationObjective):
     """The distillation objective with a NaN loss on the chosen (1-based) steps, as one overflowing batch gives."""
 
@@ -92,6 +91,7 @@ def test_a_non_finite_step_is_skipped_and_a_diverged_run_stops_in_one_line(tiny_
         train(objective, dataset, _schedule(epochs=4, lr=3e-3, amp=False, checkpoint_every=4), tmp_path / "many",
               log=lambda line: None)
     assert torch.load(tmp_path / "many" / "last.pt", weights_only=True)["step"] == 4  # the finished work is kept
+
 
 def test_gradient_accumulation_matches_a_larger_batch(tiny_cache, tmp_path, monkeypatch):
     dataset = DistillDataset(EmbeddingCache(tiny_cache))

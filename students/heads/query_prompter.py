@@ -1,10 +1,9 @@
 """Query-based prompter, as RSPrompter-query builds it: a Mask2Former head (``Mask2FormerHead``: transformers'
 pixel decoder and masked-attention decoder on a simple pyramid of the aggregated map); after every decoder layer
 each query gives class logits (C + no-object), K sin-cos prompt embeddings for SAM's mask decoder and
-Mask2Former's own coarse mask,
-which SAM receives as its dense mask prompt (the authors' ``decoder_plus``). Training matches queries to objects
-(Hungarian, on class + coarse-mask BCE + Dice) at every layer and sums every layer's losses (class, coarse mask,
-SAM's mask), as Mask2Former's auxiliary losses do."""
+Mask2Former's own coarse mask, which SAM receives as its dense mask prompt (the authors' ``decoder_plus``).
+Training matches queries to objects (Hungarian, on class + coarse-mask BCE + Dice) at every layer and sums every
+layer's losses (class, coarse mask, SAM's mask), as Mask2Former's auxiliary losses do."""
 from __future__ import annotations
 
 import torch

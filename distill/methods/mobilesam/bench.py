@@ -77,9 +77,9 @@ def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: in
     def run():
         return session.run(None, feeds)
 
-    model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{part}",
-                       format="onnx-int8" if quantised else "onnx-fp16" if half else "onnx-fp32", role=ROLE_STUDENT, path=path, params=params,
-                       image_size=image_size,
+    precision = "int8" if quantised else "fp16" if half else "fp32"
+    model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{part}", format=f"onnx-{precision}",
+                       role=ROLE_STUDENT, path=path, params=params, image_size=image_size,
                        notes=[f"onnxruntime {ort.__version__} CPU, {threads} intra-op threads; GFLOPs not counted"])
     setattr(model, part, run)
     return model
