@@ -4,7 +4,7 @@ megapixels per second, peak memory, and class-agnostic mask AP of the merged sce
 ground truth beside the same model's AP on the images one by one (untiled), which the tiling should match.
 
     python benchmarks/scene_mosaic.py MODEL [MODEL ...] [--cells 10] [--cell 800] [--tile 512] [--overlap 128]
-        [--points-per-side 16] [--out runs/scene_mosaic]
+        [--points-per-side 16 --pred-iou-thresh 0.88 ...] [--out runs/scene_mosaic]
 
 Run from the folder that holds ../shared. Each model runs in a fresh process, so its peak memory (VmHWM) is its
 own. Each model's row is written as soon as it is measured; a rerun measures only the models not in the
@@ -78,7 +78,7 @@ def build_mosaic(out: Path, cells: int, cell: int, val_fraction: float = 0.2) ->
     return path, scene_gt, cells_gt
 
 
-def measure(model: str, scene: Path, out: Path, tile: int, overlap: int, points_per_side: int) -> dict:
+def measure(model: str, scene: Path, out: Path, tile: int, overlap: int, generator: dict) -> dict:
     """In this (fresh) process: the tiled prediction of one model, its speed and peak memory."""
     import torch
 
@@ -86,7 +86,7 @@ def measure(model: str, scene: Path, out: Path, tile: int, overlap: int, points_
     from sam_distill.methods.scene_predict import predict_scene
 
     torch.set_num_threads(2)
-    options = {"generator": {"points_per_side": points_per_side}} if identify(model).name == "sam" else {}
+    options = {"generator": generator} if identify(model).name == "sam" else {}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.time()
     summary = predict_scene(Path(model), scene, out, torch.device("cpu"), options, tile, overlap, log=lambda m: None)
@@ -96,33 +96,41 @@ def measure(model: str, scene: Path, out: Path, tile: int, overlap: int, points_
     return summary
 
 
-def untiled_ap(model: str, cells_gt: Path, out: Path, points_per_side: int) -> dict:
+def generator_flags(generator: dict) -> list[str]:
+    return [text for key, value in generator.items() for text in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def untiled_ap(model: str, cells_gt: Path, out: Path, generator: dict) -> dict:
     """The same model on the mosaic's images one by one (``distill eval ap --class-agnostic``)."""
     from sam_distill.cli import main
+    from sam_distill.core.model_files import identify
 
     images = out.parent / "cells"
-    extra = ["--points-per-side", str(points_per_side)]
+    extra = generator_flags(generator) if identify(model).name == "sam" else []
     code = main(["eval", "ap", model, "--annotations", str(cells_gt), "--images", str(images), "--class-agnostic",
                  "--out", str(out / "untiled_ap.json"), *extra])
     return json.loads((out / "untiled_ap.json").read_text()) if code == 0 else {"error": f"exit {code}"}
 
 
 def main() -> None:
+    from sam_distill.cli.options import add_generator_args, generator_overrides
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model files (any kind distill predict takes)")
     parser.add_argument("--cells", type=int, default=10)
     parser.add_argument("--cell", type=int, default=800)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=128)
-    parser.add_argument("--points-per-side", type=int, default=16)
+    add_generator_args(parser)  # SAM's everything mode on each tile (a SAM model file); unset: its defaults
     parser.add_argument("--out", type=Path, default=Path("runs/scene_mosaic"))
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one model in a fresh process
     args = parser.parse_args()
+    generator = generator_overrides(args)
     if not args.models and not args.measure:
         parser.error("give at least one model file")
     if args.measure:
         scene, out = Path(args.out) / "mosaic.tif", Path(args.out) / Path(args.measure).stem
-        summary = measure(args.measure, scene, out, args.tile, args.overlap, args.points_per_side)
+        summary = measure(args.measure, scene, out, args.tile, args.overlap, generator)
         print(json.dumps(summary))
         return
 
@@ -140,7 +148,7 @@ def main() -> None:
             print(f"{model}: measured already ({table})")
             continue
         command = [sys.executable, __file__, "--measure", model, "--out", str(args.out), "--tile", str(args.tile),
-                   "--overlap", str(args.overlap), "--points-per-side", str(args.points_per_side)]
+                   "--overlap", str(args.overlap), *generator_flags(generator)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{model}: failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -148,8 +156,9 @@ def main() -> None:
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         out = args.out / Path(model).stem
         tiled = mask_ap(scene_gt, json.loads((out / "results.json").read_text()), class_agnostic=True)
-        untiled = untiled_ap(model, cells_gt, out, args.points_per_side)
-        row = {"model": model, "megapixels_per_second": summary["megapixels_per_second"],
+        untiled = untiled_ap(model, cells_gt, out, generator)
+        row = {"model": model, "generator": generator, "tile": args.tile, "overlap": args.overlap,
+               "megapixels_per_second": summary["megapixels_per_second"],
                "wall_seconds": summary["wall_seconds"], "peak_rss_mib": summary["peak_rss_mib"],
                "tiles": summary["tiles"], "objects": summary["objects"], "seam_merged": summary["seam_merged"],
                "tiled_mask_AP": tiled["stats"]["AP"], "tiled_mask_AP50": tiled["stats"]["AP50"],

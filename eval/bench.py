@@ -265,6 +265,34 @@ def sam_bench_model(sam, name: str, kind: str, role: str, path: Path | None, dev
                       encoder=encoder, decoder=decoder, notes=list(notes), sam=sam)
 
 
+def sam2_bench_model(model, name: str, kind: str, role: str, path: Path | None, device: str, notes=()) -> BenchModel:
+    """A sam2 ``SAM2Base``: its image path as ``SAM2ImagePredictor.set_image`` runs it (encoder and the decoder's
+    high-resolution projections), and one point through its prompt encoder and mask decoder on random features.
+    Parameters are those of the image path (the video memory modules are not counted)."""
+    from sam_distill.sam.sam2_models import decode_features, image_features
+
+    model = model.to(device).eval()
+    size = int(model.image_size)
+    pixels = torch.randn(1, 3, size, size, device=device)
+    with torch.inference_mode():
+        features = {key: torch.randn_like(value) for key, value in image_features(model, pixels).items()}
+    point = (torch.tensor([[[size / 2, size / 2]]], device=device), torch.ones(1, 1, device=device, dtype=torch.int))
+
+    @torch.inference_mode()
+    def encoder():
+        return image_features(model, pixels)
+
+    @torch.inference_mode()
+    def decoder():
+        return decode_features(model, features, points=point, multimask=True)
+
+    params = sum(p.numel() for part in (model.image_encoder, model.sam_prompt_encoder, model.sam_mask_decoder)
+                 for p in part.parameters())
+    return BenchModel(name=name, kind=kind, format="pytorch", role=role, path=path, params=params, image_size=size,
+                      encoder=encoder, decoder=decoder,
+                      notes=["SAM 2 image path; parameters without the video memory modules", *notes])
+
+
 def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) -> Callable[[str, int], BenchModel]:
     """``(device, threads) -> BenchModel`` for a model file (through its kind's ``bench`` entry) or, with
     ``random_init``, a teacher name. Resolving imports the kind's code; loading waits for the call."""
@@ -274,9 +302,9 @@ def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) 
 
         def random_teacher(device: str, threads: int) -> BenchModel:
             teacher = load_teacher(spec, random_init=True, image_size=image_size)
-            return sam_bench_model(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
-                                   [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, "
-                                    f"no accuracy"])
+            build = sam2_bench_model if teacher.family == "sam2" else sam_bench_model
+            return build(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
+                         [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, no accuracy"])
         return random_teacher
     if not path.exists():
         raise DistillError(f"model {spec} does not exist; give a model file, or a teacher name with --random-init")

@@ -37,6 +37,9 @@ def cmd_train(args) -> int:
 
     context = init_distributed(args.device)
     cache = EmbeddingCache(args.cache)
+    if len(cache.outputs) > 1:
+        raise DistillError(f"cache {args.cache} holds a SAM 2 teacher's outputs; distil SAM 2 students with "
+                           "`distill run` (recipe mobilesam)")
     train_indices, holdout = cache.split(args.holdout)
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
@@ -60,7 +63,7 @@ def cmd_assemble(args) -> int:
     if not state.is_file():
         raise DistillError(f"training state {state} does not exist; train first with `distill train`")
     teacher = load_teacher_from(args)
-    student = load_trained_student(args.student, teacher.image_size, state)
+    student = load_trained_student(args.student, teacher.image_size, state, teacher)
     paths = write_models(student, args.student, teacher, args.out, {"teacher": teacher.describe(), "state": str(state)})
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -112,12 +115,13 @@ def cmd_yolo_train(args) -> int:
 def cmd_teachers(args) -> int:
     from sam_distill.sam.build import ARCHITECTURES
     from sam_distill.sam.official import TEACHERS, checkpoint_cache_dir
+    from sam_distill.sam.sam2_models import SAM2_ARCHITECTURES
 
     for name in TEACHERS.names():
         spec = TEACHERS.get(name)
         cached = (checkpoint_cache_dir() / spec.filename).exists()
-        print(f"{name:<11} {spec.arch:<11} {'cached' if cached else 'not cached':<11} {spec.url}")
-    print(f"architectures for --random-init or local files: {', '.join(ARCHITECTURES)}")
+        print(f"{name:<20} {spec.arch:<14} {'cached' if cached else 'not cached':<11} {spec.url}")
+    print(f"architectures for --random-init or local files: {', '.join((*ARCHITECTURES, *SAM2_ARCHITECTURES))}")
     print(f"cache: {checkpoint_cache_dir()}")
     return 0
 
@@ -128,6 +132,10 @@ def cmd_students(args) -> int:
     for name in list_students():
         print(name)
     print("e.g. timm_efficientvit_b0, timm_repvit_m1, timm_mobilenetv4_conv_small")
+    from sam_distill.students.sam2_trunk import HIERA_STUDENTS
+
+    print(f"for SAM 2 teachers: {', '.join(HIERA_STUDENTS)} (sam2's Hiera, small), timm_<name> (stride 4-32 maps, "
+          "e.g. timm_mobilenetv3_large_100)")
     return 0
 
 

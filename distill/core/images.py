@@ -109,13 +109,19 @@ def apply_view(image: np.ndarray, view: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """SAM's preprocessing: resize the longest side, normalise pixels, pad bottom-right to a square."""
+    """SAM's preprocessing: resize the longest side, normalise pixels, pad bottom-right to a square; or SAM 2's
+    (``resize="square"``): the image stretched to the square (``SAM2Transforms``: torchvision's antialiased
+    bilinear ``Resize`` of the [0, 1] image), normalised with the same ImageNet statistics, no padding."""
 
     image_size: int = 1024
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
+    resize_mode: str = "longest_side"
 
     def as_dict(self) -> dict:
+        if self.resize_mode == "square":
+            return {"resize": "square", "image_size": self.image_size, "pixel_mean": list(self.pixel_mean),
+                    "pixel_std": list(self.pixel_std)}
         return {
             "resize": "longest_side",
             "image_size": self.image_size,
@@ -124,14 +130,25 @@ class Preprocessing:
             "pad": "bottom_right_zero_after_normalise",
         }
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        return cls(values["image_size"], tuple(values["pixel_mean"]), tuple(values["pixel_std"]),
+                   values.get("resize", "longest_side"))
+
     def resize(self, image: np.ndarray) -> np.ndarray:
         return ResizeLongestSide(self.image_size).apply_image(image)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """H×W×3 uint8 → 3×S×S float tensor exactly as ``Sam.preprocess`` makes it."""
-        resized = torch.as_tensor(self.resize(image)).permute(2, 0, 1).float()
+        """H×W×3 uint8 → 3×S×S float tensor exactly as ``Sam.preprocess`` (or ``SAM2Transforms``) makes it."""
         mean = torch.tensor(self.pixel_mean).view(-1, 1, 1)
         std = torch.tensor(self.pixel_std).view(-1, 1, 1)
+        if self.resize_mode == "square":
+            from torchvision.transforms.functional import resize
+
+            unit = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+            squared = resize(unit, [self.image_size, self.image_size], antialias=True)
+            return (squared - mean / 255.0) / (std / 255.0)
+        resized = torch.as_tensor(self.resize(image)).permute(2, 0, 1).float()
         normalised = (resized - mean) / std
         h, w = normalised.shape[-2:]
         return torch.nn.functional.pad(normalised, (0, self.image_size - w, 0, self.image_size - h))

@@ -4,6 +4,8 @@ Layout of a cache folder::
 
     cache.json                 teacher, checkpoint sha256, preprocessing, embedding shape (the identity)
     shards/r000-s00000.npy     N×256×64×64 float16 embeddings
+    shards/r000-s00000.<name>.npy  the teacher's other outputs, when its decoder takes more than the embedding
+                               (SAM 2: high_res_feats_0 N×32×256×256 and high_res_feats_1 N×64×128×128)
     shards/r000-s00000.json    the N entries of that shard; its presence commits the shard
     skipped-r000.json          files a rank could not read, with the reason
     manifest.jsonl             every entry, merged across ranks (for people and other tools)
@@ -39,14 +41,16 @@ CACHE_FORMAT = "sam-distill/embedding-cache/1"
 
 def cache_identity(teacher: Teacher, preprocessing: Preprocessing) -> dict:
     """What must match for two embeddings to be interchangeable."""
-    size = preprocessing.image_size // 16
-    return {
+    outputs = teacher.outputs
+    identity = {
         "format": CACHE_FORMAT,
         "teacher": teacher.identity,
         "preprocessing": preprocessing.as_dict(),
-        "embedding_shape": [256, size, size],
+        "embedding_shape": list(outputs["image_embed"]),
         "dtype": "float16",
     }
+    extra = {name: list(shape) for name, shape in outputs.items() if name != "image_embed"}
+    return {**identity, "extra_outputs": extra} if extra else identity
 
 
 class _ImageReader(Dataset):
@@ -81,11 +85,11 @@ class _ShardWriter:
         self.shard_size = shard_size
         existing = sorted(shard_dir.glob(f"r{rank:03d}-s*.json"))
         self.next_seq = 1 + max((int(p.stem.split("-s")[1]) for p in existing), default=-1)
-        self.embeddings: list[np.ndarray] = []
+        self.outputs: list[dict[str, np.ndarray]] = []
         self.entries: list[dict] = []
 
-    def add(self, embedding: np.ndarray, entry: dict) -> None:
-        self.embeddings.append(embedding)
+    def add(self, outputs: dict[str, np.ndarray], entry: dict) -> None:
+        self.outputs.append(outputs)
         self.entries.append(entry)
         if len(self.entries) >= self.shard_size:
             self.flush()
@@ -94,13 +98,18 @@ class _ShardWriter:
         if not self.entries:
             return
         stem = f"r{self.rank:03d}-s{self.next_seq:05d}"
-        array = np.stack(self.embeddings).astype(np.float16)
-        buffer = _npy_bytes(array)
-        atomic_write_bytes(self.shard_dir / f"{stem}.npy", buffer)
+        for name in self.outputs[0]:
+            array = np.stack([outputs[name] for outputs in self.outputs]).astype(np.float16)
+            atomic_write_bytes(self.shard_dir / shard_file(stem, name), _npy_bytes(array))
         entries = [dict(entry, shard=stem, row=row) for row, entry in enumerate(self.entries)]
         atomic_write_json(self.shard_dir / f"{stem}.json", {"shard": f"{stem}.npy", "entries": entries})
         self.next_seq += 1
-        self.embeddings, self.entries = [], []
+        self.outputs, self.entries = [], []
+
+
+def shard_file(stem: str, output: str) -> str:
+    """The image embedding keeps the plain ``<stem>.npy`` name (caches of SAM teachers read as before)."""
+    return f"{stem}.npy" if output == "image_embed" else f"{stem}.{output}.npy"
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -116,7 +125,7 @@ def _clean_orphans(shard_dir: Path, rank: int) -> None:
     for tmp in shard_dir.glob(f".r{rank:03d}-*.tmp"):
         tmp.unlink(missing_ok=True)
     for npy in shard_dir.glob(f"r{rank:03d}-s*.npy"):
-        if not npy.with_suffix(".json").exists():
+        if not (shard_dir / f"{npy.name.split('.')[0]}.json").exists():
             npy.unlink()
 
 
@@ -159,7 +168,7 @@ def build_cache(
     ranks. Adding a view later embeds only that view."""
     context = context or init_distributed()
     cache_dir = Path(cache_dir)
-    preprocessing = Preprocessing(teacher.image_size)
+    preprocessing = teacher.preprocessing
     shard_dir = cache_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     if context.is_main:
@@ -198,10 +207,12 @@ def build_cache(
                     done_hashes.add((item["sha256"], item["view"]))
                     good.append(item)
             if good:
-                embeddings = teacher.embed(torch.stack([item["tensor"] for item in good])).float().cpu().numpy()
-                for item, embedding in zip(good, embeddings):
-                    writer.add(embedding, {"source": item["path"], "sha256": item["sha256"],
-                                           "orig_size": item["orig_size"], "view": item["view"]})
+                outputs = teacher.embed_outputs(torch.stack([item["tensor"] for item in good]))
+                outputs = {name: value.float().cpu().numpy() for name, value in outputs.items()}
+                for row, item in enumerate(good):
+                    writer.add({name: value[row] for name, value in outputs.items()},
+                               {"source": item["path"], "sha256": item["sha256"],
+                                "orig_size": item["orig_size"], "view": item["view"]})
             bar.update(len(batch))
     writer.flush()
     atomic_write_json(cache_dir / f"skipped-r{context.rank:03d}.json", skipped)
@@ -227,6 +238,7 @@ class EmbeddingCache:
         self.entries = read_entries(self.dir)
         if not self.entries:
             raise DistillError(f"embedding cache {self.dir} is empty; run `distill embed` first")
+        self.outputs = ("image_embed", *self.identity.get("extra_outputs", {}))
         self._shards: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -238,16 +250,23 @@ class EmbeddingCache:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        p = self.identity["preprocessing"]
-        return Preprocessing(p["image_size"], tuple(p["pixel_mean"]), tuple(p["pixel_std"]))
+        return Preprocessing.from_dict(self.identity["preprocessing"])
 
-    def embedding(self, index: int) -> torch.Tensor:
+    def embedding(self, index: int, output: str = "image_embed") -> torch.Tensor:
         entry = self.entries[index]
-        shard = self._shards.get(entry["shard"])
+        name = shard_file(entry["shard"], output)
+        shard = self._shards.get(name)
         if shard is None:
-            shard = np.load(self.dir / "shards" / f"{entry['shard']}.npy", mmap_mode="r")
-            self._shards[entry["shard"]] = shard
+            shard = np.load(self.dir / "shards" / name, mmap_mode="r")
+            self._shards[name] = shard
         return torch.from_numpy(np.array(shard[entry["row"]], dtype=np.float32))
+
+    def targets(self, index: int) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What a student learns to reproduce for one entry: the embedding, or every output by name when the
+        teacher has more than one."""
+        if len(self.outputs) == 1:
+            return self.embedding(index)
+        return {name: self.embedding(index, name) for name in self.outputs}
 
     def split(self, holdout_fraction: float, max_holdout: int | None = None) -> tuple[list[int], list[int]]:
         """A split of the images by content hash: stable across runs and machines, at least one held-out image.
@@ -284,4 +303,4 @@ class DistillDataset(Dataset):
             image = apply_view(load_rgb(source), view_of(self.cache.entries[index]))
         except (UnreadableImage, OSError) as err:
             raise DistillError(f"cached image {source} can no longer be read ({err}); restore it or rebuild the cache") from None
-        return self.preprocessing(image), self.cache.embedding(index)
+        return self.preprocessing(image), self.cache.targets(index)

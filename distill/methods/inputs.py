@@ -61,5 +61,6 @@ def materialise_random_teacher(name: str, image_size: int, seed: int, folder: Pa
     path = folder / f"{name}-random-init-{image_size}-seed{seed}.pth"
     if not path.exists():
         teacher = load_teacher(name, random_init=True, image_size=image_size, seed=seed)
-        atomic_torch_save(teacher.model.state_dict(), path)
+        state = teacher.model.state_dict()
+        atomic_torch_save({"model": state} if teacher.family == "sam2" else state, path)  # each package's layout
     return path

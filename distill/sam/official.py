@@ -1,7 +1,9 @@
-"""The official SAM checkpoints by name: downloaded once into the cache, sha256-checked, through a
-``.part`` file; offline, one sentence names the URL and where to put the file."""
+"""The official SAM checkpoints by name (SAM, MobileSAM, SAM 2 and SAM 2.1): downloaded once into the cache,
+checked against the published digest, through a ``.part`` file; offline, one sentence names the URL and where to
+put the file."""
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import urllib.error
@@ -20,9 +22,13 @@ DOWNLOAD_TIMEOUT_S = 20
 
 @dataclass(frozen=True)
 class OfficialCheckpoint:
+    """``arch`` names the architecture the file must hold; the digest is sha256 where the authors or their hub
+    publish one, else the MD5 that public download tools check the file against (SAM 2's release lists none)."""
+
     arch: str
     url: str
-    sha256: str
+    sha256: str = ""
+    md5: str = ""
 
     @property
     def filename(self) -> str:
@@ -54,6 +60,22 @@ for _name, _ckpt in {
 }.items():
     TEACHERS.register(_name)(_ckpt)
 
+# SAM 2 (July 2024) and SAM 2.1 (September 2024) image models, through the ``sam2`` package.
+_SAM2_RELEASES = {"sam2": "https://dl.fbaipublicfiles.com/segment_anything_2/072824/",
+                  "sam2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"}
+for _release, _size, _short, _md5 in (
+    ("sam2", "tiny", "t", "99eacccce4ada0b35153d4fd7af05297"),
+    ("sam2", "small", "s", "7f320dbeb497330a2472da5a16c7324d"),
+    ("sam2", "base_plus", "b+", "09dc5a3d7719f64aaea1d37341ef26f2"),
+    ("sam2", "large", "l", "08083462423be3260cd6a5eef94dc01c"),
+    ("sam2.1", "tiny", "t", "6aa6761c9da74fbaa74b4c790a0a2007"),
+    ("sam2.1", "small", "s", "51713b3d1994696d27f35f9c6de6f5ef"),
+    ("sam2.1", "base_plus", "b+", "ec7bd7d23d280d5e3cfa45984c02eda5"),
+    ("sam2.1", "large", "l", "2b30654b6112c42a115563c638d238d9"),
+):
+    TEACHERS.register(f"{_release}_hiera_{_size}")(OfficialCheckpoint(
+        f"{_release}_hiera_{_short}", f"{_SAM2_RELEASES[_release]}{_release}_hiera_{_size}.pt", md5=_md5))
+
 
 def checkpoint_cache_dir() -> Path:
     """Where official checkpoints live: ``$SAM_DISTILL_HOME/checkpoints`` (default ``~/.cache/sam-distill``)."""
@@ -69,12 +91,12 @@ def resolve_official(name: str) -> Path:
         return target
     if os.environ.get("SAM_DISTILL_OFFLINE"):
         raise DistillError(f"{name} is not in the cache and SAM_DISTILL_OFFLINE is set; download {spec.url} and put it at {target}")
-    download(spec.url, target, spec.sha256)
+    download(spec.url, target, spec.sha256, spec.md5)
     return target
 
 
-def download(url: str, target: Path, sha256: str) -> None:
-    """Download to ``target`` through a ``.part`` file; verify the sha256 before it takes the name."""
+def download(url: str, target: Path, sha256: str, md5: str = "") -> None:
+    """Download to ``target`` through a ``.part`` file; verify the digest before it takes the name."""
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     offline = (
@@ -92,8 +114,18 @@ def download(url: str, target: Path, sha256: str) -> None:
         part.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
         raise DistillError(f"{offline} ({reason})") from None
-    digest = sha256_file(part)
-    if digest != sha256:
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    digest = sha256_file(part) if algorithm == "sha256" else md5_file(part)
+    if digest != expected:
         part.unlink(missing_ok=True)
-        raise DistillError(f"download of {url} has sha256 {digest}, expected {sha256}; it was deleted, try again")
+        raise DistillError(f"download of {url} has {algorithm} {digest}, expected {expected}; it was deleted, "
+                           "try again")
     os.replace(part, target)
+
+
+def md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,8 +1,9 @@
-"""The teacher as the rest of the toolkit sees it: an official name (downloaded once, sha256-checked), a local
-checkpoint (read with ``weights_only=True``) or a random-initialised architecture, behind one ``Teacher``."""
+"""The teacher as the rest of the toolkit sees it: an official name (downloaded once, digest-checked), a local
+checkpoint (read with ``weights_only=True``) or a random-initialised architecture, behind one ``Teacher``: SAM's
+through segment-anything, SAM 2's and SAM 2.1's (``Sam2Teacher``) through the sam2 package."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -10,6 +11,8 @@ from segment_anything.modeling import Sam
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import sha256_file
+from sam_distill.core.images import Preprocessing
+from sam_distill.sam import sam2_models
 from sam_distill.sam.build import ARCHITECTURES, build_sam
 from sam_distill.sam.model_file import load_model
 from sam_distill.sam.official import TEACHERS, resolve_official
@@ -39,9 +42,21 @@ class Teacher:
     checkpoint_sha256: str
     random_init: bool
 
+    family = "sam"
+
     @property
     def image_size(self) -> int:
         return int(self.model.image_encoder.img_size)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.image_size)
+
+    @property
+    def outputs(self) -> dict[str, tuple[int, int, int]]:
+        """What ``embed_outputs`` returns per image, by name: C×H×W shapes. The first is the image embedding."""
+        size = self.image_size // 16
+        return {"image_embed": (256, size, size)}
 
     @property
     def identity(self) -> dict:
@@ -58,6 +73,10 @@ class Teacher:
         """SAM-preprocessed B×3×S×S images → B×256×S/16×S/16 image embeddings (the distillation target)."""
         return self.model.image_encoder(pixels.to(next(self.model.parameters()).device))
 
+    def embed_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything the teacher's decoder takes from the image encoder, by name (what the cache stores)."""
+        return {"image_embed": self.embed(pixels)}
+
     def decode(self, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits and IoU scores of one prompt set per embedding row (model-input coordinates)."""
@@ -72,14 +91,73 @@ class Teacher:
         return f"{self.name} ({self.arch}, {self.checkpoint})"
 
 
+@dataclass
+class Sam2Teacher(Teacher):
+    """A SAM 2 / SAM 2.1 teacher (``model`` is the sam2 package's ``SAM2Base``, ``config`` its hydra config as a
+    plain dict). Its input is the image stretched to 1024² (sam2's predictor takes no other size); what a student
+    learns to reproduce is the image embedding and the two high-resolution maps its decoder fuses."""
+
+    config: dict = field(default_factory=dict)
+    family = "sam2"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.image_size)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.image_size, resize_mode="square")
+
+    @property
+    def outputs(self) -> dict[str, tuple[int, int, int]]:
+        size = self.image_size // 16
+        shapes = {"image_embed": (256, size, size), "high_res_feats_0": (32, size * 4, size * 4),
+                  "high_res_feats_1": (64, size * 2, size * 2)}
+        return {name: shapes[name] for name in sam2_models.feature_names(self.model)}
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed_outputs(pixels)["image_embed"]
+
+    @torch.inference_mode()
+    def embed_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return sam2_models.image_features(self.model, pixels.to(next(self.model.parameters()).device))
+
+    def decode(self, features: dict[str, torch.Tensor], points=None, boxes=None, multimask: bool = False):
+        """Low-res mask logits and IoU of n prompts on one image's features (model-input coordinates)."""
+        return sam2_models.decode_features(self.model, features, points=points, boxes=boxes, multimask=multimask)
+
+    def everything_generator(self, settings: dict, device: torch.device):
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        return SAM2AutomaticMaskGenerator(self.model.to(device).eval(), output_mode="coco_rle", **settings)
+
+
+def load_sam2_teacher(name: str, checkpoint: Path | None, random_init: bool, seed: int) -> Sam2Teacher:
+    arch = TEACHERS.get(name).arch if name in TEACHERS else name
+    if random_init:
+        model = sam2_models.build_sam2_model(arch, seed=seed)
+        config = sam2_models.model_config(sam2_models.sam2_config(arch))
+        return Sam2Teacher(model, name, arch, None, f"random-init:{arch}:seed{seed}", True, config)
+    checkpoint = Path(checkpoint) if checkpoint is not None else resolve_official(name)
+    model, found, config = sam2_models.load_sam2_file(checkpoint)
+    if sam2_models.is_sam2_arch(arch) and found != arch:
+        raise DistillError(f"teacher {name!r} expects a {arch} checkpoint but {checkpoint} holds a {found}")
+    return Sam2Teacher(model, name, found, checkpoint, sha256_file(checkpoint), False, config)
+
+
 def load_teacher(
     name: str, checkpoint: Path | str | None = None, random_init: bool = False, image_size: int = 1024, seed: int = 0
 ) -> Teacher:
     """Resolve a teacher: an official name (downloaded), an architecture with a local file, or random weights."""
+    arch = TEACHERS.get(name).arch if name in TEACHERS else name
+    if sam2_models.is_sam2_arch(arch) or (
+            checkpoint is not None and arch not in ARCHITECTURES and sam2_models.file_holds_sam2(Path(checkpoint))):
+        return load_sam2_teacher(name, checkpoint, random_init, seed)
     if random_init:
-        arch = TEACHERS.get(name).arch if name in TEACHERS else name
         if arch not in ARCHITECTURES:
-            raise DistillError(f"unknown teacher architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
+            known = ", ".join((*ARCHITECTURES, *sam2_models.SAM2_ARCHITECTURES))
+            raise DistillError(f"unknown teacher architecture {name!r}; choose one of: {known}")
         torch.manual_seed(seed)
         model = build_sam(arch, image_size)
         return Teacher(model.eval(), name, arch, None, f"random-init:{arch}:{image_size}:seed{seed}", True)

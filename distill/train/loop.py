@@ -114,14 +114,26 @@ def embedding_mse(student: nn.Module, images: torch.Tensor, targets: torch.Tenso
 
 
 class DistillationObjective(Objective):
-    """MobileSAM's decoupled distillation: the student encoder regresses the teacher's cached embeddings."""
+    """MobileSAM's decoupled distillation: the student encoder regresses the teacher's cached embeddings. With a
+    teacher whose decoder takes several encoder outputs (SAM 2's embedding and high-resolution maps), the student
+    returns each by name and the loss is the weighted sum of an MSE on each (one metrics column per output)."""
 
     name = "distill"
     loss_names = ("mse",)
 
+    def __init__(self, model: nn.Module, output_weights: dict[str, float] | None = None):
+        super().__init__(model)
+        self.output_weights = dict(output_weights or {})
+        if self.output_weights:
+            self.loss_names = tuple(f"mse_{output}" for output in self.output_weights)
+
     def losses(self, model, batch):
         images, targets = batch
-        return {"mse": embedding_mse(model, images, targets)}
+        if not isinstance(targets, dict):
+            return {"mse": embedding_mse(model, images, targets)}
+        outputs = model(images)
+        return {f"mse_{name}": weight * F.mse_loss(outputs[name].float(), targets[name])
+                for name, weight in self.output_weights.items()}
 
 
 class EpochSampler(Sampler[int]):

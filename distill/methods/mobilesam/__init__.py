@@ -2,7 +2,8 @@
 
 Its model files are SAMs: our ``model.pt``, MobileSAM's ``mobile_sam.pt`` and the official checkpoints all load as
 one segment-anything ``Sam``; ``distill export`` turns them into the SAM encoder/decoder ONNX graphs, the second
-kind this package registers (benched in onnxruntime)."""
+kind this package registers (benched in onnxruntime). The third is SAM 2: the official SAM 2 / 2.1 checkpoints and
+the students distilled from them, all in sam2's checkpoint layout."""
 from sam_distill.core.model_files import Exporter, ModelKind, Probe, register_kind
 from sam_distill.methods.mobilesam import recipe  # noqa: F401  (registers the recipe)
 from sam_distill.sam.model_file import MODEL_FORMAT
@@ -12,6 +13,10 @@ SAM_PARTS = frozenset({"image_encoder", "prompt_encoder", "mask_decoder"})
 
 def _is_sam_state_dict(probe: Probe) -> bool:
     return probe.tag is None and SAM_PARTS <= probe.prefixes
+
+
+def _is_sam2_state_dict(probe: Probe) -> bool:
+    return probe.tag is None and {"image_encoder", "sam_prompt_encoder", "sam_mask_decoder"} <= probe.prefixes
 
 
 def _is_onnx(probe: Probe) -> bool:
@@ -45,4 +50,13 @@ register_kind(ModelKind(
     how_to_make="make one with `distill export MODEL --format onnx`",
     matches=_is_onnx,
     bench="sam_distill.methods.mobilesam.bench:bench_onnx",
+))
+
+register_kind(ModelKind(
+    name="sam2",
+    what="a SAM 2 model (an official SAM 2 / 2.1 checkpoint or a student distilled from one)",
+    how_to_make="make one with a `recipe: mobilesam` run whose teacher is a SAM 2 (e.g. sam2.1_hiera_tiny)",
+    matches=_is_sam2_state_dict,
+    load="sam_distill.sam.sam2_models:load_sam2_file",
+    bench="sam_distill.methods.mobilesam.bench:bench_sam2",
 ))

@@ -10,9 +10,10 @@ import onnxruntime as ort
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.model_files import probe
-from sam_distill.eval.bench import ROLE_STUDENT, ROLE_TEACHER, BenchModel, sam_bench_model
+from sam_distill.eval.bench import ROLE_STUDENT, ROLE_TEACHER, BenchModel, sam2_bench_model, sam_bench_model
 from sam_distill.export.quantize import QUANTISED_OPS
 from sam_distill.sam.model_file import MODEL_FORMAT, load_model
+from sam_distill.sam.sam2_models import load_sam2_file, read_sam2_file
 
 
 def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
@@ -24,6 +25,14 @@ def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int
     if info.student == "tinyvit_5m":
         return sam_bench_model(sam, f"mobilesam ({path.name})", "mobilesam", ROLE_STUDENT, path, device)
     return sam_bench_model(sam, f"{info.student} ({path.name})", "sam", ROLE_TEACHER, path, device)
+
+
+def bench_sam2(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+    """A SAM 2 file: an official checkpoint is a teacher, ours a student; the size is SAM 2's own (1024)."""
+    model, arch, _ = load_sam2_file(path)
+    ours = read_sam2_file(path)[1] is not None
+    return sam2_bench_model(model, f"{arch} ({path.name})", "sam-distill-sam2" if ours else "sam2",
+                            ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
 
 
 def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:

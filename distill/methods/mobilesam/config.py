@@ -10,8 +10,12 @@ from sam_distill.core.config import Section
 
 
 class StudentConfig(Section):
-    name: str = "tinyvit_5m"
+    name: str = Field("tinyvit_5m", description="SAM teachers: tinyvit_5m or timm_<model>; SAM 2 teachers: "
+                      "hiera_nano, hiera_micro or timm_<model> (stride 4-32 feature maps)")
     init: Optional[Path] = Field(None, description="start from these encoder weights (our model file or MobileSAM's)")
+    output_weights: dict[str, float] = Field(
+        {"image_embed": 1.0, "high_res_feats_0": 1.0, "high_res_feats_1": 1.0},
+        description="SAM 2 teachers: the weight of the MSE on each encoder output the decoder takes")
 
 
 class PromptStageConfig(Section):

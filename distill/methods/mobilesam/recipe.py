@@ -6,6 +6,7 @@ import torch
 
 from sam_distill.core.config import RunConfigBase as RunConfig
 from sam_distill.core.device import init_distributed
+from sam_distill.core.errors import DistillError
 from sam_distill.core.rundir import RunDir
 from sam_distill.data.cache import EmbeddingCache, build_cache
 from sam_distill.methods.inputs import resolve_images, resolve_teacher
@@ -41,29 +42,34 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
     meta = {"teacher": teacher.describe(), "teacher_checkpoint_sha256": teacher.checkpoint_sha256,
             "student": config.student.name, "run": str(run_dir.path)}
 
-    student = init_student(config.student.name, cache.image_size, config.student.init)
+    if teacher.family != "sam" and config.prompt_stage.enabled:
+        raise DistillError(f"prompt_stage is not available for {teacher.family.upper()} teachers yet; "
+                           "set prompt_stage.enabled: false")
+    student = init_student(config.student.name, cache.image_size, config.student.init, teacher)
     distill_dir = run_dir.sub("checkpoints/distill")
     result = {"embed": summary}
     result["train"] = train_stage(student, cache, train_indices, config.train, distill_dir, context,
-                                  config.seed, log, meta)
+                                  config.seed, log, meta, config.student.output_weights)
     final_state = distill_dir / "last.pt"
     if config.prompt_stage.enabled:
-        student = load_trained_student(config.student.name, cache.image_size, final_state)
+        student = load_trained_student(config.student.name, cache.image_size, final_state, teacher)
         prompt_dir = run_dir.sub("checkpoints/prompt")
         result["prompt_stage"] = prompt_stage(student, teacher, cache, train_indices, config.prompt_stage,
                                               prompt_dir, context, config.seed, log, meta)
         final_state = prompt_dir / "last.pt"
     if not context.is_main:
         return result
-    student = load_trained_student(config.student.name, cache.image_size, final_state)
+    student = load_trained_student(config.student.name, cache.image_size, final_state, teacher)
     result["models"] = write_models(student, config.student.name, teacher, run_dir.sub("model"), meta)
     log(f"model: {', '.join(result['models'].values())}")
 
     if config.fidelity.enabled and holdout:
         from sam_distill.eval.fidelity import fidelity, format_table, write_fidelity
         from sam_distill.sam.model_file import load_model
+        from sam_distill.sam.sam2_models import load_sam2_file
 
-        student_sam, _ = load_model(result["models"]["model"])
+        path = result["models"]["model"]
+        student_sam = load_sam2_file(path)[0] if teacher.family == "sam2" else load_model(path)[0]
         limit = holdout[: config.fidelity.max_images] if config.fidelity.max_images else holdout
         report = fidelity(teacher.model, student_sam, cache, limit, config.fidelity.points_per_image,
                           seed=config.seed, device=context.device)

@@ -11,6 +11,7 @@ from sam_distill.core.model_files import load_model_file
 from sam_distill.data.cache import DistillDataset, EmbeddingCache
 from sam_distill.methods.mobilesam.config import PromptStageConfig
 from sam_distill.methods.sections import TrainConfig
+from sam_distill.sam import sam2_models
 from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_model
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students import create_student
@@ -18,7 +19,18 @@ from sam_distill.train.loop import DistillationObjective, Schedule, train
 from sam_distill.train.prompt_loop import PromptLoopObjective
 
 
-def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Module:
+def init_student(name: str, image_size: int, init: Path | None, teacher: Teacher | None = None) -> torch.nn.Module:
+    """A new student for the teacher's family: a SAM image encoder, or for a SAM 2 teacher a ``Sam2Student``."""
+    if teacher is not None and teacher.family == "sam2":
+        student, _ = sam2_models.build_student(name, teacher.model, teacher.config)
+        if init is not None:
+            model, _, _ = sam2_models.load_sam2_file(init)
+            try:
+                student.image_encoder.load_state_dict(model.image_encoder.state_dict())
+            except RuntimeError as err:
+                raise DistillError(f"student.init {init} does not fit student {name!r}: "
+                                   f"{str(err).splitlines()[0]}") from None
+        return student
     student = create_student(name, image_size=image_size)
     if init is not None:
         _, (model, _) = load_model_file(init, expect=("sam",))
@@ -30,9 +42,18 @@ def init_student(name: str, image_size: int, init: Path | None) -> torch.nn.Modu
 
 
 def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[int], config: TrainConfig,
-                out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
-    return train(DistillationObjective(student), DistillDataset(cache, indices), Schedule.from_config(config), out_dir,
-                 context, seed=seed, log=log, meta=meta)
+                out_dir: Path, context: DistContext, seed: int, log, meta: dict,
+                output_weights: dict[str, float] | None = None) -> dict:
+    """Decoupled distillation; with a teacher of several outputs, an MSE on each of them, weighted."""
+    weights = None
+    if len(cache.outputs) > 1:
+        unknown = set(output_weights or {}) - set(cache.outputs)
+        if unknown:
+            raise DistillError(f"student.output_weights names {', '.join(sorted(unknown))}, which this teacher does "
+                               f"not output; its outputs are {', '.join(cache.outputs)}")
+        weights = {name: (output_weights or {}).get(name, 1.0) for name in cache.outputs}
+    return train(DistillationObjective(student, weights), DistillDataset(cache, indices), Schedule.from_config(config),
+                 out_dir, context, seed=seed, log=log, meta=meta)
 
 
 def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCache, indices: list[int],
@@ -43,14 +64,23 @@ def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCac
                  log=log, meta=meta)
 
 
-def load_trained_student(name: str, image_size: int, state_path: Path) -> torch.nn.Module:
-    student = create_student(name, image_size=image_size)
+def load_trained_student(name: str, image_size: int, state_path: Path, teacher: Teacher | None = None
+                         ) -> torch.nn.Module:
+    student = init_student(name, image_size, None, teacher)
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     student.load_state_dict(state["model"])
     return student.eval()
 
 
 def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir: Path, meta: dict) -> dict:
+    """``model.pt``: a SAM (segment-anything) or, for a SAM 2 teacher, a SAM 2 in sam2's checkpoint layout with
+    ``model.yaml`` beside it; plus MobileSAM's layout for a TinyViT student of a SAM teacher."""
+    if teacher.family == "sam2":
+        model = sam2_models.assemble_student(student, teacher.model)
+        encoder = sam2_models.student_encoder_config(name, teacher.config)
+        config = sam2_models.model_config(teacher.config, encoder)
+        path = sam2_models.save_sam2_model(model, config, out_dir / "model.pt", name, meta)
+        return {"model": str(path), "config": str(path.with_suffix(".yaml"))}
     model = assemble(student.cpu().eval(), teacher.model)
     paths = {"model": str(save_model(model, out_dir / "model.pt", name, meta))}
     if name == "tinyvit_5m":

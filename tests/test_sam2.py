@@ -1,0 +1,139 @@
+"""SAM 2.1 teachers and their students, checked against the sam2 package itself: the teacher's features and masks
+are those of sam2's ``SAM2ImagePredictor``; a distilled student loads through sam2's own config instantiation and
+checkpoint loader, unchanged, and predicts what the toolkit's copy predicts. Random-initialised SAM 2.1 of a small
+Hiera (``sam2.1_hiera_nano``) at sam2's fixed 1024 px."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("sam2")
+
+from sam_distill.core.errors import DistillError  # noqa: E402
+from sam_distill.sam import sam2_models  # noqa: E402
+from sam_distill.sam.official import TEACHERS, checkpoint_cache_dir, download  # noqa: E402
+from sam_distill.sam.teachers import Sam2Teacher, load_teacher  # noqa: E402
+
+NANO = "sam2.1_hiera_nano"
+
+
+@pytest.fixture(scope="module")
+def nano_teacher() -> Sam2Teacher:
+    return load_teacher(NANO, random_init=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    picture = (rng.random((300, 400, 3)) * 60).astype(np.uint8)
+    picture[80:200, 120:260] = (200, 40, 40)
+    return picture
+
+
+def test_teacher_features_and_masks_are_sam2_predictors(nano_teacher, image):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    features = nano_teacher.embed_outputs(nano_teacher.preprocessing(image)[None])
+    assert {name: tuple(value.shape[1:]) for name, value in features.items()} == nano_teacher.outputs == {
+        "image_embed": (256, 64, 64), "high_res_feats_0": (32, 256, 256), "high_res_feats_1": (64, 128, 128)}
+    predictor = SAM2ImagePredictor(nano_teacher.model)
+    with torch.inference_mode():
+        predictor.set_image(image)
+        reference = predictor._features
+        for level, high_res in enumerate(reference["high_res_feats"]):
+            assert torch.allclose(features[f"high_res_feats_{level}"], high_res, atol=1e-5)
+        assert torch.allclose(features["image_embed"], reference["image_embed"], atol=1e-5)
+        _, iou, low_res = predictor.predict(point_coords=np.array([[190.0, 140.0]]), point_labels=np.array([1]),
+                                            box=np.array([110.0, 70.0, 270.0, 210.0]), multimask_output=False)
+        scale = torch.tensor([1024 / 400, 1024 / 300])
+        ours, ours_iou = nano_teacher.decode(features, points=(torch.tensor([[[190.0, 140.0]]]) * scale,
+                                                               torch.tensor([[1]])),
+                                             boxes=torch.tensor([[110.0, 70.0, 270.0, 210.0]]) * scale.repeat(2))
+    assert np.abs(ours.numpy() - low_res).max() < 1e-4
+    assert np.allclose(ours_iou.numpy(), iou, atol=1e-5)
+
+
+def test_official_sam2_names_download_once_with_their_md5(tmp_path, monkeypatch):
+    spec = TEACHERS.get("sam2.1_hiera_tiny")
+    assert spec.url == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
+    assert spec.arch == "sam2.1_hiera_t" and len(spec.md5) == 32
+    assert TEACHERS.get("sam2_hiera_large").url.endswith("/072824/sam2_hiera_large.pt")
+    with pytest.raises(DistillError) as err:  # offline (conftest): one sentence with the URL and the place
+        load_teacher("sam2.1_hiera_tiny")
+    assert spec.url in str(err.value) and str(checkpoint_cache_dir() / "sam2.1_hiera_tiny.pt") in str(err.value)
+    payload = b"a stand-in for a checkpoint"
+    source = tmp_path / "remote.pt"
+    source.write_bytes(payload)
+    with pytest.raises(DistillError, match="md5"):
+        download(source.as_uri(), tmp_path / "bad.pt", "", md5="0" * 32)
+    download(source.as_uri(), tmp_path / "good.pt", "", md5=hashlib.md5(payload).hexdigest())
+    assert (tmp_path / "good.pt").read_bytes() == payload
+
+
+def test_official_layout_file_loads_and_bad_files_get_one_line(nano_teacher, tmp_path):
+    path = tmp_path / "sam2.1_nano.pt"
+    torch.save({"model": nano_teacher.model.state_dict()}, path)  # sam2's checkpoint layout
+    teacher = load_teacher("my_sam2", path)  # recognised by its contents, whatever the name
+    assert isinstance(teacher, Sam2Teacher) and teacher.arch == NANO
+    assert all(torch.equal(a, b) for a, b in zip(teacher.model.state_dict().values(),
+                                                 nano_teacher.model.state_dict().values()))
+    with pytest.raises(DistillError, match="expects a sam2.1_hiera_t checkpoint"):
+        load_teacher("sam2.1_hiera_tiny", path)
+    # A config that names another callable than sam2's or our students' is refused before anything is built.
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": {}, "sam_distill": {"config": {"model": {"_target_": "os.system", "command": "true"}}}},
+               hostile)
+    with pytest.raises(DistillError, match="'os.system'"):
+        sam2_models.load_sam2_file(hostile)
+
+
+def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, image):
+    """The whole mobilesam recipe on a SAM 2.1 teacher: the cache holds the three outputs, one loss each, and the
+    model file is sam2's: rebuilt from model.yaml by hydra, loaded by sam2's own loader, predicting in
+    SAM2ImagePredictor what our loading of it predicts."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from sam2.build_sam import _load_checkpoint
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from sam_distill.cli import main
+    from sam_distill.data.cache import EmbeddingCache
+
+    config = yaml.safe_load(open("configs/sam2_quickstart.yaml"))
+    config.update(run_dir=str(tmp_path / "run"),
+                  data={"synthetic": {"count": 3, "size": 256}, "holdout_fraction": 0.34})
+    config["train"].update(epochs=1, checkpoint_every=1)
+    config["fidelity"] = {"points_per_image": 2}
+    path = tmp_path / "sam2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    cache = EmbeddingCache(run / "cache")
+    assert cache.outputs == ("image_embed", "high_res_feats_0", "high_res_feats_1")
+    assert {name: tuple(value.shape) for name, value in cache.targets(0).items()} == {
+        "image_embed": (256, 64, 64), "high_res_feats_0": (32, 256, 256), "high_res_feats_1": (64, 128, 128)}
+    assert cache.identity["preprocessing"]["resize"] == "square"
+    header = (run / "checkpoints" / "distill" / "metrics.csv").read_text().splitlines()[0]
+    assert all(f"mse_{name}" in header for name in cache.outputs)
+    fidelity = json.loads((run / "reports" / "fidelity.json").read_text())
+    assert fidelity["images"] == 1 and 0 <= fidelity["summary"]["box_miou"] <= 1
+
+    model_file = run / "model" / "model.pt"
+    theirs = instantiate(OmegaConf.load(run / "model" / "model.yaml").model, _recursive_=True)
+    _load_checkpoint(theirs, str(model_file))  # sam2's loader: weights_only, strict
+    assert type(theirs.image_encoder.trunk).__name__ == "Hiera"
+    ours, name, _ = sam2_models.load_sam2_file(model_file)
+    assert name == "hiera_nano"
+    prompt = dict(point_coords=np.array([[190.0, 140.0]]), point_labels=np.array([1]), multimask_output=True)
+    answers = []
+    for model in (theirs.eval(), ours):
+        predictor = SAM2ImagePredictor(model)
+        with torch.inference_mode():
+            predictor.set_image(image)
+            answers.append(predictor.predict(**prompt))
+    assert np.array_equal(answers[0][0], answers[1][0]) and np.allclose(answers[0][1], answers[1][1])
