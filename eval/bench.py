@@ -293,6 +293,31 @@ def sam2_bench_model(model, name: str, kind: str, role: str, path: Path | None, 
                       notes=["SAM 2 image path; parameters without the video memory modules", *notes])
 
 
+def hq_bench_model(model, name: str, kind: str, role: str, path: Path | None, device: str, notes=()) -> BenchModel:
+    """A segment-anything-hq ``Sam``: its image encoder (embedding and early feature), and one point through its
+    prompt encoder and HQ decoder on random features."""
+    from sam_distill.sam.hq_models import decode_features, image_features
+
+    model = model.to(device).eval()
+    size = int(model.image_encoder.img_size)
+    pixels = torch.randn(1, 3, size, size, device=device)
+    with torch.inference_mode():
+        features = {key: torch.randn_like(value) for key, value in image_features(model, pixels).items()}
+    point = (torch.tensor([[[size / 2, size / 2]]], device=device), torch.ones(1, 1, device=device))
+
+    @torch.inference_mode()
+    def encoder():
+        return image_features(model, pixels)
+
+    @torch.inference_mode()
+    def decoder():
+        return decode_features(model, features, points=point, multimask=True)
+
+    return BenchModel(name=name, kind=kind, format="pytorch", role=role, path=path,
+                      params=sum(p.numel() for p in model.parameters()), image_size=size, encoder=encoder,
+                      decoder=decoder, notes=list(notes))
+
+
 def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) -> Callable[[str, int], BenchModel]:
     """``(device, threads) -> BenchModel`` for a model file (through its kind's ``bench`` entry) or, with
     ``random_init``, a teacher name. Resolving imports the kind's code; loading waits for the call."""
@@ -302,7 +327,7 @@ def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) 
 
         def random_teacher(device: str, threads: int) -> BenchModel:
             teacher = load_teacher(spec, random_init=True, image_size=image_size)
-            build = sam2_bench_model if teacher.family == "sam2" else sam_bench_model
+            build = {"sam2": sam2_bench_model, "hq": hq_bench_model}.get(teacher.family, sam_bench_model)
             return build(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
                          [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, no accuracy"])
         return random_teacher

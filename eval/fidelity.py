@@ -3,7 +3,8 @@
 On held-out images: embedding MSE and cosine similarity against the cached teacher embedding, and
 mIoU between teacher and student masks for the same prompt: a single point, and a box taken from
 the teacher's mask for that point. Masks are compared at the original image resolution through
-segment-anything's ``SamPredictor``, or for SAM 2 models sam2's ``SAM2ImagePredictor`` (the embedding figures are
+segment-anything's ``SamPredictor``, for SAM 2 models sam2's ``SAM2ImagePredictor``, for HQ-SAM models
+segment-anything-hq's ``SamPredictor`` (the embedding figures are
 then those of the image embedding; the high-resolution maps count through the masks).
 """
 from __future__ import annotations
@@ -51,25 +52,33 @@ class _Side:
     """One model of the comparison behind its package's predictor, fed features rather than images."""
 
     def __init__(self, model: torch.nn.Module, device):
-        self.sam2 = not isinstance(model, Sam)
         self.model = model.to(device).eval()
-        if self.sam2:
+        if hasattr(model, "sam_mask_decoder"):
             from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-            self.predictor = SAM2ImagePredictor(self.model)
-        else:
-            self.predictor = SamPredictor(self.model)
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        if self.sam2:
             from sam_distill.sam.sam2_models import image_features
 
-            return {name: value[0].float() for name, value in image_features(self.model, pixels).items()}
-        return self.model.image_encoder(pixels)[0].float()
+            self.family, self.predictor, self.image_features = "sam2", SAM2ImagePredictor(self.model), image_features
+        elif isinstance(model, Sam):
+            self.family, self.predictor = "sam", SamPredictor(self.model)
+        else:
+            from segment_anything_hq import SamPredictor as HqPredictor
+
+            from sam_distill.sam.hq_models import image_features
+
+            self.family, self.predictor, self.image_features = "hq", HqPredictor(self.model), image_features
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.family == "sam":
+            return self.model.image_encoder(pixels)[0].float()
+        return {name: value[0].float() for name, value in self.image_features(self.model, pixels).items()}
 
     def set(self, features, original_size, input_size) -> None:
-        if self.sam2:
+        if self.family == "sam2":
             _set_sam2_features(self.predictor, features, original_size)
+        elif self.family == "hq":
+            _set_embedding(self.predictor, features["image_embed"], original_size, input_size)
+            self.predictor.interm_features = [features["interm_embed_0"].permute(1, 2, 0)[None]]
         else:
             _set_embedding(self.predictor, features, original_size, input_size)
 

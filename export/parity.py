@@ -8,6 +8,7 @@ reduced-precision file (fp16, INT8) gets a verdict instead: it passes when it lo
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,24 +123,26 @@ def checked_export(sam: Sam, info, files: list[ExportedFile], options: ExportOpt
                     parity={"images": names}, failure=fp32_failure(files, options.tolerance, out / "parity.json"))
 
 
-def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance) -> None:
+def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance,
+                 opener: Callable[[str, Path, Path], PromptPredictor] = open_pair) -> None:
     """Fill ``file.parity`` for every file of a format with a runtime here; each file pairs with the fp32 file of
-    the other role in its own format. Reduced-precision files get a verdict against their format's fp32 pair."""
+    the other role in its own format. Reduced-precision files get a verdict against their format's fp32 pair.
+    ``opener`` runs a pair (SAM's pairs by default; a SAM 2 export passes its own)."""
     for file_format in dict.fromkeys(f.format for f in files if f.format in PAIRED_FORMATS):
         group = [f for f in files if f.format == file_format and f.parity is None]
         fp32 = {f.role: f.path for f in group if f.precision == "fp32"}
         if set(fp32) != {"encoder", "decoder"}:
             continue  # nothing to compare against (e.g. an engine-only export)
-        figures, fp32_embeddings = pair_parity(reference, open_pair(file_format, fp32["encoder"], fp32["decoder"]))
+        figures, fp32_embeddings = pair_parity(reference, opener(file_format, fp32["encoder"], fp32["decoder"]))
         for file in group:
             if file.precision == "fp32":
                 result = dict(figures)
                 partner = fp32["decoder" if file.role == "encoder" else "encoder"]
             elif file.role == "encoder":
-                result, _ = pair_parity(reference, open_pair(file_format, file.path, fp32["decoder"]))
+                result, _ = pair_parity(reference, opener(file_format, file.path, fp32["decoder"]))
                 partner = fp32["decoder"]
             else:
-                result, _ = pair_parity(reference, open_pair(file_format, fp32["encoder"], file.path), fp32_embeddings)
+                result, _ = pair_parity(reference, opener(file_format, fp32["encoder"], file.path), fp32_embeddings)
                 partner = fp32["encoder"]
             if file.role == "decoder":  # the embeddings came from the fp32 encoder: not this file's figure
                 result = {k: v for k, v in result.items() if not k.startswith("embedding")}

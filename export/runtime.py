@@ -220,3 +220,86 @@ class SamLiteRTPredictor(LowResPredictor):
     def __init__(self, encoder_path, decoder_path, threads: int | None = None):
         encoder, decoder = LiteRTModel(encoder_path, threads), LiteRTModel(decoder_path, threads)
         super().__init__(encoder, decoder, int(encoder.inputs["image"]["shape"][-1]), decoder.max_points)
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+SAM2_DECODER_INPUTS = ("image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
+                       "mask_input", "has_mask_input")
+
+
+def preprocess_square(image: np.ndarray, image_size: int) -> np.ndarray:
+    """H×W×3 uint8 RGB → SAM 2's encoder input 1×3×S×S: the [0, 1] image stretched to S×S (PIL's bilinear resize of
+    float images, which antialiases as ``SAM2Transforms``' torchvision ``Resize`` does), ImageNet-normalised."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {image.dtype} array of shape {image.shape}")
+    channels = [np.asarray(Image.fromarray(image[..., c].astype(np.float32) / 255.0, mode="F")
+                           .resize((image_size, image_size), Image.BILINEAR)) for c in range(3)]
+    unit = np.stack(channels)
+    return ((unit - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None])[None].astype(np.float32)
+
+
+class Sam2OnnxPredictor:
+    """A SAM 2 encoder/decoder pair in onnxruntime with the interface SAM 2 ONNX runners use (samexporter,
+    AnyLabeling): the encoder returns ``high_res_feats_0``, ``high_res_feats_1``, ``image_embed``; the decoder takes
+    them, ``point_coords`` (model-input pixels; a box is two corner points labelled 2 and 3), ``point_labels``,
+    ``mask_input`` and ``has_mask_input`` and returns SAM 2's three multimask low-resolution logits and their IoU.
+    ``predict`` returns masks at the image's size as ``SAM2ImagePredictor`` does; one mask asked for is the
+    best-scoring of the three (what those runners show)."""
+
+    def __init__(self, encoder_path, decoder_path, providers: list[str] | None = None, session_options=None):
+        import onnxruntime as ort
+
+        providers = providers or ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder_path), session_options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), session_options, providers=providers)
+        self.image_size = int(self.encoder.get_inputs()[0].shape[-1])
+        self.features: dict[str, np.ndarray] | None = None
+        self.original_hw: tuple[int, int] | None = None
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """Every encoder output, flattened and concatenated (what parity compares)."""
+        return np.concatenate([self.features[name].ravel() for name in SAM2_DECODER_INPUTS[:3]])
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.original_hw = tuple(image.shape[:2])
+        outputs = self.encoder.run(None, {self.encoder.get_inputs()[0].name: preprocess_square(image, self.image_size)})
+        self.features = dict(zip([o.name for o in self.encoder.get_outputs()], outputs))
+
+    def set_embeddings(self, embeddings: np.ndarray, original_hw: tuple[int, int]) -> None:
+        """The inverse of ``embeddings``: reuse every encoder output computed earlier."""
+        shapes = {o.name: o.shape for o in self.encoder.get_outputs()}
+        features, start = {}, 0
+        for name in SAM2_DECODER_INPUTS[:3]:
+            size = int(np.prod(shapes[name]))
+            features[name] = embeddings[start:start + size].reshape(shapes[name])
+            start += size
+        self.features, self.original_hw = features, tuple(original_hw)
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True,
+                return_logits=False):
+        if self.features is None:
+            raise RuntimeError("call set_image before predict")
+        coords = np.zeros((0, 2), np.float32) if point_coords is None else \
+            np.asarray(point_coords, np.float32).reshape(-1, 2)
+        labels = np.zeros((0,), np.float32) if point_labels is None else \
+            np.asarray(point_labels, np.float32).reshape(-1)
+        if box is not None:  # SAM2ImagePredictor puts the box's corners before the clicks
+            coords = np.concatenate([np.asarray(box, np.float32).reshape(2, 2), coords])
+            labels = np.concatenate([np.array([2, 3], np.float32), labels])
+        height, width = self.original_hw
+        coords = coords * np.array([self.image_size / width, self.image_size / height], np.float32)
+        low = self.image_size // 4
+        has_mask = mask_input is not None
+        feed = {**{name: self.features[name] for name in SAM2_DECODER_INPUTS[:3]},
+                "point_coords": coords[None], "point_labels": labels[None],
+                "mask_input": (np.asarray(mask_input, np.float32).reshape(1, 1, low, low) if has_mask
+                               else np.zeros((1, 1, low, low), np.float32)),
+                "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32)}
+        low_res, iou = self.decoder.run(None, feed)
+        if not multimask_output:
+            best = int(iou[0].argmax())
+            low_res, iou = low_res[:, best:best + 1], iou[:, best:best + 1]
+        logits = resize_bilinear(low_res[0], self.original_hw)
+        return (logits if return_logits else logits > 0.0), iou[0], low_res[0]

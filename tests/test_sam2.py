@@ -137,3 +137,45 @@ def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, i
             predictor.set_image(image)
             answers.append(predictor.predict(**prompt))
     assert np.array_equal(answers[0][0], answers[1][0]) and np.allclose(answers[0][1], answers[1][1])
+
+
+def test_sam2_onnx_pair_has_the_runners_interface_and_parity(nano_teacher, tmp_path, image):
+    """The exported pair as SAM 2 ONNX runners (samexporter, AnyLabeling) call it: encoder outputs and the seven
+    decoder inputs in their order, fed by position; fp32 parity against SAM2ImagePredictor in parity.json."""
+    import onnxruntime as ort
+    from PIL import Image
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from sam_distill.cli import main
+
+    model_file = tmp_path / "sam2.pt"
+    torch.save({"model": nano_teacher.model.state_dict()}, model_file)
+    Image.fromarray(image).save(tmp_path / "parity.png")
+    out = tmp_path / "onnx"
+    assert main(["export", str(model_file), "--format", "onnx", "--out", str(out),
+                 "--parity-images", str(tmp_path), "--parity-count", "1"]) == 0
+    parity = json.loads((out / "parity.json").read_text())["files"]
+    assert parity["encoder.onnx"]["within_tolerance"] and parity["encoder.onnx"]["embedding_max_abs"] < 1e-4
+    assert parity["decoder.onnx"]["point_mask_iou"] > 0.99 and parity["decoder.onnx"]["box_mask_iou"] > 0.99
+    encoder = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in encoder.get_outputs()] == ["high_res_feats_0", "high_res_feats_1", "image_embed"]
+    names = [i.name for i in decoder.get_inputs()]
+    assert names == ["image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
+                     "mask_input", "has_mask_input"]
+    # a runner's own preprocessing (plain bilinear resize of the uint8 image) and positional feed
+    resized = np.asarray(Image.fromarray(image).resize((1024, 1024), Image.BILINEAR), np.float32) / 255
+    pixels = ((resized - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None].astype(np.float32)
+    high_res_0, high_res_1, embed = encoder.run(None, {"image": pixels})
+    point = np.array([[[190.0 * 1024 / 400, 140.0 * 1024 / 300]]], np.float32)
+    inputs = (embed, high_res_0, high_res_1, point, np.array([[1.0]], np.float32),
+              np.zeros((1, 1, 256, 256), np.float32), np.zeros(1, np.float32))
+    low_res, scores = decoder.run(None, {names[i]: inputs[i] for i in range(len(names))})
+    assert low_res.shape == (1, 3, 256, 256) and scores.shape == (1, 3)
+    predictor = SAM2ImagePredictor(nano_teacher.model)
+    with torch.inference_mode():
+        predictor.set_image(image)
+        _, reference_scores, reference_low_res = predictor.predict(point_coords=np.array([[190.0, 140.0]]),
+                                                                   point_labels=np.array([1]))
+    agreement = ((low_res[0] > 0) == (reference_low_res > 0)).mean()
+    assert agreement > 0.99 and np.allclose(scores[0], reference_scores, atol=0.02)

@@ -30,13 +30,15 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 @dataclass(frozen=True)
 class Probe:
-    """What a safe look at a file tells: its suffix, our ``format`` tag, the state dict's top-level key prefixes,
+    """What a safe look at a file tells: its suffix, our ``format`` tag, the state dict's keys and their top-level
+    prefixes,
     or the class a pickled file would have run (``pickled``: set when ``weights_only`` loading refused it)."""
 
     path: Path
     suffix: str
     tag: str | None = None
     prefixes: frozenset[str] = frozenset()
+    keys: frozenset[str] = frozenset()
     pickled: str | None = None
 
 
@@ -159,8 +161,8 @@ def probe(path: Path | str) -> Probe:
         return Probe(path, suffix)
     tag = payload.get("format") if isinstance(payload.get("format"), str) else None
     state = payload if tag is not None else _state_dict(payload)
-    prefixes = frozenset(str(k).split(".", 1)[0] for k in state) if isinstance(state, dict) else frozenset()
-    return Probe(path, suffix, tag, prefixes)
+    keys = frozenset(map(str, state)) if isinstance(state, dict) else frozenset()
+    return Probe(path, suffix, tag, frozenset(key.split(".", 1)[0] for key in keys), keys)
 
 
 def _state_dict(payload: dict) -> dict:

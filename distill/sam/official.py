@@ -1,4 +1,4 @@
-"""The official SAM checkpoints by name (SAM, MobileSAM, SAM 2 and SAM 2.1): downloaded once into the cache,
+"""The official SAM checkpoints by name (SAM, MobileSAM, SAM 2, SAM 2.1 and HQ-SAM): downloaded once into the cache,
 checked against the published digest, through a ``.part`` file; offline, one sentence names the URL and where to
 put the file."""
 from __future__ import annotations
@@ -75,6 +75,13 @@ for _release, _size, _short, _md5 in (
 ):
     TEACHERS.register(f"{_release}_hiera_{_size}")(OfficialCheckpoint(
         f"{_release}_hiera_{_short}", f"{_SAM2_RELEASES[_release]}{_release}_hiera_{_size}.pt", md5=_md5))
+
+
+# HQ-SAM (SysCV), through the segment-anything-hq package: its ViT-B/L/H checkpoints on the authors' hub.
+for _size, _md5 in (("b", "c6b8953247bcfdc8bb8ef91e36a6cacc"), ("l", "08947267966e4264fb39523eccc33f86"),
+                    ("h", "3560f6b6a5a6edacd814a1325c39640a")):
+    TEACHERS.register(f"sam_hq_vit_{_size}")(OfficialCheckpoint(
+        f"hq_vit_{_size}", f"https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_vit_{_size}.pth", md5=_md5))
 
 
 def checkpoint_cache_dir() -> Path:

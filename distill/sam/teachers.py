@@ -1,6 +1,7 @@
 """The teacher as the rest of the toolkit sees it: an official name (downloaded once, digest-checked), a local
 checkpoint (read with ``weights_only=True``) or a random-initialised architecture, behind one ``Teacher``: SAM's
-through segment-anything, SAM 2's and SAM 2.1's (``Sam2Teacher``) through the sam2 package."""
+through segment-anything, SAM 2's and SAM 2.1's (``Sam2Teacher``) through the sam2 package, HQ-SAM's
+(``HqTeacher``) through segment-anything-hq."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from segment_anything.modeling import Sam
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import sha256_file
 from sam_distill.core.images import Preprocessing
-from sam_distill.sam import sam2_models
+from sam_distill.sam import hq_models, sam2_models
 from sam_distill.sam.build import ARCHITECTURES, build_sam
 from sam_distill.sam.model_file import load_model
 from sam_distill.sam.official import TEACHERS, resolve_official
@@ -133,6 +134,47 @@ class Sam2Teacher(Teacher):
         return SAM2AutomaticMaskGenerator(self.model.to(device).eval(), output_mode="coco_rle", **settings)
 
 
+class HqTeacher(Teacher):
+    """An HQ-SAM teacher (``model`` is segment-anything-hq's ``Sam``): SAM's preprocessing, and besides the image
+    embedding the early ViT feature its HQ decoder fuses."""
+
+    family = "hq"
+
+    @property
+    def outputs(self) -> dict[str, tuple[int, int, int]]:
+        size = self.image_size // 16
+        width = int(self.model.mask_decoder.compress_vit_feat[0].weight.shape[0])
+        return {"image_embed": (256, size, size), "interm_embed_0": (width, size, size)}
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed_outputs(pixels)["image_embed"]
+
+    @torch.inference_mode()
+    def embed_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return hq_models.image_features(self.model, pixels.to(next(self.model.parameters()).device))
+
+    def decode(self, features: dict[str, torch.Tensor], points=None, boxes=None, multimask: bool = False):
+        return hq_models.decode_features(self.model, features, points=points, boxes=boxes, multimask=multimask)
+
+    def everything_generator(self, settings: dict, device: torch.device):
+        from segment_anything_hq import SamAutomaticMaskGenerator
+
+        return SamAutomaticMaskGenerator(self.model.to(device).eval(), output_mode="coco_rle", **settings)
+
+
+def load_hq_teacher(name: str, checkpoint: Path | None, random_init: bool, image_size: int, seed: int) -> HqTeacher:
+    arch = TEACHERS.get(name).arch if name in TEACHERS else name
+    if random_init:
+        model = hq_models.build_hq_model(arch, image_size, seed=seed)
+        return HqTeacher(model, name, arch, None, f"random-init:{arch}:{image_size}:seed{seed}", True)
+    checkpoint = Path(checkpoint) if checkpoint is not None else resolve_official(name)
+    model, found = hq_models.load_hq_file(checkpoint)
+    if hq_models.is_hq_arch(arch) and found != arch:
+        raise DistillError(f"teacher {name!r} expects a {arch} checkpoint but {checkpoint} holds a {found}")
+    return HqTeacher(model, name, found, checkpoint, sha256_file(checkpoint), False)
+
+
 def load_sam2_teacher(name: str, checkpoint: Path | None, random_init: bool, seed: int) -> Sam2Teacher:
     arch = TEACHERS.get(name).arch if name in TEACHERS else name
     if random_init:
@@ -154,9 +196,12 @@ def load_teacher(
     if sam2_models.is_sam2_arch(arch) or (
             checkpoint is not None and arch not in ARCHITECTURES and sam2_models.file_holds_sam2(Path(checkpoint))):
         return load_sam2_teacher(name, checkpoint, random_init, seed)
+    if hq_models.is_hq_arch(arch) or (
+            checkpoint is not None and arch not in ARCHITECTURES and hq_models.file_holds_hq(Path(checkpoint))):
+        return load_hq_teacher(name, checkpoint, random_init, image_size, seed)
     if random_init:
         if arch not in ARCHITECTURES:
-            known = ", ".join((*ARCHITECTURES, *sam2_models.SAM2_ARCHITECTURES))
+            known = ", ".join((*ARCHITECTURES, *sam2_models.SAM2_ARCHITECTURES, *hq_models.HQ_ARCHITECTURES))
             raise DistillError(f"unknown teacher architecture {name!r}; choose one of: {known}")
         torch.manual_seed(seed)
         model = build_sam(arch, image_size)

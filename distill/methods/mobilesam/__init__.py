@@ -3,16 +3,25 @@
 Its model files are SAMs: our ``model.pt``, MobileSAM's ``mobile_sam.pt`` and the official checkpoints all load as
 one segment-anything ``Sam``; ``distill export`` turns them into the SAM encoder/decoder ONNX graphs, the second
 kind this package registers (benched in onnxruntime). The third is SAM 2: the official SAM 2 / 2.1 checkpoints and
-the students distilled from them, all in sam2's checkpoint layout."""
+the students distilled from them, all in sam2's checkpoint layout; the fourth HQ-SAM (official checkpoints and
+students of them, segment-anything-hq ``Sam``s)."""
 from sam_distill.core.model_files import Exporter, ModelKind, Probe, register_kind
 from sam_distill.methods.mobilesam import recipe  # noqa: F401  (registers the recipe)
+from sam_distill.sam.hq_models import MODEL_FORMAT as HQ_MODEL_FORMAT
 from sam_distill.sam.model_file import MODEL_FORMAT
 
 SAM_PARTS = frozenset({"image_encoder", "prompt_encoder", "mask_decoder"})
 
 
+HQ_TOKEN = "mask_decoder.hf_token.weight"  # HQ-SAM's extra output token: what tells its files from SAM's
+
+
 def _is_sam_state_dict(probe: Probe) -> bool:
-    return probe.tag is None and SAM_PARTS <= probe.prefixes
+    return probe.tag is None and SAM_PARTS <= probe.prefixes and HQ_TOKEN not in probe.keys
+
+
+def _is_hq_state_dict(probe: Probe) -> bool:
+    return probe.tag is None and HQ_TOKEN in probe.keys
 
 
 def _is_sam2_state_dict(probe: Probe) -> bool:
@@ -59,4 +68,15 @@ register_kind(ModelKind(
     matches=_is_sam2_state_dict,
     load="sam_distill.sam.sam2_models:load_sam2_file",
     bench="sam_distill.methods.mobilesam.bench:bench_sam2",
+    exporters={"onnx": Exporter("sam_distill.export.sam2_onnx:export_sam2_onnx", ("int8", "fp16"))},
+))
+
+register_kind(ModelKind(
+    name="hq",
+    what="an HQ-SAM model (an official HQ-SAM checkpoint or a student distilled from one)",
+    how_to_make="make one with a `recipe: mobilesam` run whose teacher is an HQ-SAM (e.g. sam_hq_vit_b)",
+    tags=(HQ_MODEL_FORMAT,),
+    matches=_is_hq_state_dict,
+    load="sam_distill.sam.hq_models:load_hq_file",
+    bench="sam_distill.methods.mobilesam.bench:bench_hq",
 ))

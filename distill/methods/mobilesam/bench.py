@@ -10,8 +10,17 @@ import onnxruntime as ort
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.model_files import probe
-from sam_distill.eval.bench import ROLE_STUDENT, ROLE_TEACHER, BenchModel, sam2_bench_model, sam_bench_model
+from sam_distill.eval.bench import (
+    ROLE_STUDENT,
+    ROLE_TEACHER,
+    BenchModel,
+    hq_bench_model,
+    sam2_bench_model,
+    sam_bench_model,
+)
 from sam_distill.export.quantize import QUANTISED_OPS
+from sam_distill.sam.hq_models import MODEL_FORMAT as HQ_MODEL_FORMAT
+from sam_distill.sam.hq_models import load_hq_file
 from sam_distill.sam.model_file import MODEL_FORMAT, load_model
 from sam_distill.sam.sam2_models import load_sam2_file, read_sam2_file
 
@@ -33,6 +42,14 @@ def bench_sam2(path: Path, device: str = "cpu", threads: int = 1, image_size: in
     ours = read_sam2_file(path)[1] is not None
     return sam2_bench_model(model, f"{arch} ({path.name})", "sam-distill-sam2" if ours else "sam2",
                             ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
+
+
+def bench_hq(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+    """An HQ-SAM file: an official checkpoint is a teacher, ours a student."""
+    model, arch = load_hq_file(path)
+    ours = probe(path).tag == HQ_MODEL_FORMAT
+    return hq_bench_model(model, f"{arch} ({path.name})", "sam-distill-hq" if ours else "hq-sam",
+                          ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
 
 
 def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:

@@ -65,11 +65,12 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
 
     if config.fidelity.enabled and holdout:
         from sam_distill.eval.fidelity import fidelity, format_table, write_fidelity
+        from sam_distill.sam.hq_models import load_hq_file
         from sam_distill.sam.model_file import load_model
         from sam_distill.sam.sam2_models import load_sam2_file
 
-        path = result["models"]["model"]
-        student_sam = load_sam2_file(path)[0] if teacher.family == "sam2" else load_model(path)[0]
+        loader = {"sam2": load_sam2_file, "hq": load_hq_file}.get(teacher.family, load_model)
+        student_sam = loader(result["models"]["model"])[0]
         limit = holdout[: config.fidelity.max_images] if config.fidelity.max_images else holdout
         report = fidelity(teacher.model, student_sam, cache, limit, config.fidelity.points_per_image,
                           seed=config.seed, device=context.device)

@@ -11,7 +11,7 @@ from sam_distill.core.model_files import load_model_file
 from sam_distill.data.cache import DistillDataset, EmbeddingCache
 from sam_distill.methods.mobilesam.config import PromptStageConfig
 from sam_distill.methods.sections import TrainConfig
-from sam_distill.sam import sam2_models
+from sam_distill.sam import hq_models, sam2_models
 from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_model
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students import create_student
@@ -20,7 +20,12 @@ from sam_distill.train.prompt_loop import PromptLoopObjective
 
 
 def init_student(name: str, image_size: int, init: Path | None, teacher: Teacher | None = None) -> torch.nn.Module:
-    """A new student for the teacher's family: a SAM image encoder, or for a SAM 2 teacher a ``Sam2Student``."""
+    """A new student for the teacher's family: a SAM image encoder, for a SAM 2 teacher a ``Sam2Student``, for an
+    HQ-SAM teacher an ``HqStudent``."""
+    if teacher is not None and teacher.family == "hq":
+        if init is not None:
+            raise DistillError("student.init is not available for HQ-SAM teachers yet; remove it")
+        return hq_models.build_student(name, teacher.model)
     if teacher is not None and teacher.family == "sam2":
         student, _ = sam2_models.build_student(name, teacher.model, teacher.config)
         if init is not None:
@@ -73,14 +78,18 @@ def load_trained_student(name: str, image_size: int, state_path: Path, teacher: 
 
 
 def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir: Path, meta: dict) -> dict:
-    """``model.pt``: a SAM (segment-anything) or, for a SAM 2 teacher, a SAM 2 in sam2's checkpoint layout with
-    ``model.yaml`` beside it; plus MobileSAM's layout for a TinyViT student of a SAM teacher."""
+    """``model.pt``: a SAM (segment-anything); for a SAM 2 teacher a SAM 2 in sam2's checkpoint layout with
+    ``model.yaml`` beside it; for an HQ-SAM teacher an HQ-SAM; plus MobileSAM's layout for a TinyViT student of a
+    SAM teacher."""
     if teacher.family == "sam2":
         model = sam2_models.assemble_student(student, teacher.model)
         encoder = sam2_models.student_encoder_config(name, teacher.config)
         config = sam2_models.model_config(teacher.config, encoder)
         path = sam2_models.save_sam2_model(model, config, out_dir / "model.pt", name, meta)
         return {"model": str(path), "config": str(path.with_suffix(".yaml"))}
+    if teacher.family == "hq":
+        model = hq_models.assemble_student(student, teacher.model)
+        return {"model": str(hq_models.save_hq_model(model, name, out_dir / "model.pt", meta))}
     model = assemble(student.cpu().eval(), teacher.model)
     paths = {"model": str(save_model(model, out_dir / "model.pt", name, meta))}
     if name == "tinyvit_5m":

@@ -1,0 +1,108 @@
+"""HQ-SAM teachers and their students, checked against the segment-anything-hq package: the teacher's features and
+masks are those of its ``SamPredictor``; a distilled student is a segment-anything-hq ``Sam`` that the package's
+predictor runs unchanged. A random-initialised HQ-SAM with a 4-block ViT (``hq_vit_nano``) at 256 px."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("segment_anything_hq")
+
+from sam_distill.core.errors import DistillError  # noqa: E402
+from sam_distill.core.model_files import identify  # noqa: E402
+from sam_distill.sam import hq_models  # noqa: E402
+from sam_distill.sam.official import TEACHERS, checkpoint_cache_dir  # noqa: E402
+from sam_distill.sam.teachers import HqTeacher, load_teacher  # noqa: E402
+
+NANO = "hq_vit_nano"
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def nano_teacher() -> HqTeacher:
+    return load_teacher(NANO, random_init=True, image_size=SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    picture = (np.random.default_rng(0).random((150, 200, 3)) * 60).astype(np.uint8)
+    picture[40:100, 60:130] = (40, 200, 40)
+    return picture
+
+
+def test_teacher_features_and_masks_are_hq_predictors(nano_teacher, image):
+    from segment_anything_hq import SamPredictor
+
+    pixels = nano_teacher.preprocessing(image)[None]
+    features = nano_teacher.embed_outputs(pixels)
+    assert {k: tuple(v.shape[1:]) for k, v in features.items()} == nano_teacher.outputs == {
+        "image_embed": (256, 16, 16), "interm_embed_0": (192, 16, 16)}
+    predictor = SamPredictor(nano_teacher.model)
+    predictor.set_image(image)
+    assert torch.allclose(features["image_embed"], predictor.features, atol=1e-5)
+    assert torch.allclose(features["interm_embed_0"], predictor.interm_features[0].permute(0, 3, 1, 2), atol=1e-5)
+    point, box = np.array([[95.0, 70.0]]), np.array([55.0, 35.0, 135.0, 105.0])
+    _, iou, low_res = predictor.predict(point_coords=point, point_labels=np.array([1]), box=box,
+                                        multimask_output=False)
+    scale = SIZE / 200
+    with torch.inference_mode():
+        ours, ours_iou = nano_teacher.decode(features, points=(torch.tensor(point[None] * scale, dtype=torch.float32),
+                                                               torch.ones(1, 1)),
+                                             boxes=torch.tensor(box[None] * scale, dtype=torch.float32))
+    assert np.abs(ours.numpy() - low_res).max() < 1e-4 and np.allclose(ours_iou.numpy(), iou, atol=1e-5)
+
+
+def test_official_hq_names_and_files_are_told_from_sam(nano_teacher, tmp_path):
+    spec = TEACHERS.get("sam_hq_vit_l")
+    assert spec.url == "https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_vit_l.pth"
+    assert spec.arch == "hq_vit_l" and len(spec.md5) == 32
+    with pytest.raises(DistillError) as err:  # offline (conftest): one sentence with the URL and the place
+        load_teacher("sam_hq_vit_b")
+    assert str(checkpoint_cache_dir() / "sam_hq_vit_b.pth") in str(err.value)
+    path = tmp_path / "sam_hq_nano.pth"
+    torch.save(nano_teacher.model.state_dict(), path)  # the official layout: a bare state dict
+    assert identify(path).name == "hq"  # not "sam", whose prefixes it shares
+    teacher = load_teacher("my_hq", path)
+    assert isinstance(teacher, HqTeacher) and teacher.arch == NANO and teacher.image_size == SIZE
+
+
+def test_distilled_hq_student_predicts_in_segment_anything_hq(tmp_path, image):
+    from segment_anything_hq import SamPredictor
+    from segment_anything_hq.modeling import Sam
+
+    from sam_distill.cli import main
+    from sam_distill.data.cache import EmbeddingCache
+
+    config = yaml.safe_load(open("configs/hq_quickstart.yaml"))
+    config.update(run_dir=str(tmp_path / "run"),
+                  data={"synthetic": {"count": 3, "size": 160}, "holdout_fraction": 0.34})
+    config["teacher"]["image_size"] = SIZE
+    config["train"].update(epochs=1, checkpoint_every=1)
+    config["fidelity"] = {"points_per_image": 2}
+    path = tmp_path / "hq.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    cache = EmbeddingCache(run / "cache")
+    assert cache.outputs == ("image_embed", "interm_embed_0")
+    assert tuple(cache.targets(0)["interm_embed_0"].shape) == (192, 16, 16)
+    header = (run / "checkpoints" / "distill" / "metrics.csv").read_text().splitlines()[0]
+    assert "mse_image_embed" in header and "mse_interm_embed_0" in header
+    assert json.loads((run / "reports" / "fidelity.json").read_text())["images"] == 1
+    model_file = run / "model" / "model.pt"
+    assert identify(model_file).name == "hq"
+    model, student = hq_models.load_hq_file(model_file)
+    assert isinstance(model, Sam) and student == "tinyvit_5m"
+    predictor = SamPredictor(model)  # the package's predictor, unchanged
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(point_coords=np.array([[95.0, 70.0]]), point_labels=np.array([1]))
+    # HQ-SAM answers a multimask request with its best mask only (SAM's best plus the HQ mask)
+    assert masks.shape == (1, 150, 200) and masks.dtype == bool and np.isfinite(scores).all()
+    # The HQ decoder is the teacher's, copied: same weights.
+    teacher = hq_models.load_hq_file(next((run / "teacher").glob("*.pth")))[0]
+    for key, value in teacher.mask_decoder.state_dict().items():
+        assert torch.equal(value, model.mask_decoder.state_dict()[key]), key
