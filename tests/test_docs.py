@@ -60,12 +60,47 @@ def stand_ins(tmp_path_factory):
     return folder
 
 
-def _make(path: Path, stand_ins: Path, request) -> None:
+@pytest.fixture(scope="module")
+def sam2_stand_in(tmp_path_factory) -> Path:
+    """A SAM 2 student file (model.pt + model.yaml) of random weights, for snippets that load one with sam2."""
+    from sam_distill.sam import sam2_models
+    from sam_distill.sam.teachers import load_teacher
+
+    teacher = load_teacher("sam2.1_hiera_nano", random_init=True)
+    student, encoder = sam2_models.build_student("hiera_nano", teacher.model, teacher.config)
+    path = tmp_path_factory.mktemp("sam2_stand_in") / "model.pt"
+    return sam2_models.save_sam2_model(sam2_models.assemble_student(student, teacher.model),
+                                       sam2_models.model_config(teacher.config, encoder), path, "hiera_nano")
+
+
+@pytest.fixture(scope="module")
+def hq_stand_in(tmp_path_factory) -> Path:
+    """An HQ-SAM student file of random weights, for snippets that load one with segment-anything-hq."""
+    from sam_distill.sam import hq_models
+    from sam_distill.sam.teachers import load_teacher
+
+    teacher = load_teacher("hq_vit_nano", random_init=True, image_size=256)
+    model = hq_models.assemble_student(hq_models.build_student("timm_test_efficientnet", teacher.model), teacher.model)
+    return hq_models.save_hq_model(model, "timm_test_efficientnet", tmp_path_factory.mktemp("hq_stand_in") / "model.pt")
+
+
+def _model_stand_in(code: str, stand_ins: Path, request) -> Path:
+    """The stand-in of the model family the snippet loads: SAM 2 (sam2), HQ-SAM (segment_anything_hq) or SAM."""
+    if "sam2" in code:
+        return request.getfixturevalue("sam2_stand_in")
+    if "segment_anything_hq" in code:
+        return request.getfixturevalue("hq_stand_in")
+    return stand_ins / "model.pt"
+
+
+def _make(path: Path, stand_ins: Path, request, code: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         source = stand_ins / "photo.jpg"
     elif path.suffix.lower() in MODEL_SUFFIXES:
-        source = stand_ins / "model.pt"
+        source = _model_stand_in(code, stand_ins, request)
+        if source.with_suffix(".yaml").exists():  # a SAM 2 model's config lies beside it
+            path.with_suffix(".yaml").write_bytes(source.with_suffix(".yaml").read_bytes())
     elif path.suffix in EXPORT_FIXTURES and path.stem in ("encoder", "decoder"):
         source = request.getfixturevalue(EXPORT_FIXTURES[path.suffix])[0] / path.name
     else:
@@ -77,7 +112,7 @@ def _make(path: Path, stand_ins: Path, request) -> None:
 def test_python_snippets_run_as_written(code, stand_ins, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     for name in paths_named(code):
-        _make(tmp_path / name, stand_ins, request)
+        _make(tmp_path / name, stand_ins, request, code)
     exec(compile(code, "snippet", "exec"), {"__name__": "__snippet__"})  # noqa: S102  (our own docs)
 
 
