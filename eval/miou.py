@@ -48,6 +48,40 @@ class PredictorLike(Protocol):
                 multimask_output: bool = True): ...
 
 
+class _Sam2Answers:
+    """sam2's ``SAM2ImagePredictor`` answering with boolean masks, as ``SamPredictor`` does (its masks are 0/1
+    floats), so the protocols run on it unchanged."""
+
+    def __init__(self, model: torch.nn.Module):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.predictor = SAM2ImagePredictor(model)
+
+    def set_image(self, image: np.ndarray) -> None:
+        with torch.inference_mode():
+            self.predictor.set_image(image)
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
+        with torch.inference_mode():
+            masks, scores, low_res = self.predictor.predict(point_coords, point_labels, box, mask_input,
+                                                            multimask_output)
+        return masks > 0, scores, low_res
+
+
+def promptable(kind: str, model: torch.nn.Module, device: torch.device | str = "cpu") -> PredictorLike:
+    """The predictor of a loaded model's own package: segment-anything's for SAM files (``kind`` "sam"), sam2's for
+    SAM 2 files ("sam2"), segment-anything-hq's for HQ-SAM files ("hq"; it answers a multimask request with its
+    best mask only)."""
+    model = model.to(device).eval()
+    if kind == "sam2":
+        return _Sam2Answers(model)
+    if kind == "hq":
+        from segment_anything_hq import SamPredictor as HqPredictor
+
+        return HqPredictor(model)
+    return SamPredictor(model)
+
+
 def farthest_from_boundary(region: np.ndarray) -> tuple[tuple[int, int], float]:
     """((x, y), distance) of the pixel of ``region`` farthest from its boundary; the image border counts as
     boundary. Ties go to the first pixel in row-major order, so the protocol is deterministic."""

@@ -179,3 +179,36 @@ def test_sam2_onnx_pair_has_the_runners_interface_and_parity(nano_teacher, tmp_p
                                                                    point_labels=np.array([1]))
     agreement = ((low_res[0] > 0) == (reference_low_res > 0)).mean()
     assert agreement > 0.99 and np.allclose(scores[0], reference_scores, atol=0.02)
+
+
+def test_ground_truth_miou_runs_sam2_through_its_own_predictor(nano_teacher, image, tmp_path):
+    """`distill eval miou` on a SAM 2 file: the box protocol's figure is SAM2ImagePredictor's box mask against the
+    ground truth, computed by hand here."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from sam_distill.cli import main
+
+    truth = np.zeros(image.shape[:2], np.uint8)
+    truth[80:200, 120:260] = 1
+    rle = mask_utils.encode(np.asfortranarray(truth))
+    rle["counts"] = rle["counts"].decode()
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 300}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": rle,
+                             "area": float(truth.sum()), "bbox": [120, 80, 140, 120]}],
+            "categories": [{"id": 1, "name": "box"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    model_file = tmp_path / "sam2.pt"
+    torch.save({"model": nano_teacher.model.state_dict()}, model_file)
+    assert main(["eval", "miou", str(model_file), "--coco", str(tmp_path / "gt.json"), "--images",
+                 str(tmp_path / "images"), "--split", "all", "--clicks", "1", "--out", str(tmp_path / "m.json")]) == 0
+    summary = json.loads((tmp_path / "m.json").read_text())["summary"]
+    predictor = SAM2ImagePredictor(nano_teacher.model)
+    with torch.inference_mode():
+        predictor.set_image(image)
+        box = predictor.predict(box=np.array([120.0, 80.0, 260.0, 200.0]), multimask_output=False)[0][0] > 0
+    expected = (box & (truth > 0)).sum() / (box | (truth > 0)).sum()
+    assert summary["objects"] == 1 and summary["box_miou"] == pytest.approx(expected, abs=1e-9)

@@ -77,12 +77,13 @@ def cmd_miou(args) -> int:
     from sam_distill.core.fileio import atomic_write_json
     from sam_distill.core.model_files import load_model_file
     from sam_distill.data.coco import load_coco, split_image_ids
-    from sam_distill.eval.miou import format_miou_table, ground_truth_miou
+    from sam_distill.eval.miou import format_miou_table, ground_truth_miou, promptable
 
     if args.model.suffix in PAIR_SUFFIXES or args.decoder is not None:
         model = exported_predictor(args.model, args.decoder)
     else:
-        _, (model, _) = load_model_file(args.model, expect=("sam",))
+        kind, loaded = load_model_file(args.model, expect=("sam", "sam2", "hq"))
+        model = promptable(kind.name, loaded[0], pick_device(args.device))
 
     image_ids = split_image_ids(load_coco(args.annotations), args.split, args.val_fraction, args.annotations)
     result = ground_truth_miou(model, args.annotations, args.images, args.clicks, image_ids, args.max_images,
