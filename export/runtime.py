@@ -303,3 +303,54 @@ class Sam2OnnxPredictor:
             low_res, iou = low_res[:, best:best + 1], iou[:, best:best + 1]
         logits = resize_bilinear(low_res[0], self.original_hw)
         return (logits if return_logits else logits > 0.0), iou[0], low_res[0]
+
+
+class HqOnnxPredictor(PromptPredictor):
+    """An HQ-SAM pair in onnxruntime: the encoder returns ``image_embeddings`` and ``interm_embeddings`` (the early
+    ViT feature, N×1×H×W×C with N = 1 here), the decoder is segment-anything-hq's ``SamOnnxModel`` (its export
+    script's inputs: SAM's plus ``interm_embeddings`` second) and answers with one mask, SAM's plus the HQ mask.
+    ``embeddings`` is both encoder outputs flattened (what parity compares and ``set_embeddings`` takes back)."""
+
+    def __init__(self, encoder_path, decoder_path, providers: list[str] | None = None, session_options=None):
+        import onnxruntime as ort
+
+        self.image_embeddings: np.ndarray | None = None
+        self.interm: np.ndarray | None = None
+        super().__init__()
+        providers = providers or ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder_path), session_options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), session_options, providers=providers)
+        self.image_size = int(self.encoder.get_inputs()[0].shape[-1])
+
+    @property
+    def embeddings(self) -> np.ndarray | None:
+        if self.image_embeddings is None:
+            return None
+        return np.concatenate([self.image_embeddings.ravel(), self.interm.ravel()])
+
+    @embeddings.setter
+    def embeddings(self, value: np.ndarray | None) -> None:
+        if value is None or value.ndim == 4:  # the encoder's image embeddings (interm set beside them)
+            self.image_embeddings = value
+            return
+        size = self.image_size // 16
+        split = 256 * size * size
+        self.image_embeddings = value[:split].reshape(1, 256, size, size)
+        self.interm = value[split:].reshape(1, 1, size, size, -1)
+
+    def _encode(self, image_input):
+        embeddings, self.interm = self.encoder.run(None, {"image": image_input})
+        return embeddings
+
+    def decoder_inputs(self, point_coords=None, point_labels=None, box=None, mask_input=None) -> dict[str, np.ndarray]:
+        feed = super().decoder_inputs(point_coords, point_labels, box, mask_input)
+        return {**feed, "image_embeddings": self.image_embeddings, "interm_embeddings": self.interm}
+
+    def _decode(self, feed):
+        return self.decoder.run(None, feed)
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = False, return_logits: bool = False):
+        """(masks 1×H×W, iou_predictions 1, low_res_logits 1×S/4×S/4); the decoder's mask choice was fixed at export."""
+        masks, iou, low_res = self._decode(self.decoder_inputs(point_coords, point_labels, box, mask_input))
+        return (masks[0] if return_logits else masks[0] > 0.0), iou[0], low_res[0]

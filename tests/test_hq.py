@@ -106,3 +106,32 @@ def test_distilled_hq_student_predicts_in_segment_anything_hq(tmp_path, image):
     teacher = hq_models.load_hq_file(next((run / "teacher").glob("*.pth")))[0]
     for key, value in teacher.mask_decoder.state_dict().items():
         assert torch.equal(value, model.mask_decoder.state_dict()[key]), key
+
+
+def test_hq_onnx_pair_has_segment_anything_hq_interface_and_parity(nano_teacher, tmp_path, image):
+    """The decoder is segment-anything-hq's SamOnnxModel with its export script's inputs; its script feeds four
+    early features (N=4) and the decoder reads the first, which our N=1 encoder output matches."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from sam_distill.cli import main
+    from sam_distill.export.runtime import HqOnnxPredictor
+
+    model_file = tmp_path / "hq.pth"
+    torch.save(nano_teacher.model.state_dict(), model_file)
+    Image.fromarray(image).save(tmp_path / "parity.png")
+    out = tmp_path / "onnx"
+    assert main(["export", str(model_file), "--format", "onnx", "--out", str(out),
+                 "--parity-images", str(tmp_path), "--parity-count", "1"]) == 0
+    parity = json.loads((out / "parity.json").read_text())["files"]
+    assert parity["encoder.onnx"]["within_tolerance"] and parity["encoder.onnx"]["embedding_max_abs"] < 1e-4
+    assert parity["decoder.onnx"]["point_mask_iou"] > 0.99 and parity["decoder.onnx"]["box_mask_iou"] > 0.99
+    decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in decoder.get_inputs()] == ["image_embeddings", "interm_embeddings", "point_coords",
+                                                      "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
+    predictor = HqOnnxPredictor(out / "encoder.onnx", out / "decoder.onnx")
+    predictor.set_image(image)
+    feed = predictor.decoder_inputs(point_coords=np.array([[95.0, 70.0]]), point_labels=np.array([1]))
+    one = decoder.run(None, feed)[0]
+    four = decoder.run(None, {**feed, "interm_embeddings": np.repeat(feed["interm_embeddings"], 4, axis=0)})[0]
+    assert one.shape == (1, 1, 150, 200) and np.array_equal(one, four)

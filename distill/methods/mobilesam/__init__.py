@@ -79,4 +79,5 @@ register_kind(ModelKind(
     matches=_is_hq_state_dict,
     load="sam_distill.sam.hq_models:load_hq_file",
     bench="sam_distill.methods.mobilesam.bench:bench_hq",
+    exporters={"onnx": Exporter("sam_distill.export.hq_onnx:export_hq_onnx", ("int8", "fp16"))},
 ))
