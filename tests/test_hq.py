@@ -135,3 +135,25 @@ def test_hq_onnx_pair_has_segment_anything_hq_interface_and_parity(nano_teacher,
     one = decoder.run(None, feed)[0]
     four = decoder.run(None, {**feed, "interm_embeddings": np.repeat(feed["interm_embeddings"], 4, axis=0)})[0]
     assert one.shape == (1, 1, 150, 200) and np.array_equal(one, four)
+
+
+def test_predict_on_an_hq_file_is_its_predictors_mask(nano_teacher, tmp_path, image):
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from segment_anything_hq import SamPredictor
+
+    from sam_distill.cli import main
+
+    model_file = tmp_path / "hq.pth"
+    torch.save(nano_teacher.model.state_dict(), model_file)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    assert main(["predict", str(model_file), str(tmp_path / "images"), "--out", str(tmp_path / "out"),
+                 "--box", "55", "35", "135", "105"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    predictor = SamPredictor(nano_teacher.model)
+    predictor.set_image(image)
+    expected = predictor.predict(box=np.array([55.0, 35.0, 135.0, 105.0]), multimask_output=False)[0][0]
+    assert expected.sum() > 1000  # this seed's mask is not empty, so the comparison below says something
+    assert len(results) == 1
+    assert np.array_equal(mask_utils.decode(results[0]["segmentation"]).astype(bool), expected)

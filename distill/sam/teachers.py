@@ -20,12 +20,17 @@ from sam_distill.sam.official import TEACHERS, resolve_official
 from sam_distill.sam.prompts import decode
 
 
-def make_generator(sam: Sam, settings: dict, device: torch.device):
-    """segment-anything's ``SamAutomaticMaskGenerator`` on any ``Sam`` (a teacher's, or one around a student
-    encoder), COCO-RLE output."""
-    from segment_anything import SamAutomaticMaskGenerator
-
-    return SamAutomaticMaskGenerator(sam.to(device).eval(), output_mode="coco_rle", **settings)
+def make_generator(model: torch.nn.Module, settings: dict, device: torch.device, family: str = "sam"):
+    """The automatic mask generator of the model's own package, COCO-RLE output: segment-anything's on a ``Sam`` (a
+    teacher's, or one around a student encoder), sam2's ``SAM2AutomaticMaskGenerator`` on a SAM 2 ("sam2"),
+    segment-anything-hq's on an HQ-SAM ("hq")."""
+    if family == "sam2":
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as Generator
+    elif family == "hq":
+        from segment_anything_hq import SamAutomaticMaskGenerator as Generator
+    else:
+        from segment_anything import SamAutomaticMaskGenerator as Generator
+    return Generator(model.to(device).eval(), output_mode="coco_rle", **settings)
 
 
 @dataclass
@@ -71,12 +76,13 @@ class Teacher:
 
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """SAM-preprocessed B×3×S×S images → B×256×S/16×S/16 image embeddings (the distillation target)."""
-        return self.model.image_encoder(pixels.to(next(self.model.parameters()).device))
+        """Preprocessed B×3×S×S images → B×256×S/16×S/16 image embeddings (the distillation target)."""
+        return self.embed_outputs(pixels)["image_embed"]
 
+    @torch.inference_mode()
     def embed_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything the teacher's decoder takes from the image encoder, by name (what the cache stores)."""
-        return {"image_embed": self.embed(pixels)}
+        return {"image_embed": self.model.image_encoder(pixels.to(next(self.model.parameters()).device))}
 
     def decode(self, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +90,7 @@ class Teacher:
         return decode(self.model, embeddings, points=points, boxes=boxes, multimask=multimask)
 
     def everything_generator(self, settings: dict, device: torch.device):
-        return make_generator(self.model, settings, device)
+        return make_generator(self.model, settings, device, self.family)
 
     def describe(self) -> str:
         if self.random_init:
@@ -117,21 +123,12 @@ class Sam2Teacher(Teacher):
         return {name: shapes[name] for name in sam2_models.feature_names(self.model)}
 
     @torch.inference_mode()
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.embed_outputs(pixels)["image_embed"]
-
-    @torch.inference_mode()
     def embed_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return sam2_models.image_features(self.model, pixels.to(next(self.model.parameters()).device))
 
     def decode(self, features: dict[str, torch.Tensor], points=None, boxes=None, multimask: bool = False):
         """Low-res mask logits and IoU of n prompts on one image's features (model-input coordinates)."""
         return sam2_models.decode_features(self.model, features, points=points, boxes=boxes, multimask=multimask)
-
-    def everything_generator(self, settings: dict, device: torch.device):
-        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
-        return SAM2AutomaticMaskGenerator(self.model.to(device).eval(), output_mode="coco_rle", **settings)
 
 
 class HqTeacher(Teacher):
@@ -147,20 +144,11 @@ class HqTeacher(Teacher):
         return {"image_embed": (256, size, size), "interm_embed_0": (width, size, size)}
 
     @torch.inference_mode()
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.embed_outputs(pixels)["image_embed"]
-
-    @torch.inference_mode()
     def embed_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return hq_models.image_features(self.model, pixels.to(next(self.model.parameters()).device))
 
     def decode(self, features: dict[str, torch.Tensor], points=None, boxes=None, multimask: bool = False):
         return hq_models.decode_features(self.model, features, points=points, boxes=boxes, multimask=multimask)
-
-    def everything_generator(self, settings: dict, device: torch.device):
-        from segment_anything_hq import SamAutomaticMaskGenerator
-
-        return SamAutomaticMaskGenerator(self.model.to(device).eval(), output_mode="coco_rle", **settings)
 
 
 def load_hq_teacher(name: str, checkpoint: Path | None, random_init: bool, image_size: int, seed: int) -> HqTeacher:

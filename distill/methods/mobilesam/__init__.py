@@ -67,6 +67,7 @@ register_kind(ModelKind(
     how_to_make="make one with a `recipe: mobilesam` run whose teacher is a SAM 2 (e.g. sam2.1_hiera_tiny)",
     matches=_is_sam2_state_dict,
     load="sam_distill.sam.sam2_models:load_sam2_file",
+    predict="sam_distill.methods.mobilesam.predict:predict_sam2",
     bench="sam_distill.methods.mobilesam.bench:bench_sam2",
     exporters={"onnx": Exporter("sam_distill.export.sam2_onnx:export_sam2_onnx", ("int8", "fp16"))},
 ))
@@ -78,6 +79,7 @@ register_kind(ModelKind(
     tags=(HQ_MODEL_FORMAT,),
     matches=_is_hq_state_dict,
     load="sam_distill.sam.hq_models:load_hq_file",
+    predict="sam_distill.methods.mobilesam.predict:predict_hq",
     bench="sam_distill.methods.mobilesam.bench:bench_hq",
     exporters={"onnx": Exporter("sam_distill.export.hq_onnx:export_hq_onnx", ("int8", "fp16"))},
 ))

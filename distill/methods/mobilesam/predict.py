@@ -1,9 +1,10 @@
-"""``distill predict`` on a SAM file (ours, MobileSAM's or an official checkpoint): segment-anything's own tools.
+"""``distill predict`` on a SAM file (ours, MobileSAM's or an official checkpoint), a SAM 2 file or an HQ-SAM file:
+each family's own package's tools.
 
-With point or box prompts, segment-anything's ``SamPredictor`` cuts one mask per image (the same prompt on every
-image, in its pixels); with none, its ``SamAutomaticMaskGenerator`` segments everything, as ``distill
-pseudo-label`` does. SAM's masks have no class: every result is category 1, ``object``, scored by SAM's own
-predicted IoU.
+With point or box prompts, the package's predictor (``SamPredictor``, ``SAM2ImagePredictor``, segment-anything-hq's
+``SamPredictor``) cuts one mask per image (the same prompt on every image, in its pixels); with none, its automatic
+mask generator segments everything, as ``distill pseudo-label`` does. SAM's masks have no class: every result is
+category 1, ``object``, scored by SAM's own predicted IoU.
 """
 from __future__ import annotations
 
@@ -26,30 +27,53 @@ def predict_sam(path: Path, images: list[Path], device: torch.device, *,
     neither, everything mode with segment-anything's generator (``generator`` overrides its settings)."""
     from sam_distill.sam.model_file import load_model
 
+    return _predict("sam", load_model(path)[0], images, device, points, box, generator)
+
+
+def predict_sam2(path: Path, images: list[Path], device: torch.device, *,
+                 points: list[tuple[float, float, int]] | None = None,
+                 box: tuple[float, float, float, float] | None = None,
+                 generator: dict | None = None) -> Predictions:
+    """``predict_sam`` for a SAM 2 file, through sam2's predictor and ``SAM2AutomaticMaskGenerator``."""
+    from sam_distill.sam.sam2_models import load_sam2_file
+
+    return _predict("sam2", load_sam2_file(path)[0], images, device, points, box, generator)
+
+
+def predict_hq(path: Path, images: list[Path], device: torch.device, *,
+               points: list[tuple[float, float, int]] | None = None,
+               box: tuple[float, float, float, float] | None = None,
+               generator: dict | None = None) -> Predictions:
+    """``predict_sam`` for an HQ-SAM file, through segment-anything-hq's predictor and mask generator."""
+    from sam_distill.sam.hq_models import load_hq_file
+
+    return _predict("hq", load_hq_file(path)[0], images, device, points, box, generator)
+
+
+def _predict(family: str, model, images: list[Path], device: torch.device, points, box, generator) -> Predictions:
     if (points or box) and generator:
         raise DistillError("everything-mode settings (--points-per-side, ...) apply without prompts; "
                            "drop them or drop --point/--box")
-    sam, _ = load_model(path)
-    sam.to(device).eval()
+    model.to(device).eval()
+    size = int(model.image_size) if family == "sam2" else int(model.image_encoder.img_size)
     if points or box:
-        results, entries = _prompted(sam, images, points or [], box)
+        results, entries = _prompted(family, model, size, images, points or [], box)
     else:
-        results, entries = _everything(sam, images, device, generator or {})
+        results, entries = _everything(family, model, size, images, device, generator or {})
     return Predictions(results, entries, CLASSES)
 
 
-def _prompted(sam, images: list[Path], points, box) -> tuple[list[dict], list[dict]]:
-    from segment_anything import SamPredictor
-
+def _prompted(family: str, model, size: int, images: list[Path], points, box) -> tuple[list[dict], list[dict]]:
     from sam_distill.eval.coco_ap import masks_to_results
+    from sam_distill.eval.miou import promptable
 
-    predictor = SamPredictor(sam)
+    predictor = promptable(family, model)
     coords = np.array([p[:2] for p in points], dtype=np.float32) if points else None
     labels = np.array([p[2] for p in points], dtype=np.int64) if points else None
     box_array = np.array(box, dtype=np.float32) if box else None
     ambiguous = box is None and len(points) == 1  # one point: SAM's three candidates, keep its best (as its demo does)
     results, entries = [], []
-    for image, _, entry in readable_images(images, int(sam.image_encoder.img_size)):
+    for image, _, entry in readable_images(images, size):
         predictor.set_image(image)
         masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box_array,
                                              multimask_output=ambiguous)
@@ -60,13 +84,14 @@ def _prompted(sam, images: list[Path], points, box) -> tuple[list[dict], list[di
     return results, entries
 
 
-def _everything(sam, images: list[Path], device: torch.device, overrides: dict) -> tuple[list[dict], list[dict]]:
+def _everything(family: str, model, size: int, images: list[Path], device: torch.device, overrides: dict
+                ) -> tuple[list[dict], list[dict]]:
     from sam_distill.data.everything import generator_settings, label_image
     from sam_distill.sam.teachers import make_generator
 
-    generator = make_generator(sam, generator_settings(**overrides), device)
+    generator = make_generator(model, generator_settings(**overrides), device, family)
     results, entries = [], []
-    for image, _, entry in readable_images(images, int(sam.image_encoder.img_size), desc="everything"):
+    for image, _, entry in readable_images(images, size, desc="everything"):
         results += [{"image_id": entry["id"], "category_id": 1, "segmentation": proposal["segmentation"],
                      "bbox": proposal["bbox"], "score": proposal["predicted_iou"]}
                     for proposal in label_image(generator, image)]
