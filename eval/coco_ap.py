@@ -49,8 +49,10 @@ def masks_to_results(image_id: int, masks: np.ndarray, scores, category_ids=None
     return results
 
 
-def _evaluate(gt: COCO, result_list: list, iou_type: str, class_agnostic: bool, image_ids: list[int]) -> list[float]:
-    """COCOeval's 12 summary numbers (-1, "no ground truth", reported as 0)."""
+def _evaluate(gt: COCO, result_list: list, iou_type: str, class_agnostic: bool, image_ids: list[int],
+              max_detections: int = 100) -> list[float]:
+    """COCOeval's 12 summary numbers (-1, "no ground truth", reported as 0). ``max_detections`` is COCO's per-image
+    cap (100); a whole scene is one image holding thousands of objects, so its evaluation raises it."""
     if class_agnostic:  # COCOeval pools only the ground truth's categories, so results must carry one of them
         category = min(gt.getCatIds(), default=1)
         result_list = [{**r, "category_id": category} for r in result_list]
@@ -59,6 +61,7 @@ def _evaluate(gt: COCO, result_list: list, iou_type: str, class_agnostic: bool, 
         evaluator = COCOeval(gt, detections, iouType=iou_type)
         evaluator.params.imgIds = image_ids
         evaluator.params.useCats = 0 if class_agnostic else 1
+        evaluator.params.maxDets = [1, 10, max_detections]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -73,11 +76,13 @@ def _coco(gt_data: dict) -> COCO:
     return gt
 
 
-def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list[int] | None = None) -> dict:
+def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list[int] | None = None,
+            max_detections: int = 100) -> dict:
     """COCO mask AP of ``results`` against ``ground_truth`` (paths or dicts/lists); stats by name.
 
     ``class_agnostic`` ignores categories (COCOeval's ``useCats=0``): the right measure for a
-    student of SAM's everything mode, whose masks have no class.
+    student of SAM's everything mode, whose masks have no class. ``max_detections`` per image: COCO's 100 unless
+    an image is a whole scene.
     """
     gt_data = load_json(ground_truth, "ground truth")
     result_list = load_json(results, "results")
@@ -91,16 +96,17 @@ def mask_ap(ground_truth, results, class_agnostic: bool = False, image_ids: list
                "detections": len(result_list)}
     if not result_list:
         return {"stats": {name: 0.0 for name in STAT_NAMES}, **summary}
-    stats = _evaluate(gt, result_list, "segm", class_agnostic, ids)
-    return {"stats": dict(zip(STAT_NAMES, stats)), **summary}
+    stats = _evaluate(gt, result_list, "segm", class_agnostic, ids, max_detections)
+    return {"stats": dict(zip(STAT_NAMES, stats)), **summary, "max_detections": max_detections}
 
 
 def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | str,
-                image_ids: list[int] | None = None, class_agnostic: bool = False) -> dict[str, float]:
+                image_ids: list[int] | None = None, class_agnostic: bool = False,
+                max_detections: int = 100) -> dict[str, float]:
     """Mask and box AP/AP50/AP75 in [0, 1] (``mask_AP``, ``box_AP50``, ...); no results score 0.
 
     ``image_ids`` restricts the evaluation (e.g. to a validation split of a shared json); ``class_agnostic``
-    ignores categories, as :func:`mask_ap` does.
+    ignores categories, as :func:`mask_ap` does; ``max_detections`` as there.
     """
     if not isinstance(ground_truth, COCO):
         from sam_distill.data.coco import load_coco
@@ -115,6 +121,6 @@ def instance_ap(ground_truth: COCO | Path | str, results: list[dict] | Path | st
         raise DistillError(f"results name image ids {sorted(unknown)[:5]} that are not in the ground truth")
     ids = list(image_ids) if image_ids is not None else sorted(ground_truth.getImgIds())
     for kind, iou_type in (("mask", "segm"), ("box", "bbox")):
-        stats = _evaluate(ground_truth, result_list, iou_type, class_agnostic, ids)
+        stats = _evaluate(ground_truth, result_list, iou_type, class_agnostic, ids, max_detections)
         metrics.update({f"{kind}_{name}": value for name, value in zip(INSTANCE_METRICS, stats)})
     return metrics

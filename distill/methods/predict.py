@@ -153,4 +153,9 @@ def evaluate_ap(source: Path | str, annotations: Path | str, images: Path | str 
         paths = [Path(images) / coco.imgs[i]["file_name"] for i in ids]
         predictions = predict_paths(source, paths, device or torch.device("cpu"), options or {}, images)
     results = to_ground_truth(predictions, coco, class_agnostic)
-    return {"images": len(ids), **instance_ap(coco, results, ids, class_agnostic)}
+    # a whole scene's prediction (distill predict --tile writes scene.json) is one image of thousands of objects:
+    # COCO's cap of 100 detections an image would score only the best 100 of them
+    scene = made and source.is_dir() and (source / "scene.json").exists()
+    cap = max(100, len(results)) if scene else 100
+    return {"images": len(ids), **instance_ap(coco, results, ids, class_agnostic, cap),
+            **({"max_detections": cap} if scene else {})}
