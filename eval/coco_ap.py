@@ -64,6 +64,9 @@ def _evaluate(gt: COCO, result_list: list, iou_type: str, class_agnostic: bool, 
         evaluator.params.maxDets = [1, 10, max_detections]
         evaluator.evaluate()
         evaluator.accumulate()
+        # summarize() looks AP up at maxDets == 100 (a default it does not take from params); the accumulated
+        # arrays are indexed by position, so naming the third cap 100 makes it read the one evaluated
+        evaluator.params.maxDets = [1, 10, 100]
         evaluator.summarize()
     return [max(float(value), 0.0) for value in evaluator.stats]
 

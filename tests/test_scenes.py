@@ -150,3 +150,33 @@ def test_distill_predict_on_a_geotiff_with_a_sam_file(tmp_path, tiny_teacher_che
     assert "is not a raster GDAL can read" in capsys.readouterr().err
     assert main(["predict", str(tiny_teacher_checkpoint), str(tmp_path), "--out", str(out), "--bands", "1"]) == 2
     assert "--bands applies to scenes" in capsys.readouterr().err
+
+
+def test_a_scene_prediction_is_scored_with_every_detection_counted(tmp_path):
+    """A whole scene is one image holding hundreds of objects: COCO's cap of 100 detections an image would score only
+    the best 100 of them. `distill eval ap` on a scene's output folder (it holds scene.json) counts them all."""
+    from sam_distill.methods.predict import evaluate_ap
+
+    side, count = 20, 150
+    boxes = [(40 * (i % 15), 40 * (i // 15), side, side) for i in range(count)]
+
+    def square(x, y):
+        return [x, y, x + side, y, x + side, y + side, x, y + side]
+
+    annotations = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": side * side,
+                    "bbox": list(map(float, box)), "segmentation": [square(*box[:2])]} for i, box in enumerate(boxes)]
+    ground_truth = tmp_path / "gt.json"
+    ground_truth.write_text(json.dumps({"images": [{"id": 1, "file_name": "scene.tif", "width": 600, "height": 400}],
+                                        "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}))
+    out = tmp_path / "prediction"
+    out.mkdir()
+    results = [{"image_id": 1, "category_id": 1, "score": 0.5, "bbox": list(map(float, box)),
+                "segmentation": [square(*box[:2])]} for box in boxes]
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "scene.tif"}],
+                                                 "categories": [{"id": 1, "name": "object"}]}))
+    capped = evaluate_ap(out, ground_truth)
+    assert capped["mask_AP"] < 0.7  # 100 of the 150 objects found at most
+    (out / "scene.json").write_text(json.dumps({"tiles": 1}))
+    scene = evaluate_ap(out, ground_truth)
+    assert scene["max_detections"] == count and scene["mask_AP"] == pytest.approx(1.0)
