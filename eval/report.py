@@ -42,6 +42,8 @@ METRICS = {"mask_AP": "mask AP (COCO, %)", "gt_box_miou": "box mIoU vs ground tr
 GROUND_TRUTH_COLUMNS = {"gt_box_miou": "GT box mIoU", "gt_point_miou": "GT 1-click mIoU", "gt_noc85": "NoC@85",
                         "gt_box_as_mask_miou": "box as mask"}
 FIDELITY_KEYS = ("point_miou", "box_miou", "embedding_cosine")
+# the bench kinds of the models a mobilesam run writes (SAM, MobileSAM layout, SAM 2, HQ-SAM): fidelity is theirs
+STUDENT_KINDS = ("sam-distill", "mobilesam", "sam-distill-sam2", "sam-distill-hq")
 AP_KEYS = ("mask_AP", "mask_AP50", "mask_AP75")
 
 
@@ -111,7 +113,7 @@ def collect_run(run_dir: Path, notes: list[str]) -> list[dict]:
     fidelity_path = reports / "fidelity.json"
     if fidelity_path.exists() and (fid := _read(fidelity_path, notes)) is not None:
         summary = fid.get("summary") if isinstance(fid, dict) else None
-        students = [r for r in rows if r.get("kind") in ("sam-distill", "mobilesam") and "point_miou" not in r]
+        students = [r for r in rows if r.get("kind") in STUDENT_KINDS and "point_miou" not in r]
         if not isinstance(summary, dict) or not all(k in summary for k in FIDELITY_KEYS):
             notes.append(f"{fidelity_path}: has no complete 'summary'; fidelity skipped")
         elif not students:

@@ -122,6 +122,10 @@ def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, i
     assert all(f"mse_{name}" in header for name in cache.outputs)
     fidelity = json.loads((run / "reports" / "fidelity.json").read_text())
     assert fidelity["images"] == 1 and 0 <= fidelity["summary"]["box_miou"] <= 1
+    # the closing report benches teacher and student as SAM 2 files and puts the fidelity on the student's row
+    rows = {row["kind"]: row for row in json.loads((run / "reports" / "results.json").read_text())["rows"]}
+    assert rows["sam-distill-sam2"]["point_miou"] == fidelity["summary"]["point_miou"]
+    assert rows["sam2"]["role"] == "teacher" and rows["sam-distill-sam2"]["total_p50_ms"] > 0
 
     model_file = run / "model" / "model.pt"
     theirs = instantiate(OmegaConf.load(run / "model" / "model.yaml").model, _recursive_=True)
