@@ -157,3 +157,30 @@ def test_predict_on_an_hq_file_is_its_predictors_mask(nano_teacher, tmp_path, im
     assert expected.sum() > 1000  # this seed's mask is not empty, so the comparison below says something
     assert len(results) == 1
     assert np.array_equal(mask_utils.decode(results[0]["segmentation"]).astype(bool), expected)
+
+
+def test_an_hq_file_answers_a_box_on_a_geotiff_scene(nano_teacher, tmp_path):
+    """The scene path takes HQ-SAM files as SAM files: the box (scene pixels) runs on the tile around it and the
+    polygon comes back in the raster's CRS, inside the box's footprint."""
+    pytest.importorskip("rasterio")
+    import geopandas as gpd
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from sam_distill.cli import main
+
+    pixels = (np.random.default_rng(1).random((3, 700, 900)) * 60).astype(np.uint8)
+    pixels[:, 400:460, 500:580] = 220
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=900, height=700, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500_000, 4_100_000, 0.5, 0.5)) as dst:
+        dst.write(pixels)
+    model_file = tmp_path / "hq.pth"
+    torch.save(nano_teacher.model.state_dict(), model_file)
+    assert main(["predict", str(model_file), str(scene), "--out", str(tmp_path / "out"), "--tile", "256",
+                 "--box", "495", "395", "585", "465"]) == 0
+    frame = gpd.read_file(tmp_path / "out" / "scene.geojson")
+    assert len(frame) == 1 and frame.crs.to_epsg() == 32633
+    minx, miny, maxx, maxy = frame.total_bounds  # the 256-px window around the box, in metres
+    assert 500_000 + 0.5 * 367 <= minx and maxx <= 500_000 + 0.5 * 713
+    assert 4_100_000 - 0.5 * 558 <= miny and maxy <= 4_100_000 - 0.5 * 302
