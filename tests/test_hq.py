@@ -83,6 +83,7 @@ def test_distilled_hq_student_predicts_in_segment_anything_hq(tmp_path, image):
     config["teacher"]["image_size"] = SIZE
     config["train"].update(epochs=1, checkpoint_every=1)
     config["fidelity"] = {"points_per_image": 2}
+    config["prompt_stage"] = {"enabled": True, "max_steps": 1, "batch_size": 1, "prompts_per_image": 2}
     path = tmp_path / "hq.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["run", str(path)]) == 0
@@ -92,6 +93,7 @@ def test_distilled_hq_student_predicts_in_segment_anything_hq(tmp_path, image):
     assert tuple(cache.targets(0)["interm_embed_0"].shape) == (192, 16, 16)
     header = (run / "checkpoints" / "distill" / "metrics.csv").read_text().splitlines()[0]
     assert "mse_image_embed" in header and "mse_interm_embed_0" in header
+    assert (run / "checkpoints" / "prompt" / "last.pt").exists()  # EdgeSAM's stage through the HQ decoder
     assert json.loads((run / "reports" / "fidelity.json").read_text())["images"] == 1
     model_file = run / "model" / "model.pt"
     assert identify(model_file).name == "hq"

@@ -109,6 +109,7 @@ def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, i
                   data={"synthetic": {"count": 3, "size": 256}, "holdout_fraction": 0.34})
     config["train"].update(epochs=1, checkpoint_every=1)
     config["fidelity"] = {"points_per_image": 2}
+    config["prompt_stage"] = {"enabled": True, "max_steps": 1, "batch_size": 1, "prompts_per_image": 2}
     path = tmp_path / "sam2.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["run", str(path)]) == 0
@@ -120,6 +121,9 @@ def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, i
     assert cache.identity["preprocessing"]["resize"] == "square"
     header = (run / "checkpoints" / "distill" / "metrics.csv").read_text().splitlines()[0]
     assert all(f"mse_{name}" in header for name in cache.outputs)
+    # EdgeSAM's stage through SAM 2's own decoder: the student's three outputs, the teacher's cached ones
+    prompt_metrics = (run / "checkpoints" / "prompt" / "metrics.csv").read_text().splitlines()
+    assert "mask_bce" in prompt_metrics[0] and len(prompt_metrics) == 2
     fidelity = json.loads((run / "reports" / "fidelity.json").read_text())
     assert fidelity["images"] == 1 and 0 <= fidelity["summary"]["box_miou"] <= 1
     # the closing report benches teacher and student as SAM 2 files and puts the fidelity on the student's row

@@ -122,9 +122,10 @@ def test_too_few_images_for_the_batch_is_one_line(tiny_cache, tmp_path):
 def test_prompt_loop_loss_trains_only_the_student(tiny_teacher, tiny_cache):
     dataset = DistillDataset(EmbeddingCache(tiny_cache))
     batch = tuple(t[None] for t in dataset[0])
-    teacher_sam = copy.deepcopy(tiny_teacher.model)
+    teacher = copy.deepcopy(tiny_teacher)
+    teacher_sam = teacher.model
     student = _student()
-    objective = PromptLoopObjective(student, teacher_sam, prompts_per_image=4, refine_iterations=1, seed=0)
+    objective = PromptLoopObjective(student, teacher, prompts_per_image=4, refine_iterations=1, seed=0)
     loss = sum(objective.losses(student, batch).values())
     loss.backward()
     assert torch.isfinite(loss)
@@ -133,7 +134,7 @@ def test_prompt_loop_loss_trains_only_the_student(tiny_teacher, tiny_cache):
     # A student that *is* the teacher's encoder scores better than a random one.
     with torch.no_grad():
         perfect = sum(objective.losses(copy.deepcopy(tiny_teacher.model.image_encoder), batch).values())
-        random_loss = sum(PromptLoopObjective(student, teacher_sam, 4, 1, seed=0).losses(student, batch).values())
+        random_loss = sum(PromptLoopObjective(student, teacher, 4, 1, seed=0).losses(student, batch).values())
     assert perfect < random_loss
 
 
@@ -196,7 +197,7 @@ def _case(name: str, shapes, tiny_teacher, tiny_cache):
         dataset = DistillDataset(EmbeddingCache(tiny_cache))
         if name == "distill":  # 6 images, 3 steps of 1 × 2 accumulated
             return lambda: DistillationObjective(_student()), dataset, {"batch_size": 1, "grad_accum": 2}
-        return (lambda: PromptLoopObjective(_student(), copy.deepcopy(tiny_teacher.model), 2, 1, seed=0),
+        return (lambda: PromptLoopObjective(_student(), copy.deepcopy(tiny_teacher), 2, 1, seed=0),
                 dataset, {"batch_size": 2})
     if name == "sam_cls":
         from torch.utils.data import TensorDataset
@@ -276,7 +277,7 @@ def test_a_foreign_state_is_refused_in_one_line(tiny_teacher, tiny_cache, shapes
     train(DistillationObjective(_student()), dataset, schedule, tmp_path / "distill", log=_quiet)
     with pytest.raises(DistillError, match=r"distill/last\.pt holds a training state of distill, not of prompt_loop; "
                                            r"delete it to start over$"):
-        train(PromptLoopObjective(_student(), copy.deepcopy(tiny_teacher.model)), dataset, schedule,
+        train(PromptLoopObjective(_student(), copy.deepcopy(tiny_teacher)), dataset, schedule,
               tmp_path / "distill", log=_quiet)
     with pytest.raises(DistillError, match=r"distill/last\.pt was saved with other trainable parts"):
         train(DistillationObjective(_student(name="timm_test_vit")), dataset, schedule, tmp_path / "distill")

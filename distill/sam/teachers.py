@@ -17,7 +17,7 @@ from sam_distill.sam import hq_models, sam2_models
 from sam_distill.sam.build import ARCHITECTURES, build_sam
 from sam_distill.sam.model_file import load_model
 from sam_distill.sam.official import TEACHERS, resolve_official
-from sam_distill.sam.prompts import decode
+from sam_distill.sam.prompts import decode_image
 
 
 def make_generator(model: torch.nn.Module, settings: dict, device: torch.device, family: str = "sam"):
@@ -84,10 +84,11 @@ class Teacher:
         """Everything the teacher's decoder takes from the image encoder, by name (what the cache stores)."""
         return {"image_embed": self.model.image_encoder(pixels.to(next(self.model.parameters()).device))}
 
-    def decode(self, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def decode(self, features, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res mask logits and IoU scores of one prompt set per embedding row (model-input coordinates)."""
-        return decode(self.model, embeddings, points=points, boxes=boxes, multimask=multimask)
+        """n prompts on one image's features (``embed_outputs`` of one image; for SAM its 1×256×G×G embedding):
+        low-res mask logits n×M×4G×4G and IoU n×M, model-input coordinates. Gradients flow to the features."""
+        return decode_image(self.model, features, points=points, boxes=boxes, multimask=multimask)
 
     def everything_generator(self, settings: dict, device: torch.device):
         return make_generator(self.model, settings, device, self.family)
@@ -127,7 +128,6 @@ class Sam2Teacher(Teacher):
         return sam2_models.image_features(self.model, pixels.to(next(self.model.parameters()).device))
 
     def decode(self, features: dict[str, torch.Tensor], points=None, boxes=None, multimask: bool = False):
-        """Low-res mask logits and IoU of n prompts on one image's features (model-input coordinates)."""
         return sam2_models.decode_features(self.model, features, points=points, boxes=boxes, multimask=multimask)
 
 

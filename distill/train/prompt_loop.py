@@ -1,44 +1,45 @@
 """EdgeSAM's prompt-in-the-loop distillation as an objective of the training loop.
 
 Per image, prompts are drawn from the teacher's own masks (random points, then boxes around the
-masks those points give). Student and teacher embeddings go through the same frozen prompt
+masks those points give). Student and teacher encoder outputs go through the same frozen prompt
 encoder and mask decoder; the student's mask logits are pulled towards the teacher's masks with
 BCE + Dice. ``refine_iterations`` adds EdgeSAM's extra points from the region where they disagree.
-The teacher's heavy encoder is not rerun: its embedding comes from the cache, its decoder runs online.
+The teacher's heavy encoder is not rerun: its outputs come from the cache, its decoder runs online. Any teacher
+family works: SAM's embedding, or SAM 2's and HQ-SAM's named outputs, decoded by ``Teacher.decode``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from segment_anything.modeling import Sam
 
-from sam_distill.sam.prompts import decode, error_points, mask_boxes, random_points
+from sam_distill.sam.prompts import error_points, mask_boxes, random_points
+from sam_distill.sam.teachers import Teacher
 from sam_distill.students.heads.losses import dice_loss
 from sam_distill.train.loop import Objective
 
 
 class PromptLoopObjective(Objective):
-    """Trains ``student`` (an image encoder) on batches of (image, cached teacher embedding). The prompts come
+    """Trains ``student`` (an image encoder) on batches of (image, cached teacher outputs). The prompts come
     from the objective's own seeded generator, whose state travels in the checkpoint."""
 
     name = "prompt_loop"
     loss_names = ("mask_bce", "mask_dice")
 
-    def __init__(self, student: nn.Module, teacher_sam: Sam, prompts_per_image: int = 4, refine_iterations: int = 1,
+    def __init__(self, student: nn.Module, teacher: Teacher, prompts_per_image: int = 4, refine_iterations: int = 1,
                  seed: int = 0):
         super().__init__(student)
-        self.decoder_sam = teacher_sam
-        for p in self.decoder_sam.parameters():
+        self.teacher = teacher
+        for p in teacher.model.parameters():
             p.requires_grad_(False)
         self.prompts_per_image = prompts_per_image
         self.refine_iterations = refine_iterations
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _teacher(self, embedding, **prompt):
+    def _teacher(self, features, **prompt):
         # Single-mask output for teacher and student alike, so both answer the same question.
         with torch.no_grad():
-            return decode(self.decoder_sam, embedding, **prompt)[0]
+            return self.teacher.decode(features, **prompt)[0]
 
     def random_state(self) -> dict:
         return {"prompts": self.generator.get_state()}
@@ -47,33 +48,31 @@ class PromptLoopObjective(Objective):
         self.generator.set_state(state["prompts"])
 
     def losses(self, student: nn.Module, batch) -> dict[str, torch.Tensor]:
-        images, teacher_embeddings = batch
+        images, teacher_outputs = batch
         image_size = images.shape[-1]
         device = images.device
-        self.decoder_sam.to(device)
-        student_embeddings = student(images)
+        self.teacher.to(device)
+        student_outputs = student(images)
         bce, dice, terms = 0.0, 0.0, 0
         for b in range(images.shape[0]):
             n = self.prompts_per_image
-            s_emb = student_embeddings[b : b + 1].expand(n, -1, -1, -1)
-            t_emb = teacher_embeddings[b : b + 1].expand(n, -1, -1, -1)
+            s_feat, t_feat = image_row(student_outputs, b), image_row(teacher_outputs, b)
             # Valid region: SAM pads bottom-right with zeros after normalising; find it from the input.
             valid = images[b].abs().sum(0) > 0
             h = int(valid.any(1).nonzero().max()) + 1 if valid.any() else image_size
             w = int(valid.any(0).nonzero().max()) + 1 if valid.any() else image_size
             coords = random_points(n, (h, w), self.generator).to(device)[:, None]
             labels = torch.ones(n, 1, device=device)
-            point_masks = self._teacher(t_emb, points=(coords, labels)) > 0
+            point_masks = self._teacher(t_feat, points=(coords, labels)) > 0
             boxes = mask_boxes(point_masks.cpu(), image_size).to(device)
             half = n // 2
             prompt_sets = [dict(points=(coords[:half or n], labels[:half or n]))]
             if half:
                 prompt_sets.append(dict(boxes=boxes[half:]))
             for prompt in prompt_sets:
-                rows = prompt["points"][0].shape[0] if "points" in prompt else prompt["boxes"].shape[0]
-                target = self._teacher(t_emb[:rows], **prompt) > 0
+                target = self._teacher(t_feat, **prompt) > 0
                 for iteration in range(self.refine_iterations + 1):
-                    logits, _ = decode(self.decoder_sam, s_emb[:rows], **prompt)
+                    logits, _ = self.teacher.decode(s_feat, **prompt)
                     target_f = target.float()
                     bce = bce + F.binary_cross_entropy_with_logits(logits, target_f)
                     dice = dice + dice_loss(logits, target_f)
@@ -83,9 +82,17 @@ class PromptLoopObjective(Objective):
                     extra, extra_labels = error_points(logits.detach().cpu(), target.cpu(), image_size, self.generator)
                     extra, extra_labels = extra.to(device), extra_labels.to(device)
                     if "points" in prompt:
-                        points = (torch.cat([prompt["points"][0], extra], 1), torch.cat([prompt["points"][1], extra_labels], 1))
+                        points = (torch.cat([prompt["points"][0], extra], 1),
+                                  torch.cat([prompt["points"][1], extra_labels], 1))
                     else:
                         points = (extra, extra_labels)
                     prompt = dict(prompt, points=points)
-                    target = self._teacher(t_emb[:rows], **prompt) > 0
+                    target = self._teacher(t_feat, **prompt) > 0
         return {"mask_bce": bce / max(terms, 1), "mask_dice": dice / max(terms, 1)}
+
+
+def image_row(outputs: torch.Tensor | dict[str, torch.Tensor], index: int):
+    """One image's encoder outputs, batch dimension kept: a SAM embedding, or each of a SAM 2 / HQ-SAM output."""
+    if isinstance(outputs, dict):
+        return {name: value[index:index + 1] for name, value in outputs.items()}
+    return outputs[index:index + 1]

@@ -6,7 +6,6 @@ import torch
 
 from sam_distill.core.config import RunConfigBase as RunConfig
 from sam_distill.core.device import init_distributed
-from sam_distill.core.errors import DistillError
 from sam_distill.core.rundir import RunDir
 from sam_distill.data.cache import EmbeddingCache, build_cache
 from sam_distill.methods.inputs import resolve_images, resolve_teacher
@@ -42,9 +41,6 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
     meta = {"teacher": teacher.describe(), "teacher_checkpoint_sha256": teacher.checkpoint_sha256,
             "student": config.student.name, "run": str(run_dir.path)}
 
-    if teacher.family != "sam" and config.prompt_stage.enabled:
-        raise DistillError(f"prompt_stage is not available for {teacher.family.upper()} teachers yet; "
-                           "set prompt_stage.enabled: false")
     student = init_student(config.student.name, cache.image_size, config.student.init, teacher)
     distill_dir = run_dir.sub("checkpoints/distill")
     result = {"embed": summary}

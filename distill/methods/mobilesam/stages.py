@@ -63,7 +63,7 @@ def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[i
 
 def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCache, indices: list[int],
                  config: PromptStageConfig, out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
-    objective = PromptLoopObjective(student, teacher.model, config.prompts_per_image, config.refine_iterations,
+    objective = PromptLoopObjective(student, teacher, config.prompts_per_image, config.refine_iterations,
                                     seed=seed)
     return train(objective, DistillDataset(cache, indices), Schedule.from_config(config), out_dir, context, seed=seed,
                  log=log, meta=meta)
