@@ -265,45 +265,28 @@ def sam_bench_model(sam, name: str, kind: str, role: str, path: Path | None, dev
                       encoder=encoder, decoder=decoder, notes=list(notes), sam=sam)
 
 
-def sam2_bench_model(model, name: str, kind: str, role: str, path: Path | None, device: str, notes=()) -> BenchModel:
-    """A sam2 ``SAM2Base``: its image path as ``SAM2ImagePredictor.set_image`` runs it (encoder and the decoder's
-    high-resolution projections), and one point through its prompt encoder and mask decoder on random features.
-    Parameters are those of the image path (the video memory modules are not counted)."""
-    from sam_distill.sam.sam2_models import decode_features, image_features
+def feature_bench_model(model, family: str, name: str, kind: str, role: str, path: Path | None, device: str,
+                        notes=()) -> BenchModel:
+    """A SAM 2 (``family`` "sam2": sam2's ``SAM2Base``) or an HQ-SAM ("hq": segment-anything-hq's ``Sam``): its image
+    path as the package's predictor runs it (for SAM 2 the decoder's high-resolution projections included, for
+    HQ-SAM the early ViT feature), and one point through its prompt encoder and mask decoder on random features.
+    Parameters: image encoder, prompt encoder and mask decoder (SAM 2's video memory modules are not counted)."""
+    if family == "sam2":
+        from sam_distill.sam.sam2_models import decode_features, image_features
 
+        size, label_dtype = int(model.image_size), torch.int
+        parts = (model.image_encoder, model.sam_prompt_encoder, model.sam_mask_decoder)
+        notes = ["SAM 2 image path; parameters without the video memory modules", *notes]
+    else:
+        from sam_distill.sam.hq_models import decode_features, image_features
+
+        size, label_dtype = int(model.image_encoder.img_size), torch.float
+        parts = (model.image_encoder, model.prompt_encoder, model.mask_decoder)
     model = model.to(device).eval()
-    size = int(model.image_size)
     pixels = torch.randn(1, 3, size, size, device=device)
     with torch.inference_mode():
         features = {key: torch.randn_like(value) for key, value in image_features(model, pixels).items()}
-    point = (torch.tensor([[[size / 2, size / 2]]], device=device), torch.ones(1, 1, device=device, dtype=torch.int))
-
-    @torch.inference_mode()
-    def encoder():
-        return image_features(model, pixels)
-
-    @torch.inference_mode()
-    def decoder():
-        return decode_features(model, features, points=point, multimask=True)
-
-    params = sum(p.numel() for part in (model.image_encoder, model.sam_prompt_encoder, model.sam_mask_decoder)
-                 for p in part.parameters())
-    return BenchModel(name=name, kind=kind, format="pytorch", role=role, path=path, params=params, image_size=size,
-                      encoder=encoder, decoder=decoder,
-                      notes=["SAM 2 image path; parameters without the video memory modules", *notes])
-
-
-def hq_bench_model(model, name: str, kind: str, role: str, path: Path | None, device: str, notes=()) -> BenchModel:
-    """A segment-anything-hq ``Sam``: its image encoder (embedding and early feature), and one point through its
-    prompt encoder and HQ decoder on random features."""
-    from sam_distill.sam.hq_models import decode_features, image_features
-
-    model = model.to(device).eval()
-    size = int(model.image_encoder.img_size)
-    pixels = torch.randn(1, 3, size, size, device=device)
-    with torch.inference_mode():
-        features = {key: torch.randn_like(value) for key, value in image_features(model, pixels).items()}
-    point = (torch.tensor([[[size / 2, size / 2]]], device=device), torch.ones(1, 1, device=device))
+    point = (torch.tensor([[[size / 2, size / 2]]], device=device), torch.ones(1, 1, device=device, dtype=label_dtype))
 
     @torch.inference_mode()
     def encoder():
@@ -314,8 +297,8 @@ def hq_bench_model(model, name: str, kind: str, role: str, path: Path | None, de
         return decode_features(model, features, points=point, multimask=True)
 
     return BenchModel(name=name, kind=kind, format="pytorch", role=role, path=path,
-                      params=sum(p.numel() for p in model.parameters()), image_size=size, encoder=encoder,
-                      decoder=decoder, notes=list(notes))
+                      params=sum(p.numel() for part in parts for p in part.parameters()), image_size=size,
+                      encoder=encoder, decoder=decoder, notes=list(notes))
 
 
 def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) -> Callable[[str, int], BenchModel]:
@@ -327,9 +310,11 @@ def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) 
 
         def random_teacher(device: str, threads: int) -> BenchModel:
             teacher = load_teacher(spec, random_init=True, image_size=image_size)
-            build = {"sam2": sam2_bench_model, "hq": hq_bench_model}.get(teacher.family, sam_bench_model)
-            return build(teacher.model, f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
-                         [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, no accuracy"])
+            args = (f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
+                    [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, no accuracy"])
+            if teacher.family == "sam":
+                return sam_bench_model(teacher.model, *args)
+            return feature_bench_model(teacher.model, teacher.family, *args)
         return random_teacher
     if not path.exists():
         raise DistillError(f"model {spec} does not exist; give a model file, or a teacher name with --random-init")

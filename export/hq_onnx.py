@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from sam_distill.export.onnx_export import DECODER_DYNAMIC_AXES, _export, check_opset, onnx_file, to_fp16
+from sam_distill.export.onnx_export import (
+    DECODER_DYNAMIC_AXES,
+    _export,
+    check_opset,
+    family_manifest,
+    pair_files,
+    traceable_mask_postprocessing,
+)
 from sam_distill.export.registry import Exported, ExportOptions, ExportSource
 
 DECODER_INPUTS = ["image_embeddings", "interm_embeddings", "point_coords", "point_labels", "mask_input",
@@ -44,12 +50,7 @@ def traceable_decoder(model: nn.Module) -> nn.Module:
     from segment_anything_hq.utils.onnx import SamOnnxModel
 
     class TraceableHqOnnxModel(SamOnnxModel):
-        def mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
-            masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-            prepadded_size = self.resize_longest_image_size(orig_im_size, self.img_size)
-            masks = masks[..., : prepadded_size[0], : prepadded_size[1]]
-            original = orig_im_size.to(torch.int64)
-            return F.interpolate(masks, size=(original[0], original[1]), mode="bilinear", align_corners=False)
+        mask_postprocessing = traceable_mask_postprocessing
 
     return TraceableHqOnnxModel(model, hq_token_only=False, multimask_output=False).eval()
 
@@ -102,30 +103,16 @@ def open_hq_pair(file_format: str, encoder: Path, decoder: Path):
 
 def export_hq_onnx(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """fp32 pair; fp16 and dynamic INT8 copies on request; every file's parity against segment-anything-hq."""
-    from sam_distill.export.parity import check_parity, fp32_failure, parity_images
-    from sam_distill.export.quantize import quantize_dynamic_file
+    from sam_distill.export.parity import parity_checked
 
     model, arch = source.load()
     check_opset(options.opset)
     out.mkdir(parents=True, exist_ok=True)
     encoder, decoder = export_pair(model.eval(), out, options.opset)
-    notes = {"encoder": ENCODER_NOTE, "decoder": DECODER_NOTE}
-    files = [onnx_file(encoder, "encoder", "fp32", ENCODER_NOTE), onnx_file(decoder, "decoder", "fp32", DECODER_NOTE)]
-    if options.fp16:
-        files += [onnx_file(to_fp16(path, out / f"{role}.fp16.onnx"), role, "fp16", notes[role])
-                  for role, path in (("encoder", encoder), ("decoder", decoder))]
-    if options.int8:
-        ops = options.int8_ops or "matmul"
-        files += [onnx_file(quantize_dynamic_file(path, out / f"{role}.int8-dynamic.onnx", ops), role, "int8-dynamic",
-                            f"dynamic INT8 ({ops}); {notes[role]}")
-                  for role, path in (("encoder", encoder), ("decoder", decoder))]
-    log("checking parity in onnxruntime against segment-anything-hq's SamPredictor ...")
+    files = pair_files(encoder, decoder, out, options, {"encoder": ENCODER_NOTE, "decoder": DECODER_NOTE})
     size = int(model.image_encoder.img_size)
-    images, names = parity_images(options, size)
-    check_parity(files, HqTorchReference(model, images), options.tolerance, open_hq_pair)
-    manifest = {"source": {"model": arch, "image_size": size, "family": "hq-sam"},
-                "preprocessing": {"resize": "longest_side", "image_size": size, "pixel_mean": [123.675, 116.28, 103.53],
-                                  "pixel_std": [58.395, 57.12, 57.375], "encoder_input": ENCODER_NOTE,
-                                  "layout": f"1x3x{size}x{size} float32 RGB (NCHW)"}}
-    return Exported(files, manifest=manifest, parity={"images": names},
-                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+    preprocessing = {"resize": "longest_side", "pixel_mean": [123.675, 116.28, 103.53],
+                     "pixel_std": [58.395, 57.12, 57.375]}
+    return parity_checked(files, options, out, size, lambda images: HqTorchReference(model, images),
+                          family_manifest(arch, size, "hq-sam", preprocessing, ENCODER_NOTE), log,
+                          against="segment-anything-hq's SamPredictor", opener=open_hq_pair)

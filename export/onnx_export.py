@@ -75,17 +75,22 @@ def decoder_example(sam: Sam, num_points: int = 5) -> dict[str, torch.Tensor]:
     }
 
 
-class TraceableSamOnnxModel(SamOnnxModel):
-    """``SamOnnxModel`` with one trace fix: its crop ``masks[..., :int(h), :int(w)]`` turns the example's
-    ``orig_im_size`` into constants under torch 2.x tracing, so every other aspect ratio got wrong masks. Slicing by
-    the tensors themselves keeps the crop in the graph; everything else is segment-anything's."""
+def traceable_mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+    """``SamOnnxModel.mask_postprocessing`` with one trace fix, for segment-anything's and segment-anything-hq's
+    ``SamOnnxModel`` alike: their crop ``masks[..., :int(h), :int(w)]`` turns the example's ``orig_im_size`` into
+    constants under torch 2.x tracing, so every other aspect ratio got wrong masks. Slicing by the tensors
+    themselves keeps the crop in the graph; everything else is theirs."""
+    masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+    prepadded_size = self.resize_longest_image_size(orig_im_size, self.img_size)
+    masks = masks[..., : prepadded_size[0], : prepadded_size[1]]
+    original = orig_im_size.to(torch.int64)
+    return F.interpolate(masks, size=(original[0], original[1]), mode="bilinear", align_corners=False)
 
-    def mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
-        masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        prepadded_size = self.resize_longest_image_size(orig_im_size, self.img_size)
-        masks = masks[..., : prepadded_size[0], : prepadded_size[1]]
-        original = orig_im_size.to(torch.int64)
-        return F.interpolate(masks, size=(original[0], original[1]), mode="bilinear", align_corners=False)
+
+class TraceableSamOnnxModel(SamOnnxModel):
+    """segment-anything's ``SamOnnxModel`` with the trace fix of :func:`traceable_mask_postprocessing`."""
+
+    mask_postprocessing = traceable_mask_postprocessing
 
 
 def export_decoder(sam: Sam, path: Path, opset: int, static_points: int | None = None) -> Path:
@@ -142,31 +147,47 @@ def sam_manifest(sam: Sam, info, out: Path) -> dict:
                          "note": "build on the target board from the static-shape ONNX pair (--static-shapes)"}}
 
 
+def pair_files(encoder: Path, decoder: Path, out: Path, options: ExportOptions, notes: dict[str, str]
+               ) -> list[ExportedFile]:
+    """An exported fp32 encoder/decoder pair and, as the options ask, its fp16 and dynamic-INT8 copies, described
+    (``notes`` per role); what every family's ONNX export writes before its own extras."""
+    from sam_distill.export.quantize import quantize_dynamic_file
+
+    pair = (("encoder", encoder), ("decoder", decoder))
+    files = [onnx_file(path, role, "fp32", notes[role]) for role, path in pair]
+    if options.fp16:
+        files += [onnx_file(to_fp16(path, out / f"{role}.fp16.onnx"), role, "fp16", notes[role]) for role, path in pair]
+    if options.int8:
+        int8_ops = options.int8_ops or "matmul"
+        ops = f"dynamic INT8 of {'MatMul only' if int8_ops == 'matmul' else 'every operator'}"
+        files += [onnx_file(quantize_dynamic_file(path, out / f"{role}.int8-dynamic.onnx", int8_ops), role,
+                            "int8-dynamic", f"{ops}; {notes[role]}") for role, path in pair]
+    return files
+
+
+def family_manifest(arch: str, size: int, family: str, preprocessing: dict, encoder_note: str) -> dict:
+    """The manifest sections of a SAM 2 or HQ-SAM export: the model and its encoder's input."""
+    return {"source": {"model": arch, "image_size": size, "family": family},
+            "preprocessing": {**preprocessing, "image_size": size, "encoder_input": encoder_note,
+                              "layout": f"1x3x{size}x{size} float32 RGB (NCHW)"}}
+
+
 def export_onnx(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """fp32 encoder and decoder; with options, fp16, INT8 (dynamic and calibrated static) and static-shape variants;
     every file's parity against PyTorch (``SamPredictor``) on the parity images."""
     from sam_distill.export.parity import checked_export
-    from sam_distill.export.quantize import quantize_dynamic_file, quantize_static_files
+    from sam_distill.export.quantize import quantize_static_files
 
     sam, info = source.load()
     check_opset(options.opset)
     out.mkdir(parents=True, exist_ok=True)
     encoder = export_encoder(sam, out / "encoder.onnx", options.opset)
     decoder = export_decoder(sam, out / "decoder.onnx", options.opset)
-    files = [onnx_file(encoder, "encoder", "fp32", ENCODER_NOTE), onnx_file(decoder, "decoder", "fp32", DECODER_NOTE)]
-    if options.fp16:
-        files += [onnx_file(to_fp16(encoder, out / "encoder.fp16.onnx"), "encoder", "fp16", ENCODER_NOTE),
-                  onnx_file(to_fp16(decoder, out / "decoder.fp16.onnx"), "decoder", "fp16", DECODER_NOTE)]
-    if options.int8:
-        int8_ops = options.int8_ops or "matmul"
-        ops = f"dynamic INT8 of {'MatMul only' if int8_ops == 'matmul' else 'every operator'}"
-        for role, onnx_path, note in (("encoder", encoder, ENCODER_NOTE), ("decoder", decoder, DECODER_NOTE)):
-            target = quantize_dynamic_file(onnx_path, out / f"{role}.int8-dynamic.onnx", int8_ops)
-            files.append(onnx_file(target, role, "int8-dynamic", f"{ops}; {note}"))
-        if options.calibration is not None:
-            written = quantize_static_files(sam, encoder, decoder, out, options)
-            files += [onnx_file(written[role], role, "int8-static", f"static QDQ INT8 calibrated on {options.calibration}; {note}")
-                      for role, note in (("encoder", ENCODER_NOTE), ("decoder", DECODER_NOTE))]
+    files = pair_files(encoder, decoder, out, options, {"encoder": ENCODER_NOTE, "decoder": DECODER_NOTE})
+    if options.int8 and options.calibration is not None:
+        written = quantize_static_files(sam, encoder, decoder, out, options)
+        files += [onnx_file(written[role], role, "int8-static", f"static QDQ INT8 calibrated on {options.calibration}; {note}")
+                  for role, note in (("encoder", ENCODER_NOTE), ("decoder", DECODER_NOTE))]
     if options.static_shapes:
         files += export_static(sam, out, options)
     return checked_export(sam, info, files, options, out, "onnxruntime", log)

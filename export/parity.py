@@ -114,13 +114,24 @@ def checked_export(sam: Sam, info, files: list[ExportedFile], options: ExportOpt
     """What a SAM exporter returns once its files are written: every file run in ``runtime`` against PyTorch on the
     parity images, the manifest sections SAM exports share (plus ``extra_manifest``), and the fp32 failure line."""
     from sam_distill.export.onnx_export import sam_manifest
+
+    return parity_checked(files, options, out, int(sam.image_encoder.img_size), lambda images: TorchReference(sam, images),
+                          {**sam_manifest(sam, info, out), **(extra_manifest or {})}, log, runtime=runtime)
+
+
+def parity_checked(files: list[ExportedFile], options: ExportOptions, out: Path, image_size: int,
+                   make_reference: Callable[[list[np.ndarray]], TorchReference], manifest: dict, log=print,
+                   against: str = "PyTorch", runtime: str = "onnxruntime",
+                   opener: Callable[[str, Path, Path], PromptPredictor] = open_pair):
+    """What an exporter returns once its files are written: every file run in ``runtime`` (``opener``) against the
+    reference on the parity images, its ``manifest``, and the fp32 failure line."""
     from sam_distill.export.registry import Exported
 
-    log(f"checking parity in {runtime} against PyTorch ...")
-    images, names = parity_images(options, int(sam.image_encoder.img_size))
-    check_parity(files, TorchReference(sam, images), options.tolerance)
-    return Exported(files, manifest={**sam_manifest(sam, info, out), **(extra_manifest or {})},
-                    parity={"images": names}, failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+    log(f"checking parity in {runtime} against {against} ...")
+    images, names = parity_images(options, image_size)
+    check_parity(files, make_reference(images), options.tolerance, opener)
+    return Exported(files, manifest=manifest, parity={"images": names},
+                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
 
 
 def check_parity(files: list[ExportedFile], reference: TorchReference, tolerance: Tolerance,

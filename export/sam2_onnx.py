@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sam_distill.export.onnx_export import _export, check_opset, onnx_file, to_fp16
+from sam_distill.export.onnx_export import _export, check_opset, family_manifest, pair_files
 from sam_distill.export.registry import Exported, ExportOptions, ExportSource
 
 ENCODER_OUTPUTS = ["high_res_feats_0", "high_res_feats_1", "image_embed"]
@@ -136,30 +136,15 @@ def open_sam2_pair(file_format: str, encoder: Path, decoder: Path):
 
 def export_sam2_onnx(source: ExportSource, options: ExportOptions, out: Path, log=print) -> Exported:
     """fp32 pair; fp16 and dynamic INT8 copies on request; every file's parity against ``SAM2ImagePredictor``."""
-    from sam_distill.export.parity import check_parity, fp32_failure, parity_images
-    from sam_distill.export.quantize import quantize_dynamic_file
+    from sam_distill.export.parity import parity_checked
 
     model, arch, _ = source.load()
     check_opset(options.opset)
     out.mkdir(parents=True, exist_ok=True)
     encoder, decoder = export_pair(model.eval(), out, options.opset)
-    notes = {"encoder": ENCODER_NOTE, "decoder": DECODER_NOTE}
-    files = [onnx_file(encoder, "encoder", "fp32", ENCODER_NOTE), onnx_file(decoder, "decoder", "fp32", DECODER_NOTE)]
-    if options.fp16:
-        files += [onnx_file(to_fp16(path, out / f"{role}.fp16.onnx"), role, "fp16", notes[role])
-                  for role, path in (("encoder", encoder), ("decoder", decoder))]
-    if options.int8:
-        ops = options.int8_ops or "matmul"
-        files += [onnx_file(quantize_dynamic_file(path, out / f"{role}.int8-dynamic.onnx", ops), role, "int8-dynamic",
-                            f"dynamic INT8 ({ops}); {notes[role]}")
-                  for role, path in (("encoder", encoder), ("decoder", decoder))]
-    log("checking parity in onnxruntime against SAM2ImagePredictor ...")
+    files = pair_files(encoder, decoder, out, options, {"encoder": ENCODER_NOTE, "decoder": DECODER_NOTE})
     size = int(model.image_size)
-    images, names = parity_images(options, size)
-    check_parity(files, Sam2TorchReference(model, images), options.tolerance, open_sam2_pair)
-    manifest = {"source": {"model": arch, "image_size": size, "family": "sam2"},
-                "preprocessing": {"resize": "square", "image_size": size, "pixel_mean": [0.485, 0.456, 0.406],
-                                  "pixel_std": [0.229, 0.224, 0.225], "encoder_input": ENCODER_NOTE,
-                                  "layout": f"1x3x{size}x{size} float32 RGB (NCHW)"}}
-    return Exported(files, manifest=manifest, parity={"images": names},
-                    failure=fp32_failure(files, options.tolerance, out / "parity.json"))
+    preprocessing = {"resize": "square", "pixel_mean": [0.485, 0.456, 0.406], "pixel_std": [0.229, 0.224, 0.225]}
+    return parity_checked(files, options, out, size, lambda images: Sam2TorchReference(model, images),
+                          family_manifest(arch, size, "sam2", preprocessing, ENCODER_NOTE), log,
+                          against="SAM2ImagePredictor", opener=open_sam2_pair)

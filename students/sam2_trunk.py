@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from sam_distill.core.errors import DistillError
+from sam_distill.students.timm_student import feature_info
 
 STRIDES = (4, 8, 16, 32)
 
@@ -21,26 +22,23 @@ class TimmTrunk(nn.Module):
         super().__init__()
         import timm
 
-        if backbone not in timm.list_models():
-            raise DistillError(
-                f"timm has no model {backbone!r}; list them with `python -c \"import timm; print(timm.list_models())\"`"
-            )
-        probe = timm.create_model(backbone, pretrained=False, features_only=True)
-        reductions = probe.feature_info.reduction()
-        indices = [reductions.index(stride) for stride in STRIDES if stride in reductions]
-        if len(indices) != len(STRIDES):
-            raise DistillError(f"timm model {backbone!r} has feature maps at strides {reductions}; a SAM 2 student "
-                               f"trunk needs {', '.join(map(str, STRIDES))}")
+        indices, self.channel_list = trunk_layout(backbone)
         self.body = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=indices)
-        self.channel_list = list(reversed(self.body.feature_info.channels()))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
 
 
-def timm_trunk_channels(backbone: str) -> list[int]:
-    """``channel_list`` of a ``TimmTrunk`` without keeping the model (for writing its config)."""
-    return TimmTrunk(backbone).channel_list
+def trunk_layout(backbone: str) -> tuple[list[int], list[int]]:
+    """(timm ``out_indices`` of the stride-4…32 maps, ``channel_list``) of a ``TimmTrunk``, from one look at the
+    backbone (writing a student's config needs the channels without building the trunk)."""
+    info = feature_info(backbone)
+    reductions = info.reduction()
+    indices = [reductions.index(stride) for stride in STRIDES if stride in reductions]
+    if len(indices) != len(STRIDES):
+        raise DistillError(f"timm model {backbone!r} has feature maps at strides {reductions}; a SAM 2 student "
+                           f"trunk needs {', '.join(map(str, STRIDES))}")
+    return indices, [info.channels()[index] for index in reversed(indices)]
 
 
 # sam2's own Hiera at sizes below the published ones (SAM 2.1 tiny is width 96, 12 blocks): no dependency but sam2.
@@ -61,6 +59,6 @@ def sam2_trunk_config(name: str) -> tuple[dict, list[int]]:
                  "window_pos_embed_bkg_spatial_size": [7, 7]}, [width * 8, width * 4, width * 2, width])
     if name.startswith("timm_"):
         backbone = name[len("timm_"):]
-        return {"_target_": f"{__name__}.TimmTrunk", "backbone": backbone}, timm_trunk_channels(backbone)
+        return {"_target_": f"{__name__}.TimmTrunk", "backbone": backbone}, trunk_layout(backbone)[1]
     raise DistillError(f"unknown SAM 2 student {name!r}; choose {', '.join(HIERA_STUDENTS)} or timm_<model> "
                        "(a timm backbone with stride 4-32 feature maps, e.g. timm_mobilenetv3_large_100)")

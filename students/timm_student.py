@@ -18,17 +18,24 @@ EMBED_DIM = 256
 EMBED_STRIDE = 16
 
 
+def feature_info(backbone: str):
+    """timm's ``FeatureInfo`` of a backbone's feature maps (``features_only``: ``reduction()``, ``channels()``), or
+    one line when timm has no model of that name."""
+    import timm
+
+    if backbone not in timm.list_models():
+        raise DistillError(
+            f"timm has no model {backbone!r}; list them with `python -c \"import timm; print(timm.list_models())\"`"
+        )
+    return timm.create_model(backbone, pretrained=False, features_only=True).feature_info
+
+
 class TimmStudent(nn.Module):
     def __init__(self, backbone: str, image_size: int = 1024, fuse_dim: int = 128):
         super().__init__()
         import timm
 
-        if backbone not in timm.list_models():
-            raise DistillError(
-                f"timm has no model {backbone!r}; list them with `python -c \"import timm; print(timm.list_models())\"`"
-            )
-        probe = timm.create_model(backbone, pretrained=False, features_only=True)
-        reductions = probe.feature_info.reduction()
+        reductions = feature_info(backbone).reduction()
         # Keep the maps from stride 8 to 32: fine enough for masks, coarse enough to be cheap.
         indices = tuple(i for i, r in enumerate(reductions) if 8 <= r <= 32)
         if not indices:

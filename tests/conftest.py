@@ -144,3 +144,26 @@ def shapes_sam(tmp_path_factory):
     path = save_model(model.sam.eval(), folder / "model.pt", "vit_tiny")
     return SimpleNamespace(path=path, annotations=annotations, images=images, before=before, after=after,
                            metrics=read_metrics(folder / "run" / "metrics.csv"))
+
+
+@pytest.fixture
+def run_quickstart_small(tmp_path):
+    """``distill run`` on a quickstart config made test-sized: the given data, one epoch, one step of the
+    prompt-in-the-loop stage, fidelity with 2 points; ``teacher`` updates that section. Returns the run folder."""
+    import yaml
+
+    from sam_distill.cli import main
+
+    def run(config_file: str, data: dict, teacher: dict | None = None) -> Path:
+        config = yaml.safe_load((Path(__file__).resolve().parents[1] / config_file).read_text())
+        config.update(run_dir=str(tmp_path / "run"), data=data)
+        config["teacher"].update(teacher or {})
+        config["train"].update(epochs=1, checkpoint_every=1)
+        config["fidelity"] = {"points_per_image": 2}
+        config["prompt_stage"] = {"enabled": True, "max_steps": 1, "batch_size": 1, "prompts_per_image": 2}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert main(["run", str(path)]) == 0
+        return tmp_path / "run"
+
+    return run

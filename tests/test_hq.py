@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("segment_anything_hq")
 
@@ -70,24 +69,14 @@ def test_official_hq_names_and_files_are_told_from_sam(nano_teacher, tmp_path):
     assert isinstance(teacher, HqTeacher) and teacher.arch == NANO and teacher.image_size == SIZE
 
 
-def test_distilled_hq_student_predicts_in_segment_anything_hq(tmp_path, image):
+def test_distilled_hq_student_predicts_in_segment_anything_hq(run_quickstart_small, image):
     from segment_anything_hq import SamPredictor
     from segment_anything_hq.modeling import Sam
 
-    from sam_distill.cli import main
     from sam_distill.data.cache import EmbeddingCache
 
-    config = yaml.safe_load(open("configs/hq_quickstart.yaml"))
-    config.update(run_dir=str(tmp_path / "run"),
-                  data={"synthetic": {"count": 3, "size": 160}, "holdout_fraction": 0.34})
-    config["teacher"]["image_size"] = SIZE
-    config["train"].update(epochs=1, checkpoint_every=1)
-    config["fidelity"] = {"points_per_image": 2}
-    config["prompt_stage"] = {"enabled": True, "max_steps": 1, "batch_size": 1, "prompts_per_image": 2}
-    path = tmp_path / "hq.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["run", str(path)]) == 0
-    run = tmp_path / "run"
+    run = run_quickstart_small("configs/hq_quickstart.yaml", {"synthetic": {"count": 3, "size": 160},
+                                                               "holdout_fraction": 0.34}, teacher={"image_size": SIZE})
     cache = EmbeddingCache(run / "cache")
     assert cache.outputs == ("image_embed", "interm_embed_0")
     assert tuple(cache.targets(0)["interm_embed_0"].shape) == (192, 16, 16)

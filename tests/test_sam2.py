@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("sam2")
 
@@ -92,7 +91,7 @@ def test_official_layout_file_loads_and_bad_files_get_one_line(nano_teacher, tmp
         sam2_models.load_sam2_file(hostile)
 
 
-def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, image):
+def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(run_quickstart_small, image):
     """The whole mobilesam recipe on a SAM 2.1 teacher: the cache holds the three outputs, one loss each, and the
     model file is sam2's: rebuilt from model.yaml by hydra, loaded by sam2's own loader, predicting in
     SAM2ImagePredictor what our loading of it predicts."""
@@ -101,19 +100,10 @@ def test_distilled_sam2_student_loads_and_predicts_in_sam2_unchanged(tmp_path, i
     from sam2.build_sam import _load_checkpoint
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from sam_distill.cli import main
     from sam_distill.data.cache import EmbeddingCache
 
-    config = yaml.safe_load(open("configs/sam2_quickstart.yaml"))
-    config.update(run_dir=str(tmp_path / "run"),
-                  data={"synthetic": {"count": 3, "size": 256}, "holdout_fraction": 0.34})
-    config["train"].update(epochs=1, checkpoint_every=1)
-    config["fidelity"] = {"points_per_image": 2}
-    config["prompt_stage"] = {"enabled": True, "max_steps": 1, "batch_size": 1, "prompts_per_image": 2}
-    path = tmp_path / "sam2.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["run", str(path)]) == 0
-    run = tmp_path / "run"
+    run = run_quickstart_small("configs/sam2_quickstart.yaml", {"synthetic": {"count": 3, "size": 256},
+                                                                 "holdout_fraction": 0.34})
     cache = EmbeddingCache(run / "cache")
     assert cache.outputs == ("image_embed", "high_res_feats_0", "high_res_feats_1")
     assert {name: tuple(value.shape) for name, value in cache.targets(0).items()} == {

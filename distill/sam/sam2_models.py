@@ -91,7 +91,8 @@ def check_targets(node, source: str) -> None:
 
 
 def instantiate_model(config, source: str) -> nn.Module:
-    """A ``SAM2Base`` from a model config (a DictConfig or its plain-dict form), random weights."""
+    """The module under ``config["model"]`` (a ``SAM2Base``, or a student's image encoder) from a config (a
+    DictConfig or its plain-dict form), random weights, once every class it names is trusted."""
     require_sam2()
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -158,7 +159,11 @@ def file_holds_sam2(path: Path) -> bool:
 
 def load_sam2_file(path: Path) -> tuple[nn.Module, str, dict]:
     """(model in eval mode, architecture or student name, its config as a plain dict) of a SAM 2 checkpoint."""
-    state_dict, ours = read_sam2_file(path)
+    return sam2_from_state(*read_sam2_file(path), path)
+
+
+def sam2_from_state(state_dict: dict[str, torch.Tensor], ours: dict | None, path: Path) -> tuple[nn.Module, str, dict]:
+    """``load_sam2_file`` on what ``read_sam2_file`` read (for callers that also want our section)."""
     if ours is not None:
         config = ours["config"]
         model = instantiate_model(config, f"model file {path}")
@@ -272,11 +277,7 @@ def student_encoder_config(name: str, teacher_config) -> dict:
 def build_student(name: str, teacher: nn.Module, teacher_config) -> tuple[Sam2Student, dict]:
     """A random-initialised student for a SAM 2 teacher, and its encoder's config."""
     config = student_encoder_config(name, teacher_config)
-    check_targets(config, f"student {name}")
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    return Sam2Student(instantiate(OmegaConf.create(config), _recursive_=True), teacher), config
+    return Sam2Student(instantiate_model({"model": config}, f"student {name}"), teacher), config
 
 
 def assemble_student(student: Sam2Student, teacher: nn.Module) -> nn.Module:

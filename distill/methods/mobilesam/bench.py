@@ -10,19 +10,12 @@ import onnxruntime as ort
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.model_files import probe
-from sam_distill.eval.bench import (
-    ROLE_STUDENT,
-    ROLE_TEACHER,
-    BenchModel,
-    hq_bench_model,
-    sam2_bench_model,
-    sam_bench_model,
-)
+from sam_distill.eval.bench import ROLE_STUDENT, ROLE_TEACHER, BenchModel, feature_bench_model, sam_bench_model
 from sam_distill.export.quantize import QUANTISED_OPS
 from sam_distill.sam.hq_models import MODEL_FORMAT as HQ_MODEL_FORMAT
 from sam_distill.sam.hq_models import load_hq_file
 from sam_distill.sam.model_file import MODEL_FORMAT, load_model
-from sam_distill.sam.sam2_models import load_sam2_file, read_sam2_file
+from sam_distill.sam.sam2_models import read_sam2_file, sam2_from_state
 
 
 def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
@@ -38,18 +31,18 @@ def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int
 
 def bench_sam2(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
     """A SAM 2 file: an official checkpoint is a teacher, ours a student; the size is SAM 2's own (1024)."""
-    model, arch, _ = load_sam2_file(path)
-    ours = read_sam2_file(path)[1] is not None
-    return sam2_bench_model(model, f"{arch} ({path.name})", "sam-distill-sam2" if ours else "sam2",
-                            ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
+    state_dict, ours = read_sam2_file(path)
+    model, arch, _ = sam2_from_state(state_dict, ours, path)
+    return feature_bench_model(model, "sam2", f"{arch} ({path.name})", "sam-distill-sam2" if ours else "sam2",
+                               ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
 
 
 def bench_hq(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
     """An HQ-SAM file: an official checkpoint is a teacher, ours a student."""
     model, arch = load_hq_file(path)
     ours = probe(path).tag == HQ_MODEL_FORMAT
-    return hq_bench_model(model, f"{arch} ({path.name})", "sam-distill-hq" if ours else "hq-sam",
-                          ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
+    return feature_bench_model(model, "hq", f"{arch} ({path.name})", "sam-distill-hq" if ours else "hq-sam",
+                               ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
 
 
 def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
