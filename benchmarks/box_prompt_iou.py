@@ -30,7 +30,7 @@ def main() -> None:
     for index in range(min(args.images, len(dataset))):
         item = dataset[index]
         with torch.no_grad():
-            answer = model.box_masks(model.encoder(item["image"][None]), item["boxes"]) > 0
+            answer = model.sam.box_masks(model.encode(item["image"][None]), item["boxes"]) > 0
         truth = resize_masks(item["masks"], answer.shape[-1]) > 0.5
         iou = (truth & answer).flatten(1).sum(1) / (truth | answer).flatten(1).sum(1).clamp(min=1)
         print(f"image {index}: mask IoU {[round(v, 2) for v in iou.tolist()]}, "

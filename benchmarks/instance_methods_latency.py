@@ -1,8 +1,9 @@
 """Latency of every automatic instance method at a real input size, on the same encoder.
 
 Builds each method's model file with RANDOM weights (latency, parameters and FLOPs depend on the
-architecture, not the weights): RSPrompter query and anchor prompters, SAM-det, SAM-seg and SAM-cls
-(everything mode at ``--points``² points), then times them all with ``distill bench``'s harness.
+architecture, not the weights): RSPrompter query and anchor prompters, SAM-det, SAM-seg with Mask R-CNN and with
+Mask2Former (the config's defaults: 100 queries, 6 layers, deformable pixel decoder) and SAM-cls (everything mode at
+``--points``² points), then times them all with ``distill bench``'s harness.
 
     python benchmarks/instance_methods_latency.py --encoder tinyvit_5m --image-size 1024 --threads 2 --runs 3
 """
@@ -29,6 +30,7 @@ def main() -> None:
     from sam_distill.data.everything import generator_settings
     from sam_distill.eval.bench import bench_many, format_bench_table
     from sam_distill.methods.prompter.model import build_prompter, save_prompter
+    from sam_distill.methods.rcnn.config import SamSegConfig
     from sam_distill.methods.rcnn.model import build_rcnn, save_rcnn
     from sam_distill.methods.sam_cls.model import SamCls
     from sam_distill.sam.model_file import build_sam_for
@@ -43,6 +45,11 @@ def main() -> None:
         files.append(save_prompter(model, args.out / f"rsprompter_{head}.pt", classes))
     for method in ("sam_det", "sam_seg"):
         files.append(save_rcnn(build_rcnn({**base, "method": method}), args.out / f"{method}.pt", classes))
+    seg = SamSegConfig(head="mask2former")
+    mask2former = {"num_queries": seg.num_queries, "decoder_layers": seg.decoder_layers,
+                   "pixel_decoder": seg.pixel_decoder, "pixel_decoder_layers": seg.pixel_decoder_layers}
+    files.append(save_rcnn(build_rcnn({**base, "method": "sam_seg", "head": "mask2former", "mask2former": mask2former}),
+                           args.out / "sam_seg_mask2former.pt", classes))
     settings = generator_settings(points_per_side=args.points)
     sam_cls = SamCls(build_sam_for(args.encoder, args.image_size),
                      {"encoder": args.encoder, "image_size": args.image_size, "classifier": "pooled",

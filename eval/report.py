@@ -200,23 +200,34 @@ def heavy_vs_light(rows: list[dict], metric: str | None) -> tuple[list[dict], li
     return table, notes
 
 
+def label_log_axis(ax) -> None:
+    """Ticks at 1, 2 and 5 of every decade, labelled as plain numbers: measured latencies often span less than one
+    decade, where the default log axis would show no number at all; the minor ticks stay unlabelled."""
+    import matplotlib.ticker
+
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def plot_pareto(rows: list[dict], references: list[dict], metric: str | None) -> bytes:
     """PNG bytes: measured accuracy vs latency with the front (left); quoted published rows (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     fig, (ax, ax_ref) = plt.subplots(1, 2, figsize=(13, 5.2))
     points = [(r["total_p50_ms"], r[metric], r) for r in rows
               if metric and isinstance(r.get(metric), (int, float)) and r.get("total_p50_ms")]
     if points:
+        several_runs = len({r.get("run") for _, _, r in points}) > 1  # then the run tells like-named models apart
         for rank, (x, y, r) in enumerate(sorted(points, key=lambda p: p[0])):
             marker = "s" if r.get("role") == ROLE_TEACHER else "o"
             ax.scatter(x, y, marker=marker, s=60, color="#c0392b" if marker == "s" else "#2471a3", zorder=3)
             # neighbours along the time axis take turns at three heights, so close points keep readable labels
-            ax.annotate(f"{r['model']} [{r.get('format', '')}]", (x, y), textcoords="offset points",
+            label = f"{r['run']}: {r['model']}" if several_runs else r["model"]
+            ax.annotate(f"{label} [{r.get('format', '')}]", (x, y), textcoords="offset points",
                         xytext=(6, (6, -12, 18)[rank % 3]), fontsize=8)
         front = [points[i] for i in pareto_front([(x, y) for x, y, _ in points])]
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#27ae60", linewidth=1.5,
@@ -227,7 +238,7 @@ def plot_pareto(rows: list[dict], references: list[dict], metric: str | None) ->
         ax.set_ylabel(METRICS[metric])
     else:
         ax.text(0.5, 0.5, "no model with both accuracy and latency", ha="center", va="center", transform=ax.transAxes)
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log ticks unlabelled: they overlap
+    label_log_axis(ax)
     ax.set_xlabel("latency, encoder + decoder p50 (ms, log scale)")
     ax.set_title("measured here")
     ax.grid(True, which="both", alpha=0.3)
@@ -243,7 +254,7 @@ def plot_pareto(rows: list[dict], references: list[dict], metric: str | None) ->
                     color="#95a5a6", linestyle="--", label="front (mixed hardware)")
         ax_ref.legend(loc="lower right", fontsize=8)
     ax_ref.set_xscale("log")
-    ax_ref.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    label_log_axis(ax_ref)
     ax_ref.set_xlabel("published latency (ms, log scale; each on its own hardware)")
     ax_ref.set_ylabel("COCO mask AP (%)")
     ax_ref.set_title("QUOTED from papers, not measured here")

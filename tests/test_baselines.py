@@ -13,7 +13,7 @@ from sam_distill.data.coco import CocoInstances, make_synthetic_coco
 from sam_distill.eval.coco_ap import instance_ap
 from sam_distill.methods.instance_predict import predict_dataset
 from sam_distill.methods.instances import InstanceObjective
-from sam_distill.methods.rcnn.model import build_rcnn, load_rcnn, sam_box_masks, save_rcnn
+from sam_distill.methods.rcnn.model import build_rcnn, load_rcnn, save_rcnn
 from sam_distill.students.heads.pyramid import SimpleFeaturePyramid
 from sam_distill.train.loop import Schedule, train
 
@@ -76,19 +76,23 @@ def test_sam_det_masks_are_sams_answers_to_the_detected_boxes(shapes):
     prediction = model.predict(images, score_threshold=0.0)[0]
     assert len(prediction["boxes"]) > 0
     with torch.no_grad():
-        expected = sam_box_masks(model.prompt_encoder, model.mask_decoder, model.encoder(images), prediction["boxes"])
+        sparse, dense = model.sam.prompt_encoder(points=None, boxes=prediction["boxes"], masks=None)
+        expected = model.sam.mask_decoder(image_embeddings=model.sam.image_encoder(images),
+                                          image_pe=model.sam.prompt_encoder.get_dense_pe(),
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                          multimask_output=False)[0][:, 0]
     assert prediction["masks"].shape == (len(prediction["boxes"]), 4 * SIZE // 16, 4 * SIZE // 16)
     torch.testing.assert_close(prediction["masks"], expected)
 
 
 def test_sam_det_decoder_fine_tuning_lowers_the_mask_loss(shapes):
     model = tiny_rcnn("sam_det", train_decoder=True)
-    assert all(p.requires_grad for p in model.mask_decoder.parameters())
-    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.sam.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())
     dataset = CocoInstances(*shapes, SIZE)
     items = [dataset[i] for i in range(2)]
     images = torch.stack([item["image"] for item in items])
-    optimizer = torch.optim.AdamW(model.mask_decoder.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.sam.mask_decoder.parameters(), lr=1e-3)
     model.train()
     losses = []
     for _ in range(30):
@@ -127,6 +131,7 @@ def _not_rcnn(tmp_path):
 def test_sam_det_prompts_sam_with_given_coco_detections(shapes):
     from sam_distill.methods.rcnn.recipe import prompt_with_detections, read_detections
     from sam_distill.sam.build import build_sam
+    from sam_distill.sam.families import SamParts
 
     dataset = CocoInstances(*shapes, SIZE)
     ground_truth = dataset.coco.dataset["annotations"]
@@ -134,7 +139,7 @@ def test_sam_det_prompts_sam_with_given_coco_detections(shapes):
                   for a in ground_truth]
     grouped = read_detections(_write(shapes[0].parent / "dets.json", detections), dataset.coco)
     torch.manual_seed(0)
-    results = prompt_with_detections(build_sam("vit_tiny", SIZE), dataset, grouped, torch.device("cpu"))
+    results = prompt_with_detections(SamParts(build_sam("vit_tiny", SIZE)), dataset, grouped, torch.device("cpu"))
     assert results, "SAM gave every box an empty mask"
     by_box = {(r["image_id"], tuple(round(v, 3) for v in r["bbox"])): r for r in results}
     for det in detections:  # class, score and box travel through; the mask is SAM's
@@ -205,15 +210,15 @@ def test_baselines_run_on_the_teacher_or_a_distilled_student(tmp_path, tiny_teac
     on_teacher = build_rcnn({"method": "sam_det", "encoder": "vit_tiny", "image_size": 256, "num_classes": 2,
                              "width": 32}, tiny_teacher_checkpoint)
     key = "patch_embed.proj.weight"
-    torch.testing.assert_close(on_teacher.encoder.state_dict()[key], teacher_state[f"image_encoder.{key}"])
-    torch.testing.assert_close(on_teacher.mask_decoder.state_dict()["iou_token.weight"],
+    torch.testing.assert_close(on_teacher.sam.image_encoder.state_dict()[key], teacher_state[f"image_encoder.{key}"])
+    torch.testing.assert_close(on_teacher.sam.mask_decoder.state_dict()["iou_token.weight"],
                                teacher_state["mask_decoder.iou_token.weight"])
 
     student = sam_with_encoder(create_student("timm_resnet18", image_size=256), 256)
     path = save_model(student, tmp_path / "model.pt", "timm_resnet18")
     on_student = build_rcnn({"method": "sam_seg", "encoder": "timm_resnet18", "image_size": 256, "num_classes": 2,
                              "width": 32}, path)
-    torch.testing.assert_close(on_student.encoder.state_dict(), student.image_encoder.state_dict())
+    torch.testing.assert_close(on_student.sam.image_encoder.state_dict(), student.image_encoder.state_dict())
     assert len(on_student.eval().predict(torch.randn(1, 3, 256, 256))) == 1
     with pytest.raises(DistillError, match="holds a timm_resnet18 encoder but the encoder is named 'tinyvit_5m'"):
         build_rcnn({"method": "sam_seg", "encoder": "tinyvit_5m", "image_size": 256, "num_classes": 2}, path)

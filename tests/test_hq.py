@@ -69,6 +69,32 @@ def test_official_hq_names_and_files_are_told_from_sam(nano_teacher, tmp_path):
     assert isinstance(teacher, HqTeacher) and teacher.arch == NANO and teacher.image_size == SIZE
 
 
+def test_light_hq_sam_file_is_a_teacher_that_predicts_as_the_packages_vit_t(tmp_path, image):
+    """Light HQ-SAM (TinyViT encoder, 160-d early feature) in its official layout, a bare state dict as
+    ``sam_hq_vit_tiny.pth`` is: taken as a teacher, it gives the features and masks that segment-anything-hq's own
+    ``build_sam_vit_t`` model gives in its ``SamPredictor``."""
+    from segment_anything_hq import SamPredictor, sam_model_registry
+
+    torch.manual_seed(0)
+    reference = sam_model_registry["vit_tiny"]()  # the package's builder, no checkpoint: random weights
+    path = tmp_path / "sam_hq_vit_tiny.pth"
+    torch.save(reference.state_dict(), path)
+    teacher = load_teacher("light_hq", path)
+    assert isinstance(teacher, HqTeacher) and teacher.arch == hq_models.LIGHT_HQ and teacher.image_size == 1024
+    assert teacher.outputs["interm_embed_0"] == (160, 64, 64)
+    features = teacher.embed_outputs(teacher.preprocessing(image)[None])
+    predictor = SamPredictor(reference.eval())
+    predictor.set_image(image)
+    assert torch.allclose(features["image_embed"], predictor.features, atol=1e-4)
+    box = np.array([55.0, 35.0, 135.0, 105.0])
+    _, _, low_res = predictor.predict(box=box, multimask_output=False)
+    with torch.inference_mode():
+        ours, _ = teacher.decode(features, boxes=torch.tensor(box[None] * 1024 / 200, dtype=torch.float32))
+    assert np.abs(ours.numpy() - low_res).max() < 1e-3
+    with pytest.raises(DistillError, match="1024-px inputs only"):
+        hq_models.build_hq_model(hq_models.LIGHT_HQ, 512)
+
+
 def test_distilled_hq_student_predicts_in_segment_anything_hq(run_quickstart_small, image):
     from segment_anything_hq import SamPredictor
     from segment_anything_hq.modeling import Sam
@@ -175,3 +201,26 @@ def test_an_hq_file_answers_a_box_on_a_geotiff_scene(nano_teacher, tmp_path):
     minx, miny, maxx, maxy = frame.total_bounds  # the 256-px window around the box, in metres
     assert 500_000 + 0.5 * 367 <= minx and maxx <= 500_000 + 0.5 * 713
     assert 4_100_000 - 0.5 * 558 <= miny and maxy <= 4_100_000 - 0.5 * 302
+
+
+def test_single_commands_embed_train_assemble_an_hq_student(image_folder, tmp_path, capsys):
+    """`distill embed` → `distill train` → `distill assemble` for an HQ-SAM teacher: train names the teacher that
+    made the cache (refused without it, or with another), weighs its outputs, and assemble writes an HQ-SAM."""
+    from sam_distill.cli import main
+
+    teacher_args = ["--teacher", NANO, "--random-init"]
+    assert main(["embed", str(image_folder), "--out", str(tmp_path / "cache"), *teacher_args,
+                 "--image-size", str(SIZE)]) == 0
+    train = ["train", str(tmp_path / "cache"), "--student", "timm_test_vit", "--out", str(tmp_path / "state"),
+             "--max-steps", "2", "--batch-size", "2", "--workers", "0", "--warmup-steps", "0"]
+    assert main(train) == 2
+    assert "holds the outputs of hq_vit_nano (image_embed, interm_embed_0)" in capsys.readouterr().err
+    assert main([*train, "--teacher", "hq_vit_b", "--random-init"]) == 2
+    assert "is not the teacher that made cache" in capsys.readouterr().err
+    assert main([*train, *teacher_args, "--output-weight", "interm_embed_0=0.5"]) == 0
+    metrics = (tmp_path / "state" / "metrics.csv").read_text().splitlines()[0]
+    assert "interm_embed_0" in metrics and "image_embed" in metrics
+    assert main(["assemble", str(tmp_path / "state"), "--student", "timm_test_vit", "--out", str(tmp_path / "model"),
+                 *teacher_args, "--image-size", str(SIZE)]) == 0
+    model, student = hq_models.load_hq_file(tmp_path / "model" / "model.pt")
+    assert student == "timm_test_vit" and isinstance(model.image_encoder, hq_models.HqStudentEncoder)

@@ -46,11 +46,11 @@ def test_taps_and_aggregator_on_every_encoder_family(encoder, channels):
     if channels:
         assert model.encoder.channels == channels
     else:  # timm: one tap per features_only level, with timm's own channel counts
-        assert model.encoder.channels == model.encoder.encoder.backbone.feature_info.channels()
+        assert model.encoder.channels == model.sam.image_encoder.backbone.feature_info.channels()
     embedding, features = model.features(torch.randn(2, 3, SIZE, SIZE))
-    assert embedding.shape == (2, 256, SIZE // 16, SIZE // 16)
+    assert embedding.embed.shape == (2, 256, SIZE // 16, SIZE // 16)
     assert features.shape == (2, 32, SIZE // 16, SIZE // 16)
-    assert not any(p.requires_grad for p in model.encoder.parameters())  # frozen by default
+    assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())  # frozen by default
     assert not any(p.requires_grad for p in model.mask_decoder.parameters())
 
 
@@ -251,12 +251,12 @@ def test_prompter_learns_generated_instances_to_ap50_0_9(shapes_sam, tmp_path, h
     finetune objective on these images) and stays FROZEN; the aggregator, the prompter and SAM's decoder learn."""
     dataset = CocoInstances(shapes_sam.annotations, shapes_sam.images, SIZE)
     model = tiny_prompter(head, checkpoint=shapes_sam.path, train_encoder=False)
-    assert not any(p.requires_grad for p in model.encoder.parameters())
-    frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())
+    frozen = {k: v.clone() for k, v in model.sam.image_encoder.state_dict().items()}
     schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=2e-3, min_lr=1e-4, weight_decay=0.01,
                         warmup_steps=10, checkpoint_every=1000, log_every=20, max_steps=120)
     train(InstanceObjective(model, "prompter"), dataset, schedule, tmp_path, log=lambda m: None)
-    assert all(torch.equal(v, frozen[k]) for k, v in model.encoder.state_dict().items())
+    assert all(torch.equal(v, frozen[k]) for k, v in model.sam.image_encoder.state_dict().items())
     results = predict_dataset(model, dataset, dataset.classes, torch.device("cpu"), progress=False)
     scores = instance_ap(dataset.coco, results)
     assert scores["mask_AP50"] >= 0.9, scores
@@ -394,11 +394,11 @@ def test_lora_encoder_trains_only_its_adapters_and_saves_as_plain_weights(shapes
     dataset = CocoInstances(annotations, images, SIZE)
     model = tiny_prompter("query", train_encoder="lora", lora_rank=4, lora_alpha=8.0)
     assert len(model.adapted) == 4  # the qkv projection of each of vit_tiny's 4 blocks
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad and name.startswith("encoder.")]
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad and name.startswith("sam.image_encoder.")]
     assert trainable and all(".lora_" in name for name in trainable)
-    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("encoder.") and ".lora_" not in k}
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("sam.image_encoder.") and ".lora_" not in k}
     objective = InstanceObjective(model, "prompter")
-    assert {k for k in objective.trainable_state() if k.startswith("encoder.")} == \
+    assert {k for k in objective.trainable_state() if k.startswith("sam.image_encoder.")} == \
         {k for k in model.state_dict() if ".lora_" in k}
     schedule = Schedule(epochs=1, batch_size=2, grad_accum=1, lr=1e-2, min_lr=1e-3, weight_decay=0.0, warmup_steps=0,
                         checkpoint_every=100, log_every=100, max_steps=2)

@@ -150,13 +150,14 @@ def test_rerun_reuses_cached_proposals(pooled_run):
 def test_bench_times_encoder_and_everything_mode(pooled_run):
     from sam_distill.eval.bench import load_bench_model
     from sam_distill.methods.sam_cls.model import load_sam_cls
+    from sam_distill.sam.families import ImageFeatures
 
     model = load_sam_cls(pooled_run / "run" / "model" / "sam_cls.pt")
-    logits = model.decode_and_classify(torch.randn(256, 8, 8))
+    logits = model.decode_and_classify(ImageFeatures(torch.randn(1, 256, 8, 8)))
     assert logits.shape == (EVERYTHING["points_per_side"] ** 2, 4)  # one mask per grid point, background + 3
     bench = load_bench_model(str(pooled_run / "run" / "model" / "sam_cls.pt"))
     assert bench.kind == "sam_cls" and bench.image_size == 128 and "point grid" in bench.notes[0]
-    assert bench.encoder().shape == (1, 256, 8, 8)
+    assert bench.encoder().embed.shape == (1, 256, 8, 8)
 
 
 @pytest.fixture(scope="module")

@@ -289,7 +289,7 @@ def test_a_foreign_state_is_refused_in_one_line(tiny_teacher, tiny_cache, shapes
     with pytest.raises(DistillError, match="holds a training state of instances/sam_det, not of instances/sam_seg"):
         train(InstanceObjective(frozen_decoder, "sam_seg"), shapes_set, schedule, tmp_path / "det")
     model.train_decoder = False  # the same method with a frozen decoder: other trainable parts
-    model.mask_decoder.requires_grad_(False)
+    model.sam.mask_decoder.requires_grad_(False)
     with pytest.raises(DistillError, match=r"det/last\.pt was saved with other trainable parts; delete it"):
         train(InstanceObjective(model, "sam_det"), shapes_set, schedule, tmp_path / "det")
 

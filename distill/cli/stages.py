@@ -37,9 +37,7 @@ def cmd_train(args) -> int:
 
     context = init_distributed(args.device)
     cache = EmbeddingCache(args.cache)
-    if len(cache.outputs) > 1:
-        raise DistillError(f"cache {args.cache} holds a SAM 2 teacher's outputs; distil SAM 2 students with "
-                           "`distill run` (recipe mobilesam)")
+    teacher = cache_teacher(cache, args) if len(cache.outputs) > 1 else None
     train_indices, holdout = cache.split(args.holdout)
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
@@ -47,13 +45,43 @@ def cmd_train(args) -> int:
                          amp=not args.no_amp)
     if not args.resume and (args.out / "last.pt").exists():
         raise DistillError(f"{args.out} already holds a training state; pass --resume to continue it or choose another --out")
-    student = init_student(args.student, cache.image_size, args.init)
+    student = init_student(args.student, cache.image_size, args.init, teacher)
     summary = train_stage(student, cache, train_indices, config, args.out, context, args.seed, print,
-                          {"student": args.student, "cache": str(args.cache)})
+                          {"student": args.student, "cache": str(args.cache)}, output_weights(args.output_weight))
     if context.is_main:
         print(f"trained {summary['steps']} steps; state in {args.out / 'last.pt'} "
               f"({len(holdout)} held-out images left for `distill eval fidelity`)")
     return 0
+
+
+def cache_teacher(cache, args):
+    """The teacher that made a cache of several outputs (a SAM 2 or HQ-SAM one): its student is built around the
+    teacher's own parts (SAM 2's projections and no-memory embedding, HQ-SAM's early-feature width), so the
+    teacher is named again and must be the very one the cache is stamped with."""
+    from sam_distill.sam.teachers import load_teacher
+
+    made_by = cache.identity["teacher"]
+    if args.teacher is None:
+        raise DistillError(f"cache {cache.dir} holds the outputs of {made_by['name']} ({', '.join(cache.outputs)}), "
+                           f"whose student is built around the teacher's parts: name it with --teacher "
+                           f"{made_by['name']} and --checkpoint FILE (or --random-init, as the cache was made)")
+    teacher = load_teacher(args.teacher, args.checkpoint, args.random_init, cache.image_size)
+    if teacher.identity != made_by:
+        raise DistillError(f"--teacher {args.teacher} is not the teacher that made cache {cache.dir} ({made_by['name']}, "
+                           f"{made_by['checkpoint_sha256'][:16]}...); give that one")
+    return teacher
+
+
+def output_weights(pairs: list[str] | None) -> dict[str, float]:
+    """``--output-weight NAME=W`` pairs (a SAM 2 / HQ-SAM cache's outputs; unnamed ones weigh 1)."""
+    weights = {}
+    for pair in pairs or []:
+        name, _, value = pair.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise DistillError(f"--output-weight {pair!r} must be NAME=NUMBER, e.g. high_res_feats_0=0.5") from None
+    return weights
 
 
 def cmd_assemble(args) -> int:
@@ -180,6 +208,12 @@ def register(subparsers) -> None:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default="auto")
+    p.add_argument("--teacher", help="a SAM 2 / HQ-SAM cache only: the teacher that made it (its student is built "
+                   "around the teacher's parts)")
+    p.add_argument("--checkpoint", type=Path, help="with --teacher: its local file")
+    p.add_argument("--random-init", action="store_true", help="with --teacher: random weights, as the cache was made")
+    p.add_argument("--output-weight", action="append", metavar="NAME=W",
+                   help="a SAM 2 / HQ-SAM cache: the loss weight of one output (default 1 each)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("assemble", help="student encoder + the teacher's decoder -> one SAM checkpoint")

@@ -49,11 +49,10 @@ class InstanceObjective(Objective):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The weights that change during training (a frozen encoder/decoder is rebuilt, not re-saved)."""
         model = self.model
-        parts = (("encoder.", model.train_encoder == "full"), ("mask_decoder.", model.train_decoder),
-                 ("prompt_encoder.", False))
-        frozen = tuple(prefix for prefix, trains in parts if not trains)
+        parts = (("sam.image_encoder.", model.train_encoder == "full"), ("sam.mask_decoder.", model.train_decoder))
+        trained = tuple(prefix for prefix, trains in parts if trains)
         return {k: v for k, v in model.state_dict().items()
-                if not k.startswith(frozen) or (k.startswith("encoder.") and ".lora_" in k)}
+                if not k.startswith("sam.") or k.startswith(trained) or ".lora_" in k}
 
     def evaluate(self) -> dict[str, float]:
         return self.scorer()

@@ -87,8 +87,10 @@ class EncoderConfig(Section):
     """The SAM the instance recipes (prompter, sam_det, sam_seg, sam_cls) build on: the teacher or a distilled
     student, so every method can be compared on the same encoder."""
 
-    name: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m or a student (timm_<model>)")
-    checkpoint: Optional[Path] = Field(None, description="SAM or sam-distill model file; else RANDOM weights")
+    name: str = Field("tinyvit_5m", description="vit_b/vit_l/vit_h/vit_tiny/tinyvit_5m, a student (timm_<model>), a "
+                      "SAM 2 (sam2.1_hiera_t, ...) or HQ-SAM (hq_vit_b, ...) architecture: what the checkpoint holds")
+    checkpoint: Optional[Path] = Field(None, description="a SAM, SAM 2 or HQ-SAM file (official or a distilled "
+                                       "model); else RANDOM weights")
     image_size: int = Field(1024, ge=64, multiple_of=16)
     train: Literal["frozen", "lora", "full"] = Field(
         "frozen", description="frozen (RSPrompter's default), lora (low-rank adapters on the attention projections, "

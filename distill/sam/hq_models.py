@@ -33,7 +33,11 @@ HQ_VITS = {
     "hq_vit_b": (768, 12, 12, (2, 5, 8, 11)),
     "hq_vit_nano": (192, 4, 3, (1, 3)),
 }
-HQ_ARCHITECTURES = tuple(HQ_VITS)
+# Light HQ-SAM: MobileSAM's TinyViT-5M with the HQ decoder (its early feature is TinyViT's second stage, 160-d);
+# segment-anything-hq's TinyViT is written for 1024-px inputs only.
+LIGHT_HQ = "hq_vit_tiny"
+LIGHT_HQ_DIM = 160
+HQ_ARCHITECTURES = (*HQ_VITS, LIGHT_HQ)
 
 
 def require_hq():
@@ -65,15 +69,32 @@ def hq_sam(image_encoder: nn.Module, vit_dim: int, image_size: int) -> nn.Module
     ).eval()
 
 
+def light_hq_encoder() -> nn.Module:
+    """Light HQ-SAM's image encoder: segment-anything-hq's TinyViT as its ``build_sam_vit_t`` makes it (which we do
+    not call: given a file it loads it unsafely)."""
+    from segment_anything_hq.modeling import TinyViT
+
+    return TinyViT(img_size=1024, in_chans=3, num_classes=1000, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                   num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                   drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
+                   layer_lr_decay=0.8)
+
+
 def build_hq_model(arch: str, image_size: int = 1024, seed: int | None = None) -> nn.Module:
-    """A random-initialised HQ-SAM of one of HQ-SAM's ViT sizes (or the test one), at ``image_size``."""
+    """A random-initialised HQ-SAM of one of HQ-SAM's ViT sizes (or the test one) at ``image_size``, or Light HQ-SAM
+    (1024 px only)."""
     require_hq()
     from segment_anything_hq.modeling import ImageEncoderViT
 
-    if arch not in HQ_VITS:
+    if arch not in HQ_ARCHITECTURES:
         raise DistillError(f"unknown HQ-SAM architecture {arch!r}; choose one of: {', '.join(HQ_ARCHITECTURES)}")
     if seed is not None:
         torch.manual_seed(seed)
+    if arch == LIGHT_HQ:
+        if image_size != 1024:
+            raise DistillError(f"Light HQ-SAM ({LIGHT_HQ}) takes 1024-px inputs only (segment-anything-hq's TinyViT "
+                               f"is written for them); image_size is {image_size}: set it to 1024")
+        return hq_sam(light_hq_encoder(), LIGHT_HQ_DIM, 1024)
     width, depth, heads, global_blocks = HQ_VITS[arch]
     encoder = ImageEncoderViT(depth=depth, embed_dim=width, img_size=image_size, mlp_ratio=4,
                               norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=heads, patch_size=16,
@@ -87,11 +108,12 @@ def is_hq_state_dict(state_dict: dict) -> bool:
 
 
 def detect_hq_arch(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
-    """(architecture, image size) of an HQ-SAM ViT state dict."""
+    """(architecture, image size) of an HQ-SAM state dict: a ViT one, or Light HQ-SAM's TinyViT."""
+    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:  # TinyViT's convolutional stem
+        return LIGHT_HQ, 1024
     qkv = state_dict.get("image_encoder.blocks.0.attn.qkv.weight")
     if qkv is None:
-        raise DistillError(f"checkpoint {path} is an HQ-SAM whose encoder is not a ViT (Light HQ-SAM's TinyViT is "
-                           "not taken as a teacher yet); give an HQ-SAM ViT-B/L/H checkpoint")
+        raise DistillError(f"checkpoint {path} is an HQ-SAM whose encoder is neither a ViT nor Light HQ-SAM's TinyViT")
     depth = len({key.split(".")[2] for key in state_dict if key.startswith("image_encoder.blocks.")})
     for arch, (width, blocks, _, _) in HQ_VITS.items():
         if width == qkv.shape[1] and blocks == depth:

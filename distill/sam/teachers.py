@@ -151,6 +151,14 @@ class HqTeacher(Teacher):
         return hq_models.decode_features(self.model, features, points=points, boxes=boxes, multimask=multimask)
 
 
+def teacher_of(family: str, model: torch.nn.Module, name: str, arch: str, checkpoint: Path | None, digest: str,
+               random_init: bool, config: dict | None = None) -> Teacher:
+    """A loaded model of any family as the ``Teacher`` of that family (SAM 2's keeps its hydra ``config``)."""
+    if family == "sam2":
+        return Sam2Teacher(model, name, arch, checkpoint, digest, random_init, config or {})
+    return {"sam": Teacher, "hq": HqTeacher}[family](model, name, arch, checkpoint, digest, random_init)
+
+
 def load_hq_teacher(name: str, checkpoint: Path | None, random_init: bool, image_size: int, seed: int) -> HqTeacher:
     arch = TEACHERS.get(name).arch if name in TEACHERS else name
     if random_init:

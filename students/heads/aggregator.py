@@ -4,8 +4,9 @@ and fuse them with residual connections into one dense map on SAM's embedding gr
 convolution, summed cumulatively with a residual 3×3 convolution after each addition, then a fusion to 256.
 
 ``encoder_taps`` is the one place that knows where each encoder family keeps its intermediate features:
-SAM ViT ``blocks[i]`` (B×H×W×C), TinyViT ``layers[i]`` (B×N×C token sequences) and timm students'
-``backbone`` (a list of B×C×H×W maps, features_only).
+SAM and HQ-SAM ViT ``blocks[i]`` (B×H×W×C), SAM 2's Hiera ``blocks[i]`` (B×H×W×C, at strides 4 to 32),
+TinyViT ``layers[i]`` (B×N×C token sequences) and timm students' and trunks' features_only model (a list of
+B×C×H×W maps).
 """
 from __future__ import annotations
 
@@ -40,20 +41,26 @@ class Tap:
 
 
 def encoder_taps(encoder: nn.Module, indices: list[int] | None = None) -> list[Tap]:
-    """The hook points of an encoder; ``indices`` picks ViT blocks / TinyViT stages / timm feature levels
-    (default: RSPrompter's every second ViT block, ``range(1, depth, 2)``; every stage otherwise)."""
-    if hasattr(encoder, "blocks") and hasattr(encoder, "patch_embed"):  # segment-anything ImageEncoderViT
+    """The hook points of an encoder; ``indices`` picks ViT blocks / Hiera blocks / TinyViT stages / timm feature
+    levels (default: RSPrompter's every second ViT block, ``range(1, depth, 2)``; the last block of each stage of a
+    hierarchical encoder, which has no such rule in the paper, as for TinyViT and timm: every stage)."""
+    features_only = getattr(encoder, "backbone", getattr(encoder, "body", None))
+    if hasattr(encoder, "blocks") and hasattr(encoder, "stage_ends"):  # sam2 Hiera
+        modules, layout = list(encoder.blocks), "nhwc"
+        default = list(encoder.stage_ends)
+    elif hasattr(encoder, "blocks") and hasattr(encoder, "patch_embed"):  # segment-anything(-hq) ImageEncoderViT
         modules, layout = list(encoder.blocks), "nhwc"
         default = list(range(1, len(modules), 2))
     elif hasattr(encoder, "layers") and hasattr(encoder, "neck"):  # TinyViT
         modules, layout = list(encoder.layers), "tokens"
         default = list(range(len(modules)))
-    elif hasattr(encoder, "backbone") and hasattr(encoder.backbone, "feature_info"):  # timm student
-        count = len(encoder.backbone.feature_info.channels())
-        modules, layout = [encoder.backbone] * count, "nchw"
+    elif hasattr(features_only, "feature_info"):  # timm student or SAM 2 timm trunk
+        count = len(features_only.feature_info.channels())
+        modules, layout = [features_only] * count, "nchw"
         default = list(range(count))
     else:
-        raise DistillError(f"encoder {type(encoder).__name__} has no known feature taps (SAM ViT, TinyViT or timm student)")
+        raise DistillError(f"encoder {type(encoder).__name__} has no known feature taps (SAM ViT, Hiera, TinyViT or "
+                           "timm)")
     indices = default if indices is None else sorted(indices)
     bad = [i for i in indices if not -len(modules) <= i < len(modules)]
     if bad or not indices:
@@ -62,28 +69,28 @@ def encoder_taps(encoder: nn.Module, indices: list[int] | None = None) -> list[T
     return [Tap(modules[i], layout, i if layout == "nchw" else None) for i in indices]
 
 
-class TappedEncoder(nn.Module):
-    """Runs the encoder once and returns its embedding together with the tapped feature maps."""
+class TappedEncoder:
+    """Runs a SAM's image encoder once (``sam.encode``: any family's parts) and returns its features together with
+    the tapped maps. Not a module: the SAM's weights belong to the model that holds the SAM."""
 
-    def __init__(self, encoder: nn.Module, indices: list[int] | None = None):
-        super().__init__()
-        self.encoder = encoder
-        self.taps = encoder_taps(encoder, indices)
-        size = int(encoder.img_size)
+    def __init__(self, sam, indices: list[int] | None = None):
+        self.sam = sam
+        self.taps = encoder_taps(sam.tap_root, indices)
+        size = int(sam.image_size)
         with torch.no_grad():
-            _, maps = self.forward(torch.zeros(1, 3, size, size))
+            _, maps = self(torch.zeros(1, 3, size, size, device=next(sam.parameters()).device))
         self.channels = [m.shape[1] for m in maps]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, images: torch.Tensor):
         captured: list[torch.Tensor] = []
         handles = [tap.module.register_forward_hook(lambda _m, _i, out, tap=tap: captured.append(tap.to_map(out)))
                    for tap in self.taps]
         try:
-            embedding = self.encoder(images)
+            features = self.sam.encode(images)
         finally:
             for handle in handles:
                 handle.remove()
-        return embedding, captured
+        return features, captured
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:

@@ -12,13 +12,13 @@ from sam_distill.methods.prompter.onnx import AnchorHeadGraph, QueryHeadGraph
 
 
 def prompter_prompts(model, pixels: torch.Tensor):
-    """What SAM's decoder takes from the head for one image: (image embedding, prompt embeddings, the query
+    """What SAM's decoder takes from the head for one image: (image features, prompt embeddings, the query
     prompter's coarse masks as the dense prompt or None)."""
-    embedding, taps = model.encoder(pixels)
+    features, taps = model.encoder(pixels)
     if model.config["head"] == "query":
         _, prompts, coarse = QueryHeadGraph(model)(*taps)
-        return embedding, prompts[0], coarse[0] if model.head.dense_prompt else None
-    return embedding, AnchorHeadGraph(model)(*taps)[-1], None
+        return features, prompts[0], coarse[0] if model.head.dense_prompt else None
+    return features, AnchorHeadGraph(model)(*taps)[-1], None
 
 
 def bench_prompter(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:

@@ -1,6 +1,7 @@
 """``RSPrompterModel``: encoder (frozen by default) → feature taps → aggregator → prompter → SAM's prompt
-encoder and mask decoder (frozen by default). Saved as one plain-data ``torch.save`` that loads with
-``weights_only=True``: ``{"format": "sam-distill/prompter", "config": {...}, "classes": [...], "state_dict": ...}``."""
+encoder and mask decoder (frozen by default), for a SAM, SAM 2 or HQ-SAM (``sam.families``). Saved as one
+plain-data ``torch.save`` that loads with ``weights_only=True``: ``{"format": "sam-distill/prompter", "config":
+{...}, "classes": [...], "state_dict": ...}``; ``config["sam"]`` rebuilds a SAM 2 or HQ-SAM."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from segment_anything.modeling import Sam
 
 from sam_distill.core.fileio import load_tagged, save_tagged_model
-from sam_distill.sam.model_file import build_sam_for
+from sam_distill.sam.families import ImageFeatures, SamParts, build_sam_parts
 from sam_distill.students.heads import create_head
 from sam_distill.students.heads.aggregator import Aggregator, TappedEncoder
 from sam_distill.students.lora import adapt_encoder, encoder_mode, lora_settings, merged_encoder_config
@@ -20,13 +20,13 @@ PROMPTER_FORMAT = "sam-distill/prompter"
 
 
 class RSPrompterModel(nn.Module):
-    def __init__(self, sam: Sam, config: dict):
+    def __init__(self, sam: SamParts, config: dict):
         super().__init__()
-        self.config = dict(config)
-        self.image_size = int(sam.image_encoder.img_size)
+        self.config = {**config, "sam": sam.spec}
+        self.image_size = int(sam.image_size)
         self.grid = self.image_size // 16
-        self.encoder = TappedEncoder(sam.image_encoder, config.get("taps"))
-        self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
+        self.sam = sam
+        self.encoder = TappedEncoder(sam, config.get("taps"))
         width = int(config.get("width", 256))
         self.aggregator = Aggregator(self.encoder.channels, self.grid, width, int(config.get("hidden", 32)),
                                      config.get("norm", "batch"))
@@ -35,35 +35,41 @@ class RSPrompterModel(nn.Module):
         self.train_encoder = encoder_mode(config.get("train_encoder"))
         self.train_decoder = bool(config.get("train_decoder", False))
         self.adapted = adapt_encoder(sam.image_encoder, self.train_encoder, *lora_settings(config))
-        self.prompt_encoder.requires_grad_(False)
-        self.mask_decoder.requires_grad_(self.train_decoder)
+        sam.prompt_encoder.requires_grad_(False)
+        sam.mask_decoder.requires_grad_(self.train_decoder)
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.sam.prompt_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.sam.mask_decoder
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.encoder.train(mode and self.train_encoder == "full")  # else it stays in inference mode
-        self.mask_decoder.train(mode and self.train_decoder)
+        self.sam.train(False)
+        self.sam.image_encoder.train(mode and self.train_encoder == "full")  # else it stays in inference mode
+        self.sam.mask_decoder.train(mode and self.train_decoder)
         return self
 
-    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image embeddings B×256×G×G, aggregated map B×W×G×G)."""
+    def features(self, images: torch.Tensor) -> tuple[ImageFeatures, torch.Tensor]:
+        """(what the SAM's decoder takes of the images, aggregated map B×W×G×G)."""
         with nullcontext() if self.train_encoder != "frozen" and torch.is_grad_enabled() else torch.no_grad():
             embeddings, taps = self.encoder(images)
         return embeddings, self.aggregator(taps)
 
-    def decode(self, embedding: torch.Tensor, prompts: torch.Tensor,
+    def decode(self, features: ImageFeatures, prompts: torch.Tensor,
                mask_prompts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's embedding (1×256×G×G), n×K×256 sparse prompts and optionally n×4G×4G mask logits as the
-        dense prompt (SAM's ``mask_input``; else its no-mask embedding) → low-res mask logits n×4G×4G, IoU n."""
+        """One image's features, n×K×256 sparse prompts and optionally n×4G×4G mask logits as the dense prompt
+        (SAM's ``mask_input``; else its no-mask embedding) → low-res mask logits n×4G×4G, IoU n."""
+        embedding = features.embed
         if prompts.shape[0] == 0:
             size = 4 * embedding.shape[-1]
             return embedding.new_zeros(0, size, size), embedding.new_zeros(0)
-        if mask_prompts is None:
-            dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *embedding.shape[-2:])
-        else:
-            dense = self.prompt_encoder.mask_downscaling(mask_prompts[:, None].to(embedding.dtype))
-        masks, iou = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                                       sparse_prompt_embeddings=prompts.to(embedding.dtype),
-                                       dense_prompt_embeddings=dense, multimask_output=False)
+        dense = None if mask_prompts is None else \
+            self.prompt_encoder.mask_downscaling(mask_prompts[:, None].to(embedding.dtype))
+        masks, iou = self.sam.decode(features, prompts, dense)
         return masks[:, 0], iou[:, 0]
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
@@ -79,8 +85,8 @@ class RSPrompterModel(nn.Module):
 
 def build_prompter(config: dict, checkpoint: Path | None = None) -> RSPrompterModel:
     """config keys: encoder, image_size, head, num_classes, taps, width, hidden, norm, head_kwargs, train_encoder,
-    train_decoder (and lora_* with train_encoder lora)."""
-    sam = build_sam_for(config["encoder"], int(config["image_size"]), checkpoint)
+    train_decoder (and lora_* with train_encoder lora); a saved model's ``sam`` (its SAM's family and spec)."""
+    sam = build_sam_parts(config["encoder"], int(config["image_size"]), checkpoint, config.get("sam"))
     return RSPrompterModel(sam, config)
 
 

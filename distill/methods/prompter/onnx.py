@@ -25,6 +25,8 @@ from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_json
 
 OPSET = 17
+FAMILY_NAMES = {"sam2": "SAM 2", "hq": "HQ-SAM"}
+FAMILY_EXTRAS = {"sam2": "the two high-resolution maps", "hq": "the early ViT feature"}
 
 
 class _Encoder(nn.Module):
@@ -33,8 +35,8 @@ class _Encoder(nn.Module):
         self.model = model
 
     def forward(self, image):
-        embedding, taps = self.model.encoder(image)
-        return (embedding, *taps)
+        features, taps = self.model.encoder(image)
+        return (features.embed, *taps)
 
 
 class QueryHeadGraph(nn.Module):
@@ -110,13 +112,19 @@ def parity_sample(image_size: int) -> torch.Tensor:
 def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None, check: bool = True,
                          sample: torch.Tensor | None = None) -> dict:
     """Write encoder/head/decoder ONNX files for an RSPrompterModel; return their paths and the parity report."""
+    family = model.sam.family
+    if family != "sam":
+        raise DistillError(f"ONNX export of a prompter is written for segment-anything SAM encoders; this one is on a "
+                           f"{FAMILY_NAMES[family]} encoder, whose decoder also takes {FAMILY_EXTRAS[family]}, which the "
+                           "exported decoder graph does not take yet: use the PyTorch model (distill predict)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     size = model.image_size
     image = sample if sample is not None else parity_sample(size)
     with torch.no_grad():
-        embedding, taps = model.encoder(image)
+        features, taps = model.encoder(image)
+        embedding = features.embed
     tap_names = [f"tap{i}" for i in range(len(taps))]
     paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "head", "decoder")}
     _export(_Encoder(model), (image,), paths["encoder"], ["image"], ["image_embeddings", *tap_names], {})
@@ -172,7 +180,7 @@ def onnx_parity(model, out_dir: Path, image: torch.Tensor) -> dict:
     """onnxruntime vs PyTorch on one image: mask IoU of the binarised masks and class agreement."""
     onnx_out = run_onnx(out_dir, image.numpy())
     with torch.no_grad():
-        embedding, taps = model.encoder(image)
+        features, taps = model.encoder(image)
         mask_prompts = None
         if model.config["head"] == "query":
             logits, prompts, coarse = QueryHeadGraph(model)(*taps)
@@ -181,7 +189,7 @@ def onnx_parity(model, out_dir: Path, image: torch.Tensor) -> dict:
         else:
             boxes, _, labels, prompts = AnchorHeadGraph(model)(*taps)
             torch_classes, onnx_classes = labels.numpy(), onnx_out["labels"]
-        masks, _ = model.decode(embedding, prompts, mask_prompts)
+        masks, _ = model.decode(features, prompts, mask_prompts)
     same_count = len(torch_classes) == len(onnx_classes)
     report = {"detections_torch": int(len(torch_classes)), "detections_onnx": int(len(onnx_classes)),
               "class_agreement": float(np.mean(torch_classes == onnx_classes)) if same_count and len(torch_classes) else

@@ -15,8 +15,8 @@ def bench_rcnn(path: Path, device: str = "cpu", threads: int = 1, image_size: in
     model = model.to(device).eval().requires_grad_(False)
     size = int(model.image_size)
     pixels = torch.randn(1, 3, size, size, device=device)
-    encoder, decoder = chained(torch.no_grad()(lambda: model.encoder(pixels)),
-                               torch.no_grad()(model.predict_from_embeddings))
+    encoder, decoder = chained(torch.no_grad()(lambda: model.encode(pixels)),
+                               torch.no_grad()(model.predict_from_features))
     masks = "SAM's decoder on each box" if model.sam_masks else "Mask R-CNN's mask head"
     return BenchModel(name=f"{DISPLAY_NAMES[model.method]} ({path.name})", kind=model.method, format="pytorch",
                       role=ROLE_STUDENT, path=path, params=sum(p.numel() for p in model.parameters()), image_size=size,

@@ -1,4 +1,5 @@
-"""SAM-det and SAM-seg, the RSPrompter paper's detector baselines, on any SAM encoder (teacher or student).
+"""SAM-det and SAM-seg, the RSPrompter paper's detector baselines, on any SAM, SAM 2 or HQ-SAM encoder (teacher or
+student; ``sam.families``).
 
 The encoder's single stride-16 image embedding becomes a ViTDet-style simple feature pyramid (strides
 4 to 64), and torchvision's Faster R-CNN (SAM-det) or Mask R-CNN (SAM-seg) heads run on it with
@@ -17,13 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from segment_anything.modeling import Sam
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import load_tagged, save_tagged_model
+from sam_distill.sam.families import ImageFeatures, SamParts
 from sam_distill.students.heads.anchor_prompter import detect_in_float32
 from sam_distill.students.heads.losses import bce_loss, dice_loss, resize_masks
 from sam_distill.students.heads.mask2former import Mask2FormerHead, add_losses
@@ -33,8 +34,8 @@ from sam_distill.students.lora import adapt_encoder, encoder_mode, lora_settings
 RCNN_FORMAT = "sam-distill/sam-rcnn"
 DISPLAY_NAMES = {"sam_det": "SAM-det", "sam_seg": "SAM-seg"}
 SEG_HEADS = ("maskrcnn", "mask2former")  # SAM-seg's heads, as in the paper
-BOX_CHUNK = 64  # box prompts decoded per mask-decoder call
 DECODER_BOXES_PER_IMAGE = 16  # ground-truth boxes prompted per image when the decoder trains
+EMBED_DIM = 256  # every SAM family's image embedding width
 MASK_LOSS_WEIGHT = 5.0  # as the anchor prompter weighs its mask terms against the detection losses
 
 
@@ -45,19 +46,16 @@ class SamRCNN(nn.Module):
     train_decoder (sam_det only).
     """
 
-    def __init__(self, sam: Sam, config: dict):
+    def __init__(self, sam: SamParts, config: dict):
         super().__init__()
-        self.config = dict(config)
+        self.config = {**config, "sam": sam.spec}
         self.method = config["method"]
         if self.method not in DISPLAY_NAMES:
             raise DistillError(f"unknown detector baseline {self.method!r}; use one of {', '.join(DISPLAY_NAMES)}")
-        self.image_size = int(sam.image_encoder.img_size)
-        self.encoder = sam.image_encoder
+        self.image_size = int(sam.image_size)
+        self.sam = sam  # SAM-seg never prompts SAM, so its parts hold no prompt encoder and decoder
         self.sam_masks = self.method == "sam_det"
-        # SAM-seg never prompts SAM, so it neither carries nor times SAM's prompt encoder and decoder.
-        self.prompt_encoder = sam.prompt_encoder if self.sam_masks else None
-        self.mask_decoder = sam.mask_decoder if self.sam_masks else None
-        embed_dim, width = int(sam.prompt_encoder.embed_dim), int(config.get("width", 256))
+        embed_dim, width = EMBED_DIM, int(config.get("width", 256))
         self.head = config.get("head", "maskrcnn") if self.method == "sam_seg" else "fasterrcnn"
         if self.head not in SEG_HEADS + ("fasterrcnn",):
             raise DistillError(f"unknown SAM-seg head {self.head!r}; use one of {', '.join(SEG_HEADS)}")
@@ -76,42 +74,46 @@ class SamRCNN(nn.Module):
             self.rpn, self.roi_heads = rcnn.rpn, rcnn.roi_heads  # torchvision's; its resize/normalise is SAM's here
         self.train_encoder = encoder_mode(config.get("train_encoder"))
         self.train_decoder = self.sam_masks and bool(config.get("train_decoder", False))
-        self.adapted = adapt_encoder(self.encoder, self.train_encoder, *lora_settings(config))
+        self.adapted = adapt_encoder(sam.image_encoder, self.train_encoder, *lora_settings(config))
         if self.sam_masks:
-            self.prompt_encoder.requires_grad_(False)
-            self.mask_decoder.requires_grad_(self.train_decoder)
+            sam.prompt_encoder.requires_grad_(False)
+            sam.mask_decoder.requires_grad_(self.train_decoder)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.encoder.train(mode and self.train_encoder == "full")  # else it stays in inference mode
+        self.sam.train(False)
+        self.sam.image_encoder.train(mode and self.train_encoder == "full")  # else it stays in inference mode
         if self.sam_masks:
-            self.prompt_encoder.eval()
-            self.mask_decoder.train(mode and self.train_decoder)
+            self.sam.mask_decoder.train(mode and self.train_decoder)
         return self
+
+    def encode(self, images: torch.Tensor) -> ImageFeatures:
+        return self.sam.encode(images)
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """torchvision's RPN + Fast R-CNN (+ mask) losses; targets: boxes (xyxy, input px), 1-based labels, masks."""
         with nullcontext() if self.train_encoder != "frozen" else torch.no_grad():
-            embeddings = self.encoder(images)
+            features = self.encode(images)
         if self.mask2former is not None:  # Mask2Former's own recipe: matching and losses after every layer
             losses: dict[str, torch.Tensor] = {}
-            for logits, _, masks in self.mask2former(embeddings):
+            for logits, _, masks in self.mask2former(features.embed):
                 add_losses(losses, self.mask2former.layer_losses(logits, masks, targets)[0])
             return losses
         wanted = ("boxes", "labels") if self.sam_masks else ("boxes", "labels", "masks")
         det_targets = [{k: t[k].to(torch.uint8) if k == "masks" else t[k] for k in wanted} for t in targets]
-        losses = detect_in_float32(self.rpn, self.roi_heads, self.pyramid(embeddings), self.image_size, det_targets)[2]
+        losses = detect_in_float32(self.rpn, self.roi_heads, self.pyramid(features.embed), self.image_size,
+                                   det_targets)[2]
         if self.train_decoder:
-            losses.update(self._decoder_losses(embeddings, targets))
+            losses.update(self._decoder_losses(features, targets))
         return losses
 
-    def _decoder_losses(self, embeddings: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+    def _decoder_losses(self, features: ImageFeatures, targets: list[dict]) -> dict[str, torch.Tensor]:
         """BCE + Dice of SAM's answer to each ground-truth box against that instance's mask."""
         logits, wanted = [], []
-        for embedding, target in zip(embeddings, targets):
-            pick = torch.randperm(len(target["boxes"]), device=embeddings.device)[:DECODER_BOXES_PER_IMAGE]
+        for i, target in enumerate(targets):
+            pick = torch.randperm(len(target["boxes"]), device=features.embed.device)[:DECODER_BOXES_PER_IMAGE]
             if len(pick):
-                low = self.box_masks(embedding[None], target["boxes"][pick])
+                low = self.sam.box_masks(features[i:i + 1], target["boxes"][pick])
                 logits.append(low)
                 wanted.append(resize_masks(target["masks"][pick], low.shape[-1]))
         if not logits:
@@ -119,31 +121,27 @@ class SamRCNN(nn.Module):
         pred, gt = torch.cat(logits).float(), torch.cat(wanted)
         return {"mask_bce": MASK_LOSS_WEIGHT * bce_loss(pred, gt), "mask_dice": MASK_LOSS_WEIGHT * dice_loss(pred, gt)}
 
-    def box_masks(self, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """SAM's single-mask answer (low-res logits n×4G×4G) to each box prompt on one image embedding."""
-        return sam_box_masks(self.prompt_encoder, self.mask_decoder, embedding, boxes)
-
     @torch.no_grad()
     def predict(self, images: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
         """Per image: mask logits on the padded S×S input frame, scores, 1-based labels, boxes (input px)."""
-        return self.predict_from_embeddings(self.encoder(images), score_threshold)
+        return self.predict_from_features(self.encode(images), score_threshold)
 
     @torch.no_grad()
-    def predict_from_embeddings(self, embeddings: torch.Tensor, score_threshold: float = 0.05) -> list[dict]:
+    def predict_from_features(self, features: ImageFeatures, score_threshold: float = 0.05) -> list[dict]:
         """Everything after the image encoder (what ``distill bench`` times as the decoder phase)."""
         if self.mask2former is not None:  # the last layer's queries; their masks are logits at stride 4
-            logits, _, masks = self.mask2former(embeddings)[-1]
+            logits, _, masks = self.mask2former(features.embed)[-1]
             scores, labels = Mask2FormerHead.instance_scores(logits, masks)
             keeps = scores >= score_threshold
             return [{"masks": masks[i][keep], "scores": scores[i][keep], "labels": labels[i][keep] + 1}
                     for i, keep in enumerate(keeps)]
-        detections = detect_in_float32(self.rpn, self.roi_heads, self.pyramid(embeddings), self.image_size)[1]
+        detections = detect_in_float32(self.rpn, self.roi_heads, self.pyramid(features.embed), self.image_size)[1]
         results = []
         for i, detection in enumerate(detections):
             keep = detection["scores"] >= score_threshold
             boxes = detection["boxes"][keep]
             if self.sam_masks:
-                masks = self.box_masks(embeddings[i:i + 1], boxes)
+                masks = self.sam.box_masks(features[i:i + 1], boxes)
             else:  # Mask R-CNN's 28×28 probabilities pasted into the input frame; > 0.5 is foreground
                 pasted = paste_masks_in_image(detection["masks"][keep], boxes, (self.image_size, self.image_size))
                 masks = (pasted[:, 0] - 0.5).half()
@@ -152,23 +150,12 @@ class SamRCNN(nn.Module):
         return results
 
 
-def sam_box_masks(prompt_encoder, mask_decoder, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """SAM's single-mask logits (n×4G×4G) for n box prompts (xyxy, input px) on one embedding (1×C×G×G),
-    decoded ``BOX_CHUNK`` at a time: the decoder repeats the embedding per prompt."""
-    size = 4 * embedding.shape[-1]
-    chunks = [embedding.new_zeros(0, size, size)]
-    for start in range(0, len(boxes), BOX_CHUNK):
-        sparse, dense = prompt_encoder(points=None, boxes=boxes[start:start + BOX_CHUNK], masks=None)
-        low, _ = mask_decoder(image_embeddings=embedding, image_pe=prompt_encoder.get_dense_pe(),
-                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
-        chunks.append(low[:, 0])
-    return torch.cat(chunks)
-
-
 def build_rcnn(config: dict, checkpoint: Path | None = None) -> SamRCNN:
-    from sam_distill.sam.model_file import build_sam_for
+    from sam_distill.sam.families import build_sam_parts
 
-    return SamRCNN(build_sam_for(config["encoder"], int(config["image_size"]), checkpoint), config)
+    sam = build_sam_parts(config["encoder"], int(config["image_size"]), checkpoint, config.get("sam"),
+                          with_decoder=config["method"] == "sam_det")
+    return SamRCNN(sam, config)
 
 
 def save_rcnn(model: SamRCNN, path: Path, classes: list[dict], meta: dict | None = None) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
@@ -24,6 +25,9 @@ from sam_distill.methods.instances import (
 from sam_distill.methods.rcnn.config import SamDetConfig, SamSegConfig
 from sam_distill.methods.registry import register_method
 from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from sam_distill.sam.families import SamParts
 
 
 def rcnn_config(config, method: str, num_classes: int) -> dict:
@@ -69,11 +73,10 @@ def read_detections(path: Path, coco) -> dict[int, list[dict]]:
 
 
 @torch.no_grad()
-def prompt_with_detections(sam, dataset, detections: dict[int, list[dict]], device: torch.device,
+def prompt_with_detections(sam: SamParts, dataset, detections: dict[int, list[dict]], device: torch.device,
                            score_threshold: float = 0.05) -> list[dict]:
     """SAM-det on given boxes: each detection's box is a SAM box prompt; results keep its class and score."""
     from sam_distill.methods.instance_predict import to_coco_results
-    from sam_distill.methods.rcnn.model import sam_box_masks
 
     sam = sam.to(device).eval()
     label_of = {c["id"]: i + 1 for i, c in enumerate(dataset.classes)}
@@ -84,18 +87,18 @@ def prompt_with_detections(sam, dataset, detections: dict[int, list[dict]], devi
         ratio = item["input_size"][1] / item["original_size"][1]  # original pixels → model-input pixels
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in kept)],
                              dtype=torch.float32).reshape(-1, 4) * ratio
-        embedding = sam.image_encoder(item["image"][None].to(device))
-        prediction = {"masks": sam_box_masks(sam.prompt_encoder, sam.mask_decoder, embedding, boxes.to(device)),
+        features = sam.encode(item["image"][None].to(device))
+        prediction = {"masks": sam.box_masks(features, boxes.to(device)),
                       "scores": torch.tensor([float(d["score"]) for d in kept]),
                       "labels": torch.tensor([label_of[d["category_id"]] for d in kept], dtype=torch.long),
                       "boxes": boxes}
-        results.extend(to_coco_results(sam.image_encoder.img_size, prediction, item, dataset.classes))
+        results.extend(to_coco_results(sam.image_size, prediction, item, dataset.classes))
     return results
 
 
 def _run_given_detections(config, run_dir) -> dict:
     from sam_distill.core.device import init_distributed
-    from sam_distill.sam.model_file import build_sam_for
+    from sam_distill.sam.families import build_sam_parts
 
     spec = config.sam_det
     if spec.detections is None:
@@ -110,7 +113,7 @@ def _run_given_detections(config, run_dir) -> dict:
     detections = read_detections(spec.detections, val_set.coco)
     encoder = describe_encoder(config.encoder)
     run_dir.log(f"sam_det: boxes from {spec.detections} as SAM box prompts on {encoder}, {len(val_set)} val images")
-    sam = build_sam_for(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint)
+    sam = build_sam_parts(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint)
     results = prompt_with_detections(sam, val_set, detections, context.device, config.instances.eval.score_threshold)
     name = f"sam_det ({Path(spec.detections).name} boxes)"
     return {"ap": write_instance_reports(run_dir, "sam_det", name, val_set, results, encoder,

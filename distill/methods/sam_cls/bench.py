@@ -15,15 +15,15 @@ def bench_sam_cls(path: Path, device: str = "cpu", threads: int = 1, image_size:
     model.sam.requires_grad_(False)
     size, settings = model.image_size, model.config["generator"]
     pixels = torch.randn(1, 3, size, size, device=device)
-    encoder, decoder = chained(torch.no_grad()(lambda: model.sam.image_encoder(pixels)),
-                               lambda embedding: model.decode_and_classify(embedding[0]))
+    encoder, decoder = chained(torch.no_grad()(lambda: model.parts.encode(pixels)), model.decode_and_classify)
     classify = ("+ pooled-feature MLP on each point's mask" if model.classifier is not None
                 else "(CLIP crop classification needs the CLIP checkpoint: not timed)")
     classifier_params = sum(p.numel() for p in model.classifier.parameters()) if model.classifier is not None else 0
     return BenchModel(name=f"SAM-cls {model.config['classifier']} ({path.name})", kind="sam_cls", format="pytorch",
                       role=ROLE_STUDENT, path=path,
-                      params=sum(p.numel() for p in model.sam.parameters()) + classifier_params,
-                      image_size=size, encoder=encoder, decoder=decoder, sam=model.sam,
+                      params=sum(p.numel() for p in model.parts.parameters()) + classifier_params,
+                      image_size=size, encoder=encoder, decoder=decoder,
+                      sam=model.sam if model.family == "sam" else None,
                       notes=[f"image encoder as 'encoder'; everything mode's {settings['points_per_side']}² point grid "
                              f"through SAM's decoder ({settings['points_per_batch']} points a batch) {classify} as "
                              f"'decoder'"])

@@ -1,4 +1,5 @@
-"""SAM-cls's model: a SAM (everything mode and the embedding) plus a mask classifier, saved as plain data."""
+"""SAM-cls's model: a SAM, SAM 2 or HQ-SAM (everything mode and the embedding) plus a mask classifier, saved as
+plain data (``config["sam"]`` rebuilds a SAM 2 or HQ-SAM)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,10 +46,14 @@ class SamCls:
     background and column i = class i (``classes[i - 1]``)."""
 
     def __init__(self, sam, config: dict, classes: list[dict], classifier_state: dict):
+        from sam_distill.sam.families import sam_parts
         from sam_distill.students.heads.mask_classifier import MaskClassifier
 
-        self.sam, self.config, self.classes = sam.eval(), dict(config), list(classes)
-        self.image_size = int(sam.image_encoder.img_size)
+        spec = dict(config.get("sam") or {"family": "sam"})
+        self.sam, self.config, self.classes = sam.eval(), {**config, "sam": spec}, list(classes)
+        self.family = spec["family"]
+        self.parts = sam_parts(sam, self.family, {k: v for k, v in spec.items() if k != "family"})
+        self.image_size = self.parts.image_size
         self.classifier = None
         if config["classifier"] == "pooled":
             self.classifier = MaskClassifier(len(classes), config["geometry"], config["hidden"])
@@ -69,15 +74,21 @@ class SamCls:
             self.classifier.to(device)
         return self
 
-    @torch.no_grad()
-    def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """One SAM-preprocessed 3×S×S image → its 256×G×G embedding."""
-        return self.sam.image_encoder(image[None].to(self.device))[0]
+    def everything_generator(self, settings: dict, device: torch.device):
+        """The automatic mask generator of the SAM's own package."""
+        from sam_distill.sam.teachers import make_generator
 
-    def features(self, embedding: torch.Tensor, masks: torch.Tensor, input_size) -> torch.Tensor:
+        return make_generator(self.sam, settings, device, self.family)
+
+    @torch.no_grad()
+    def embed(self, image: torch.Tensor):
+        """One SAM-preprocessed 3×S×S image → what its decoder takes (``ImageFeatures`` of batch 1)."""
+        return self.parts.encode(image[None].to(self.device))
+
+    def features(self, embedding, masks: torch.Tensor, input_size) -> torch.Tensor:
         from sam_distill.students.heads.mask_classifier import pooled_features
 
-        return pooled_features(embedding, masks, tuple(input_size), self.config["geometry"])
+        return pooled_features(embedding.embed[0], masks, tuple(input_size), self.config["geometry"])
 
     @torch.no_grad()
     def probabilities(self, embedding: torch.Tensor | None, masks: np.ndarray, input_size, image: np.ndarray | None = None,
@@ -123,29 +134,26 @@ class SamCls:
                 if not background[i] and scores[i] >= score_threshold]
 
     @torch.no_grad()
-    def decode_grid(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_grid(self, embedding) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything mode's decoding on a fixed embedding: SAM's decoder on the points_per_side² grid, three masks
         per point, ``points_per_batch`` at a time; returns the best (by predicted IoU) low-res logits and IoU per
         point. What the generator adds after this (thresholds, NMS, RLE) is bookkeeping, not network."""
         from segment_anything.utils.amg import build_point_grid
 
         settings, size = self.config["generator"], self.image_size
-        grid = torch.from_numpy(build_point_grid(settings["points_per_side"]) * size).float().to(embedding.device)
+        grid = torch.from_numpy(build_point_grid(settings["points_per_side"]) * size).float().to(embedding.embed.device)
         masks, ious = [], []
         for start in range(0, len(grid), settings["points_per_batch"]):
             points = grid[start:start + settings["points_per_batch"], None]
-            sparse, dense = self.sam.prompt_encoder(points=(points, torch.ones(len(points), 1, device=points.device)),
-                                                    boxes=None, masks=None)
-            low, iou = self.sam.mask_decoder(image_embeddings=embedding[None], image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=True)
+            labels = torch.ones(len(points), 1, device=points.device, dtype=torch.int)
+            low, iou = self.parts.decode_prompts(embedding, points=(points, labels), multimask=True)
             best = iou.argmax(1)
             masks.append(low[torch.arange(len(low)), best])
             ious.append(iou[torch.arange(len(iou)), best])
         return torch.cat(masks), torch.cat(ious)
 
     @torch.no_grad()
-    def decode_and_classify(self, embedding: torch.Tensor) -> torch.Tensor:
+    def decode_and_classify(self, embedding) -> torch.Tensor:
         """The bench's decoder phase: grid decoding plus (pooled classifier) classification of each point's mask."""
         logits, _ = self.decode_grid(embedding)
         if self.classifier is None:
@@ -161,11 +169,11 @@ class SamCls:
 
 
 def load_sam_cls(path: Path) -> SamCls:
-    from sam_distill.sam.model_file import build_sam_for
+    from sam_distill.sam.families import load_family_model
 
     payload = load_tagged(path, SAM_CLS_FORMAT, "SAM-cls model", "make one with a `recipe: sam_cls` run")
     config = payload["config"]
-    sam = build_sam_for(config["encoder"], int(config["image_size"]))
+    sam = load_family_model(config["encoder"], int(config["image_size"]), spec=config.get("sam"))[0]
     sam.load_state_dict(payload["state_dict"])
     return SamCls(sam, config, payload["classes"], payload["classifier_state"])
 

@@ -50,7 +50,6 @@ def predict_sam_cls(path: Path, images: list[Path], device: torch.device, *, tex
     CLIP-classified models, defaults to the checkpoint, architecture and config the model was made with."""
     from sam_distill.data.everything import generator_settings
     from sam_distill.methods.sam_cls.model import load_sam_cls
-    from sam_distill.sam.teachers import make_generator
     from sam_distill.sam.text_prompts import load_clip
 
     model = load_sam_cls(path).to(device)
@@ -65,6 +64,6 @@ def predict_sam_cls(path: Path, images: list[Path], device: torch.device, *, tex
                            clip_config or model.config.get("clip_config"), device,
                            purpose="--text and CLIP-classified SAM-cls models need")
     settings = generator_settings(**{**model.config["generator"], **(generator or {})})
-    results, entries = predict_images(model, images, make_generator(model.sam, settings, device), score_threshold,
+    results, entries = predict_images(model, images, model.everything_generator(settings, device), score_threshold,
                                       scorer, text)
     return Predictions(results, entries, model.classes)

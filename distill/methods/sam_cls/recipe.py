@@ -10,9 +10,9 @@ Two classifiers (``sam_cls.classifier``):
 * ``clip``: zero-shot CLIP on each mask's crop against the dataset's class names (prompt-template
   ensembles) and background names; the same crops and embeddings as FastSAM's text mode (``clip_select``).
 
-Proposals come from segment-anything's ``SamAutomaticMaskGenerator`` through ``pseudo_label`` (one atomic
-JSON per image, resumable, refused if the encoder or generator settings change). The model file
-``model/sam_cls.pt`` holds the SAM, the generator settings, the classes and the classifier, as plain data.
+Proposals come from the encoder's own package's automatic mask generator (segment-anything's, sam2's or
+segment-anything-hq's) through ``pseudo_label`` (one atomic JSON per image, resumable, refused if the encoder or
+generator settings change). The model file ``model/sam_cls.pt`` holds the SAM, the generator settings, the classes and the classifier, as plain data.
 """
 from __future__ import annotations
 
@@ -68,13 +68,14 @@ def train_classifier(classifier, features: torch.Tensor, labels: torch.Tensor, t
             "background_fraction": (labels == 0).float().mean().item()}
 
 
-def _encoder_identity(sam, spec, seed: int):
-    """The encoder as a Teacher, so ``pseudo_label`` can stamp and guard the proposal cache with it."""
-    from sam_distill.sam.teachers import Teacher
+def _encoder_identity(sam, family: str, spec, seed: int):
+    """The encoder as a Teacher of its family, so ``pseudo_label`` can stamp and guard the proposal cache with it
+    and runs the family's own everything mode."""
+    from sam_distill.sam.teachers import teacher_of
 
     checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
     digest = sha256_file(checkpoint) if checkpoint else f"random-init:{spec.name}:{spec.image_size}:seed{seed}"
-    return Teacher(sam, spec.name, spec.name, checkpoint, digest, checkpoint is None)
+    return teacher_of(family, sam, spec.name, spec.name, checkpoint, digest, checkpoint is None)
 
 
 def _proposal_reader(datasets, label_dir: Path):
@@ -142,7 +143,7 @@ def run_sam_cls(config, run_dir) -> dict:
         split_datasets,
         write_instance_reports,
     )
-    from sam_distill.sam.model_file import build_sam_for
+    from sam_distill.sam.families import load_family_model
 
     if config.encoder.train != "frozen":
         raise DistillError(f"config: sam_cls labels SAM's masks with features of a frozen encoder; encoder.train "
@@ -160,11 +161,12 @@ def run_sam_cls(config, run_dir) -> dict:
     log(f"sam_cls: {spec.classifier} classifier on everything-mode masks of {encoder}; "
         f"{len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes")
     torch.manual_seed(config.seed)
-    sam = build_sam_for(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint).to(device).eval()
+    sam, family, sam_spec = load_family_model(config.encoder.name, config.encoder.image_size, config.encoder.checkpoint)
+    sam = sam.to(device).eval()
     settings = generator_settings(**spec.everything.model_dump())
     used = [train_set, val_set] if spec.classifier == "pooled" else [val_set]
     paths, proposals_of = _proposal_reader(used, run_dir.path / "proposals")
-    counts = pseudo_label(_encoder_identity(sam, config.encoder, config.seed), paths, run_dir.sub("proposals"),
+    counts = pseudo_label(_encoder_identity(sam, family, config.encoder, config.seed), paths, run_dir.sub("proposals"),
                           settings, context, log=log)
     if not context.is_main:  # the everything mode above is shared out; the rest is seconds of work on rank 0
         return {}
@@ -172,7 +174,7 @@ def run_sam_cls(config, run_dir) -> dict:
         + (" on rank 0" if context.distributed else ""))
     model_config = {"encoder": config.encoder.name, "image_size": config.encoder.image_size,
                     "classifier": spec.classifier, "generator": settings, "geometry": spec.geometry,
-                    "hidden": spec.hidden, "match_iou": spec.match_iou}
+                    "hidden": spec.hidden, "match_iou": spec.match_iou, "sam": {"family": family, **sam_spec}}
     result = {}
     if spec.classifier == "pooled":
         model = SamCls(sam, model_config, train_set.classes, {}).to(device)
