@@ -234,11 +234,11 @@ def plot_pareto(rows: list[dict], references: list[dict], metric: str | None) ->
                 label="Pareto front", zorder=2)
         ax.legend(loc="best", fontsize=8)
         ax.set_xscale("log")
+        label_log_axis(ax)
         ax.margins(x=0.25, y=0.12)  # room for labels; no marker on the frame or under the legend
         ax.set_ylabel(METRICS[metric])
     else:
         ax.text(0.5, 0.5, "no model with both accuracy and latency", ha="center", va="center", transform=ax.transAxes)
-    label_log_axis(ax)
     ax.set_xlabel("latency, encoder + decoder p50 (ms, log scale)")
     ax.set_title("measured here")
     ax.grid(True, which="both", alpha=0.3)
