@@ -160,12 +160,25 @@ def test_sam_cls_runs_each_familys_everything_mode_and_decoder(encoders, tmp_pat
         torch.testing.assert_close(loaded.decode_and_classify(features), logits)
 
 
-def test_prompter_onnx_export_refuses_other_families_in_one_line(encoders):
-    from sam_distill.core.errors import DistillError
+@pytest.mark.parametrize("name, head", [("sam2.1_hiera_nano", "query"), ("hq_vit_nano", "anchor")])
+def test_prompter_onnx_chain_on_the_family_matches_pytorch(encoders, tmp_path, name, head):
+    """encoder.onnx also returns what the family's decoder takes (SAM 2's high-resolution maps, HQ-SAM's early
+    feature) and decoder.onnx takes it: the chain in onnxruntime gives the PyTorch model's masks and classes."""
+    import json
+
     from sam_distill.methods.prompter.model import build_prompter
     from sam_distill.methods.prompter.onnx import export_prompter_onnx
 
-    model = build_prompter({"encoder": "hq_vit_nano", "image_size": SIZE, "head": "query", "num_classes": 2,
-                            "width": 32}, encoders["hq_vit_nano"])
-    with pytest.raises(DistillError, match="on a HQ-SAM encoder, whose decoder also takes the early ViT feature"):
-        export_prompter_onnx(model, encoders["hq_vit_nano"].parent / "onnx")
+    torch.manual_seed(0)
+    model = build_prompter({"encoder": name, "image_size": SIZE, "head": head, "num_classes": 2, "width": 32,
+                            "norm": "group", "head_kwargs": {"num_queries": 4, "decoder_layers": 1,
+                                                             "pixel_decoder": "pyramid", "heads": 4}},
+                           encoders[name])
+    report = export_prompter_onnx(model, tmp_path / "onnx")
+    manifest = json.loads((tmp_path / "onnx" / "prompter.json").read_text())
+    expected = {"sam2.1_hiera_nano": ["high_res_feats_0", "high_res_feats_1"], "hq_vit_nano": ["interm_embed_0"]}
+    assert manifest["decoder_features"] == expected[name]
+    parity = report["parity"]
+    assert parity["detections_torch"] > 0 and parity["detections_onnx"] == parity["detections_torch"], parity
+    assert parity["class_agreement"] == 1.0 and parity["mask_iou_mean"] > 0.99, parity
+    assert parity["max_abs_logit_diff"] < 1e-3, parity

@@ -1,14 +1,16 @@
 """Prompter → ONNX as three graphs that chain in onnxruntime exactly as the PyTorch model runs:
 
-* ``encoder.onnx``: image 1×3×S×S → image_embeddings 1×256×G×G and the tapped feature maps (tap0, tap1, ...)
+* ``encoder.onnx``: image 1×3×S×S → image_embeddings 1×256×G×G, the other maps the SAM's decoder takes (a SAM 2's
+  high_res_feats_0/1, an HQ-SAM's interm_embed_0; ``decoder_features`` in the manifest) and the tapped feature maps
+  (tap0, tap1, ...)
 * ``head.onnx`` (aggregator + prompter), from the taps:
   query prompter → class_logits 1×N×(C+1), prompts 1×N×K×256, mask_prompts 1×N×4G×4G (its last layer's coarse
   masks, SAM's dense prompt);
   anchor prompter → boxes n×4, scores n, labels n, prompts n×K×256 (pyramid, RPN, RoI heads with their NMS and
   the prompt head all inside the graph)
-* ``decoder.onnx``: image_embeddings + prompts n×K×256 (n dynamic) + mask_input n×4G×4G + has_mask_input 1 →
-  low-res mask logits n×4G×4G, iou n: SAM's mask decoder with its prompt encoder's dense part inside, taking
-  mask_input as SAM's official ONNX decoder does (has_mask_input 0: the no-mask embedding).
+* ``decoder.onnx``: image_embeddings + the other maps + prompts n×K×256 (n dynamic) + mask_input n×4G×4G +
+  has_mask_input 1 → low-res mask logits n×4G×4G, iou n: the family's mask decoder with its prompt encoder's dense
+  part inside, taking mask_input as SAM's official ONNX decoder does (has_mask_input 0: the no-mask embedding).
 
 ``export_prompter_onnx`` writes them with ``prompter.json`` (classes, sizes, output names) and checks parity.
 """
@@ -23,10 +25,9 @@ import torch.nn as nn
 
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_json
+from sam_distill.sam.families import ImageFeatures
 
 OPSET = 17
-FAMILY_NAMES = {"sam2": "SAM 2", "hq": "HQ-SAM"}
-FAMILY_EXTRAS = {"sam2": "the two high-resolution maps", "hq": "the early ViT feature"}
 
 
 class _Encoder(nn.Module):
@@ -36,7 +37,7 @@ class _Encoder(nn.Module):
 
     def forward(self, image):
         features, taps = self.model.encoder(image)
-        return (features.embed, *taps)
+        return (features.embed, *(features.extra[name] for name in sorted(features.extra)), *taps)
 
 
 class QueryHeadGraph(nn.Module):
@@ -66,13 +67,17 @@ class _Decoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image_embeddings, prompts, mask_input, has_mask_input):
+    def __init__(self, model, feature_names: list[str]):
+        super().__init__()
+        self.model, self.feature_names = model, feature_names
+
+    def forward(self, image_embeddings, *inputs):
+        *extra, prompts, mask_input, has_mask_input = inputs
         encoder = self.model.prompt_encoder
         dense = (has_mask_input * encoder.mask_downscaling(mask_input[:, None])
                  + (1 - has_mask_input) * encoder.no_mask_embed.weight.reshape(1, -1, 1, 1))
-        masks, iou = self.model.mask_decoder(image_embeddings=image_embeddings, image_pe=encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=prompts, dense_prompt_embeddings=dense,
-                                             multimask_output=False)
+        features = ImageFeatures(image_embeddings, dict(zip(self.feature_names, extra)))
+        masks, iou = self.model.sam.decode(features, prompts, dense)
         return masks[:, 0], iou[:, 0]
 
 
@@ -112,11 +117,6 @@ def parity_sample(image_size: int) -> torch.Tensor:
 def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None, check: bool = True,
                          sample: torch.Tensor | None = None) -> dict:
     """Write encoder/head/decoder ONNX files for an RSPrompterModel; return their paths and the parity report."""
-    family = model.sam.family
-    if family != "sam":
-        raise DistillError(f"ONNX export of a prompter is written for segment-anything SAM encoders; this one is on a "
-                           f"{FAMILY_NAMES[family]} encoder, whose decoder also takes {FAMILY_EXTRAS[family]}, which the "
-                           "exported decoder graph does not take yet: use the PyTorch model (distill predict)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
@@ -124,10 +124,11 @@ def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None
     image = sample if sample is not None else parity_sample(size)
     with torch.no_grad():
         features, taps = model.encoder(image)
-        embedding = features.embed
+    embedding, feature_names = features.embed, sorted(features.extra)
     tap_names = [f"tap{i}" for i in range(len(taps))]
     paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "head", "decoder")}
-    _export(_Encoder(model), (image,), paths["encoder"], ["image"], ["image_embeddings", *tap_names], {})
+    _export(_Encoder(model), (image,), paths["encoder"], ["image"], ["image_embeddings", *feature_names, *tap_names],
+            {})
     kind = model.config["head"]
     if kind == "query":
         head_outputs = ["class_logits", "prompts", "mask_prompts"]
@@ -139,10 +140,13 @@ def export_prompter_onnx(model, out_dir: Path, classes: list[dict] | None = None
     else:
         raise DistillError(f"no ONNX export for prompter head {kind!r}")
     prompts, low_res = torch.zeros(3, model.head.prompts_per_object, 256), 4 * embedding.shape[-1]
-    _export(_Decoder(model), (embedding, prompts, torch.zeros(3, low_res, low_res), torch.ones(1)), paths["decoder"],
-            ["image_embeddings", "prompts", "mask_input", "has_mask_input"], ["low_res_masks", "iou_predictions"],
+    extra = tuple(features.extra[name] for name in feature_names)
+    _export(_Decoder(model, feature_names), (embedding, *extra, prompts, torch.zeros(3, low_res, low_res), torch.ones(1)),
+            paths["decoder"], ["image_embeddings", *feature_names, "prompts", "mask_input", "has_mask_input"],
+            ["low_res_masks", "iou_predictions"],
             {name: {0: "prompts"} for name in ("prompts", "mask_input", "low_res_masks", "iou_predictions")})
     manifest = {"format": "sam-distill/prompter-onnx", "head": kind, "image_size": size, "taps": tap_names,
+                "sam_family": model.sam.family, "decoder_features": feature_names,
                 "dense_prompt": kind == "query" and bool(model.head.dense_prompt),
                 "head_outputs": head_outputs, "classes": classes or [], "files": {k: p.name for k, p in paths.items()},
                 "preprocessing": "SAM: resize longest side, normalise, pad bottom-right"}
@@ -164,12 +168,15 @@ def run_onnx(out_dir: Path, image: np.ndarray) -> dict[str, np.ndarray]:
     session = {k: ort.InferenceSession(str(out_dir / v), providers=["CPUExecutionProvider"])
                for k, v in manifest["files"].items()}
     encoded = session["encoder"].run(None, {"image": image.astype(np.float32)})
-    head = dict(zip(manifest["head_outputs"], session["head"].run(None, dict(zip(manifest["taps"], encoded[1:])))))
+    names = manifest.get("decoder_features", [])
+    extra = dict(zip(names, encoded[1:1 + len(names)]))
+    head = dict(zip(manifest["head_outputs"], session["head"].run(None, dict(zip(manifest["taps"],
+                                                                                  encoded[1 + len(names):])))))
     prompts = head["prompts"][0] if manifest["head"] == "query" else head["prompts"]
     low_res = 4 * encoded[0].shape[-1]
     mask_input = head["mask_prompts"][0] if manifest.get("dense_prompt") else np.zeros(
         (len(prompts), low_res, low_res), np.float32)
-    masks, iou = session["decoder"].run(None, {"image_embeddings": encoded[0], "prompts": prompts,
+    masks, iou = session["decoder"].run(None, {"image_embeddings": encoded[0], **extra, "prompts": prompts,
                                                "mask_input": mask_input.astype(np.float32),
                                                "has_mask_input": np.array([float(manifest.get("dense_prompt", False))],
                                                                           np.float32)})
