@@ -63,10 +63,6 @@ class AnchorHeadGraph(nn.Module):
 
 
 class _Decoder(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
     def __init__(self, model, feature_names: list[str]):
         super().__init__()
         self.model, self.feature_names = model, feature_names
