@@ -316,7 +316,10 @@ def _reference_table(refs: list[dict]) -> tuple[list[str], list[list[str]]]:
 def _markdown_table(head: list[str], body: list[list[str]]) -> str:
     if not body:
         return "_(none)_\n"
-    cells = lambda row: "| " + " | ".join(str(c).replace("|", "/") for c in row) + " |"
+
+    def cells(row) -> str:
+        return "| " + " | ".join(str(c).replace("|", "/") for c in row) + " |"
+
     return "\n".join([cells(head), "|" + "---|" * len(head), *map(cells, body)]) + "\n"
 
 
