@@ -132,28 +132,18 @@ class Sam2Parts(SamParts):
         return self.image_encoder.trunk
 
     def encode(self, images: torch.Tensor) -> ImageFeatures:
-        levels = self.image_encoder(images)["backbone_fpn"][-self.levels:]
-        extra = {}
-        if self.high_res:
-            convs = (self.mask_decoder.conv_s0, self.mask_decoder.conv_s1)
-            extra = {f"high_res_feats_{i}": conv(level) for i, (conv, level) in enumerate(zip(convs, levels[:-1]))}
-        return ImageFeatures(levels[-1] + self.no_mem_embed.reshape(1, -1, 1, 1), extra)
+        convs = (self.mask_decoder.conv_s0, self.mask_decoder.conv_s1) if self.high_res else ()
+        features = sam2_models.project_fpn(self.image_encoder(images)["backbone_fpn"], self.levels,
+                                           self.no_mem_embed, convs)
+        return ImageFeatures(features.pop("image_embed"), features)
 
     def _decode(self, features, sparse, dense, multimask):
-        high_res = [features.extra[name] for name in sorted(features.extra)] or None
-        masks, iou, _, _ = self.mask_decoder(
-            image_embeddings=features.embed, image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-            repeat_image=sparse.shape[0] > 1, high_res_features=high_res)
-        return masks, iou
+        high_res = [features.extra[name] for name in sorted(features.extra)]
+        return sam2_models.run_decoder(self.prompt_encoder, self.mask_decoder, features.embed, high_res, sparse,
+                                       dense, multimask)
 
     def encode_prompts(self, points=None, boxes=None, masks=None):
-        if boxes is not None:
-            corners = boxes.reshape(-1, 2, 2)
-            labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(boxes.shape[0], 1)
-            points = (corners, labels) if points is None else (torch.cat([corners, points[0]], 1),
-                                                               torch.cat([labels, points[1]], 1))
-        return self.prompt_encoder(points=points, boxes=None, masks=masks)
+        return self.prompt_encoder(points=sam2_models.box_points(points, boxes), boxes=None, masks=masks)
 
 
 class HqParts(SamParts):
@@ -172,10 +162,8 @@ class HqParts(SamParts):
         return ImageFeatures(embed, {"interm_embed_0": interm[0].permute(0, 3, 1, 2)})
 
     def _decode(self, features, sparse, dense, multimask):
-        return self.mask_decoder(image_embeddings=features.embed, image_pe=self.prompt_encoder.get_dense_pe(),
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=multimask, hq_token_only=False,
-                                 interm_embeddings=[features.extra["interm_embed_0"].permute(0, 2, 3, 1)])
+        return hq_models.run_decoder(self.prompt_encoder, self.mask_decoder,
+                                     {"image_embed": features.embed, **features.extra}, sparse, dense, multimask)
 
 
 PARTS = {"sam": SamParts, "sam2": Sam2Parts, "hq": HqParts}

@@ -170,10 +170,17 @@ def decode_features(model: nn.Module, features: dict[str, torch.Tensor], points=
     """HQ-SAM's prompt encoder and HQ decoder on one image's features for n prompts (model-input coordinates), as
     its predictor runs them: the SAM mask plus the HQ mask (``hq_token_only`` for the HQ mask alone)."""
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-    return model.mask_decoder(image_embeddings=features["image_embed"], image_pe=model.prompt_encoder.get_dense_pe(),
-                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                              multimask_output=multimask, hq_token_only=hq_token_only,
-                              interm_embeddings=[features["interm_embed_0"].permute(0, 2, 3, 1)])
+    return run_decoder(model.prompt_encoder, model.mask_decoder, features, sparse, dense, multimask, hq_token_only)
+
+
+def run_decoder(prompt_encoder: nn.Module, mask_decoder: nn.Module, features: dict[str, torch.Tensor],
+                sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, hq_token_only: bool = False):
+    """The HQ decoder on one image's features (``image_embed``, ``interm_embed_0`` channels-first) for n prompt
+    embeddings: SAM's mask plus the HQ one (``hq_token_only``: the HQ mask alone), and the IoU."""
+    return mask_decoder(image_embeddings=features["image_embed"], image_pe=prompt_encoder.get_dense_pe(),
+                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+                        hq_token_only=hq_token_only,
+                        interm_embeddings=[features["interm_embed_0"].permute(0, 2, 3, 1)])
 
 
 class HqStudentEncoder(nn.Module):

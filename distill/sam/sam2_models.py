@@ -222,16 +222,20 @@ def image_features(model: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Te
 def features_from_fpn(fpn: list[torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """``SAM2Base.forward_image`` and the predictor's feature preparation after the image encoder; ``model``
     is a ``SAM2Base`` or a ``Sam2Student`` (which carries the same parts)."""
-    levels = fpn[-model.num_feature_levels:]
-    embed = levels[-1]
-    if model.directly_add_no_mem_embed:
-        embed = embed + model.no_mem_embed.reshape(1, -1, 1, 1)
-    features = {"image_embed": embed}
-    if model.use_high_res_features_in_sam:
-        convs = (model.sam_mask_decoder.conv_s0, model.sam_mask_decoder.conv_s1)
-        features.update({f"high_res_feats_{level}": conv(feature)
-                         for level, (conv, feature) in enumerate(zip(convs, levels[:-1]))})
-    return features
+    convs = (model.sam_mask_decoder.conv_s0, model.sam_mask_decoder.conv_s1) \
+        if model.use_high_res_features_in_sam else ()
+    return project_fpn(fpn, model.num_feature_levels,
+                       model.no_mem_embed if model.directly_add_no_mem_embed else None, convs)
+
+
+def project_fpn(fpn: list[torch.Tensor], levels: int, no_mem_embed: torch.Tensor | None,
+                convs: tuple[nn.Module, ...]) -> dict[str, torch.Tensor]:
+    """The last ``levels`` FPN maps as the decoder takes them: the lowest-resolution one plus the "no memory"
+    embedding as ``image_embed``, the others through the decoder's projections ``convs`` (none: not used)."""
+    levels = fpn[-levels:]
+    embed = levels[-1] if no_mem_embed is None else levels[-1] + no_mem_embed.reshape(1, -1, 1, 1)
+    return {"image_embed": embed, **{f"high_res_feats_{level}": conv(feature)
+                                     for level, (conv, feature) in enumerate(zip(convs, levels[:-1]))}}
 
 
 class _HighResProjections(nn.Module):
@@ -292,16 +296,27 @@ def decode_features(model: nn.Module, features: dict[str, torch.Tensor], points=
     """SAM 2's prompt encoder and mask decoder on one image's features (batch 1) for n prompts, as the predictor
     runs them: boxes become two corner points (labels 2, 3) before any clicks. Coordinates in model-input pixels.
     Returns low-res logits n×M×S/4×S/4 and IoU n×M."""
-    if boxes is not None:
-        corners = boxes.reshape(-1, 2, 2)
-        labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(boxes.shape[0], 1)
-        points = (corners, labels) if points is None else (torch.cat([corners, points[0]], 1),
-                                                           torch.cat([labels, points[1]], 1))
-    sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
-    count = sparse.shape[0]
+    sparse, dense = model.sam_prompt_encoder(points=box_points(points, boxes), boxes=None, masks=mask_input)
     high_res = [features[name] for name in sorted(features) if name.startswith("high_res_feats_")]
-    low_res, iou, _, _ = model.sam_mask_decoder(
-        image_embeddings=features["image_embed"], image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-        repeat_image=count > 1, high_res_features=high_res or None)
+    return run_decoder(model.sam_prompt_encoder, model.sam_mask_decoder, features["image_embed"], high_res, sparse,
+                       dense, multimask)
+
+
+def box_points(points, boxes: torch.Tensor | None):
+    """sam2's predictor's prompt: each box as its two corner points (labels 2, 3), before the clicks if any."""
+    if boxes is None:
+        return points
+    corners = boxes.reshape(-1, 2, 2)
+    labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(boxes.shape[0], 1)
+    return (corners, labels) if points is None else (torch.cat([corners, points[0]], 1),
+                                                     torch.cat([labels, points[1]], 1))
+
+
+def run_decoder(prompt_encoder: nn.Module, mask_decoder: nn.Module, embed: torch.Tensor,
+                high_res: list[torch.Tensor], sparse: torch.Tensor, dense: torch.Tensor, multimask: bool):
+    """SAM 2's mask decoder on one image (batch 1) for n prompt embeddings: low-res logits and IoU."""
+    low_res, iou, _, _ = mask_decoder(
+        image_embeddings=embed, image_pe=prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=sparse.shape[0] > 1,
+        high_res_features=high_res or None)
     return low_res, iou
