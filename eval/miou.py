@@ -135,6 +135,15 @@ def object_ious(predictor: PredictorLike, ground_truth: np.ndarray, box_xywh, ma
     return result
 
 
+# the headline figures of a summary, in the order reports show them (plus ``clicks_<k>_miou`` for the last k)
+HEADLINE_KEYS = ("box_miou", "point_miou", "box_as_mask_miou", "noc85", "noc90")
+
+
+def headline_scores(summary: dict, clicks: int) -> dict[str, float]:
+    """The headline numbers of a summary: box, 1 click, k clicks, NoC and the box-as-mask baseline."""
+    return {key: summary[key] for key in (*HEADLINE_KEYS, f"clicks_{clicks}_miou")}
+
+
 def summarise(rows: list[dict], max_clicks: int) -> dict:
     """Means over objects: box, box_as_mask, point (1 click), clicks_<k> for each k, NoC@85/90."""
     if not rows:

@@ -15,6 +15,8 @@ What a run folder contributes (all under ``RUN/reports/``; every file is optiona
 * ``coco_*.json``: ``{"model": NAME, "ground_truth": "annotations.json", "detections": "dt.json"}``
   (paths relative to the file, detections in COCO results format with RLE ``segmentation``): mask
   AP/AP50/AP75 computed here with pycocotools.
+* ``miou_*.json``: ``distill eval miou MODEL --out`` output (SAM's ground-truth protocols): its box, one-click,
+  k-click mIoU, NoC and box-as-mask figures become the ground-truth columns of MODEL's row (matched by file name).
 
 Anything missing, half-written or without ground truth becomes one line under "Notes" and the
 report renders what it has.
@@ -32,13 +34,14 @@ from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from sam_distill.eval.bench import ROLE_TEACHER
 from sam_distill.eval.coco_ap import mask_ap as coco_mask_ap
+from sam_distill.eval.miou import headline_scores
 from sam_distill.eval.reference import reference_rows
 
 # Accuracy axes in order of preference: task accuracy against ground truth beats fidelity to the teacher.
 METRICS = {"mask_AP": "mask AP (COCO, %)", "gt_box_miou": "box mIoU vs ground truth",
            "point_miou": "1-point mIoU vs teacher", "box_miou": "box mIoU vs teacher"}
-# SAM's ground-truth protocols (``distill eval miou``, the finetune recipe's metrics_finetune.json): shown as columns
-# when any row has them.
+# SAM's ground-truth protocols (``distill eval miou --out reports/miou_NAME.json``, the finetune recipe's
+# metrics_finetune.json): shown as columns when any row has them.
 GROUND_TRUTH_COLUMNS = {"gt_box_miou": "GT box mIoU", "gt_point_miou": "GT 1-click mIoU", "gt_noc85": "NoC@85",
                         "gt_box_as_mask_miou": "box as mask"}
 FIDELITY_KEYS = ("point_miou", "box_miou", "embedding_cosine")
@@ -131,6 +134,22 @@ def collect_run(run_dir: Path, notes: list[str]) -> list[dict]:
             continue
         _attach_accuracy(rows, str(data["model"]), data["metrics"], run, path)
 
+    for path in sorted(reports.glob("miou_*.json")):  # `distill eval miou MODEL --out RUN/reports/miou_NAME.json`
+        data = _read(path, notes)
+        if data is None:
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("summary"), dict) or not data.get("model") \
+                or not isinstance(data.get("max_clicks"), int):
+            notes.append(f"{path}: not a `distill eval miou --out` file (summary, max_clicks, model); skipped")
+            continue
+        try:
+            scores = headline_scores(data["summary"], data["max_clicks"])
+        except KeyError as err:
+            notes.append(f"{path}: its summary has no {err}; skipped")
+            continue
+        model = Path(str(data["model"]).split(" + ")[0]).name  # an exported pair is named by its encoder
+        _attach_accuracy(rows, model, {f"gt_{k}": v for k, v in scores.items()}, run, path)
+
     for path in sorted(reports.glob("coco_*.json")):
         data = _read(path, notes)
         if data is None:
@@ -194,7 +213,12 @@ def heavy_vs_light(rows: list[dict], metric: str | None) -> tuple[list[dict], li
                 entry[f"{phase}_speedup"] = t / s if t and s else None
             t_params, s_params = teacher.get("params"), row.get("params")
             entry["size_ratio"] = t_params / s_params if t_params and s_params else None
-            t_acc, s_acc = (teacher.get(metric), row.get(metric)) if metric else (None, None)
+            # the report's axis when both rows have it, else the first figure both have: a distilled SAM beside
+            # its teacher in a report whose axis is the instance methods' mask AP still shows what it kept
+            shared = [m for m in dict.fromkeys([metric, *METRICS]) if m and isinstance(teacher.get(m), (int, float))
+                      and isinstance(row.get(m), (int, float))]
+            entry["accuracy_metric"] = shared[0] if shared else None
+            t_acc, s_acc = (teacher[shared[0]], row[shared[0]]) if shared else (None, None)
             entry["accuracy_kept"] = s_acc / t_acc if t_acc and s_acc is not None else None
             table.append(entry)
     return table, notes
@@ -298,9 +322,14 @@ def _measured_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def _heavy_light_table(entries: list[dict], metric: str | None) -> tuple[list[str], list[list[str]]]:
     head = ["run", "student", "format", "teacher", "encoder speed-up", "total speed-up", "params ratio",
             f"share of teacher's {METRICS[metric] if metric else 'accuracy'} kept"]
+
+    def kept(entry: dict) -> str:
+        share = _fmt(entry["accuracy_kept"] * 100 if entry["accuracy_kept"] is not None else None, ".1f", "%")
+        other = entry.get("accuracy_metric") not in (None, metric)
+        return f"{share} ({METRICS[entry['accuracy_metric']]})" if other else share
+
     body = [[e["run"], e["model"], e["format"], e["teacher"], _fmt(e["encoder_speedup"], ".1f", "x"),
-             _fmt(e["total_speedup"], ".1f", "x"), _fmt(e["size_ratio"], ".1f", "x"),
-             _fmt(e["accuracy_kept"] * 100 if e["accuracy_kept"] is not None else None, ".1f", "%")] for e in entries]
+             _fmt(e["total_speedup"], ".1f", "x"), _fmt(e["size_ratio"], ".1f", "x"), kept(e)] for e in entries]
     return head, body
 
 

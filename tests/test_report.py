@@ -136,6 +136,8 @@ def test_a_sam_bench_runs_the_encoder_once_per_timed_call(tiny_teacher_checkpoin
     assert passes == []  # SAM's decoder is timed on a given embedding: no encoder pass at all
     assert main(["bench", str(tiny_teacher_checkpoint), "--phases", "encoder,mask"]) == 2
     assert "--phases 'encoder,mask': give one or both of encoder, decoder" in capsys.readouterr().err
+    assert main(["bench", str(tiny_teacher_checkpoint), "--teacher", "heavy.pt"]) == 2
+    assert "--teacher heavy.pt: not among the models to bench; name it there too" in capsys.readouterr().err
 
 
 def test_peak_memory_holds_the_weights_of_each_model():
@@ -187,6 +189,12 @@ def test_model_pt_and_its_mobilesam_copy_are_one_row(tmp_path, tiny_teacher, tin
     assert len(rows) == 2 and rows[1]["mask_AP"] == 12.5  # accuracy named after the copy lands on its row
     assert "| tinyvit_5m (model.pt) (same weights: mobile_sam.pt) | sam-distill |" in (reports / "report.md").read_text()
     assert "total p50/p90: derived: encoder + decoder of the same run index, summed (not timed again)" in results["notes"]
+
+    # a SAM trained here and saved as model.pt is a student unless `--teacher` names it
+    out = tmp_path / "as_teacher.json"
+    assert main(["bench", str(ours), "--teacher", str(ours), "--runs", "1", "--warmup", "0", "--no-memory",
+                 "--phases", "decoder", "--out", str(out)]) == 0
+    assert [r["role"] for r in json.loads(out.read_text())["rows"]] == ["teacher"]
 
 
 def test_onnx_encoder_is_detected_and_timed(tmp_path, tiny_teacher):
@@ -424,6 +432,50 @@ def test_ground_truth_miou_columns_appear_for_the_models_that_have_them(tmp_path
     assert "| GT box mIoU | GT 1-click mIoU | NoC@85 | box as mask |" in md
     assert "| 0.612 | 0.450 | 3.50 | 0.570 |" in md
     assert "| - | - | - | - |" in md  # the teacher has no ground-truth figures
+
+
+def test_eval_miou_output_becomes_the_ground_truth_columns_of_its_model(tmp_path):
+    """`distill eval miou MODEL --out RUN/reports/miou_NAME.json` gives MODEL's row (matched by file name, an exported
+    pair by its encoder) the ground-truth columns; a file of another shape is one note, not a crash."""
+    run = tmp_path / "runs" / "chain"
+    (run / "reports").mkdir(parents=True)
+    bench = {"machine": "test CPU", "rows": [_row("resnet34 (teacher.pt)", "teacher", 180.0, 170.0, 26e6,
+                                                  path="stored/teacher.pt"),
+                                             _row("mobilenet (student.pt)", "student", 40.0, 27.0, 6e6,
+                                                  path="stored/student.pt")]}
+    (run / "reports" / "bench.json").write_text(json.dumps(bench))
+
+    def miou(model: str, box: float) -> dict:
+        summary = {"objects": 5, "box_miou": box, "point_miou": box - 0.1, "box_as_mask_miou": 0.6, "noc85": 2.5,
+                   "noc90": 2.9, "clicks_1_miou": box - 0.1, "clicks_2_miou": box - 0.05}
+        return {"summary": summary, "max_clicks": 2, "model": model, "per_class": {}}
+
+    (run / "reports" / "miou_teacher.json").write_text(json.dumps(miou("/abs/stored/teacher.pt", 0.568)))
+    (run / "reports" / "miou_student.json").write_text(json.dumps(miou("x/student.pt + x/decoder.onnx", 0.449)))
+    (run / "reports" / "miou_broken.json").write_text(json.dumps({"model": "a.pt", "rows": []}))
+    results = build_report([run], run / "reports", log=lambda m: None)
+    rows = {r["model"]: r for r in results["rows"]}
+    assert rows["resnet34 (teacher.pt)"]["gt_box_miou"] == 0.568
+    assert rows["mobilenet (student.pt)"]["gt_box_miou"] == 0.449
+    assert rows["mobilenet (student.pt)"]["gt_clicks_2_miou"] == pytest.approx(0.399)
+    assert results["accuracy_metric"] == "gt_box_miou"
+    md = (run / "reports" / "report.md").read_text()
+    assert "| 0.568 | 0.468 | 2.50 | 0.600 |" in md and "| 0.449 | 0.349 | 2.50 | 0.600 |" in md
+    assert any("miou_broken.json: not a `distill eval miou --out` file" in n for n in results["notes"])
+
+    # beside an instance method's run the report's axis is mask AP, which the SAMs lack: the share the student
+    # kept is then of the first figure both have, and says which
+    method = tmp_path / "runs" / "anchor"
+    (method / "reports").mkdir(parents=True)
+    (method / "reports" / "bench.json").write_text(json.dumps({"machine": "test CPU", "rows": [
+        _row("prompter (model.pt)", "student", 250.0, 170.0, 30e6, path="anchor/model.pt")]}))
+    (method / "reports" / "metrics_anchor.json").write_text(json.dumps({"model": "model.pt",
+                                                                         "metrics": {"mask_AP": 1.3}}))
+    results = build_report([run, method], tmp_path / "both", log=lambda m: None)
+    assert results["accuracy_metric"] == "mask_AP"
+    (kept,) = results["heavy_vs_light"]
+    assert kept["accuracy_metric"] == "gt_box_miou" and kept["accuracy_kept"] == pytest.approx(0.449 / 0.568)
+    assert "| 79.0% (box mIoU vs ground truth) |" in (tmp_path / "both" / "report.md").read_text()
 
 
 def test_overlays_show_every_model_beside_the_ground_truth(tmp_path):

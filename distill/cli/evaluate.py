@@ -104,12 +104,14 @@ def cmd_bench(args) -> int:
     phases = tuple(dict.fromkeys(p.strip() for p in args.phases.split(",") if p.strip()))
     if not phases or set(phases) - set(PHASES):
         raise DistillError(f"--phases {args.phases!r}: give one or both of {', '.join(PHASES)} (comma-separated)")
+    if args.teacher is not None and args.teacher not in args.models:
+        raise DistillError(f"--teacher {args.teacher}: not among the models to bench; name it there too")
     for model in args.models:  # a file that is not a model: one line before anything is timed (missing: skipped)
         if Path(model).exists():
             identify(model)
     result = bench_many(args.models, runs=args.runs, warmup=args.warmup, device=args.device, threads=args.threads,
                         random_init=args.random_init, image_size=args.image_size, cache_dir=args.cache,
-                        phases=phases, memory=not args.no_memory)
+                        phases=phases, memory=not args.no_memory, teacher=args.teacher)
     print(format_bench_table(result))
     if args.out:
         atomic_write_json(args.out, result)
@@ -178,7 +180,8 @@ def register(subparsers) -> None:
     m.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the run")
     m.add_argument("--max-images", type=int, help="only the first N images (by id)")
     m.add_argument("--device", default="auto")
-    m.add_argument("--out", type=Path, help="write the JSON (summary, per class, per size, per object) here")
+    m.add_argument("--out", type=Path, help="write the JSON (summary, per class, per size, per object) here; as "
+                   "RUN/reports/miou_NAME.json it becomes the ground-truth columns of `distill report`")
     m.set_defaults(func=cmd_miou)
 
     p = subparsers.add_parser("bench", help="latency, size, GFLOPs and memory of models (PyTorch, ONNX, ultralytics)")
@@ -195,6 +198,8 @@ def register(subparsers) -> None:
                    help="names like sam_vit_b build the architecture with random weights (latency only)")
     p.add_argument("--image-size", type=int, default=1024, help="input size for --random-init and dynamic ONNX inputs")
     p.add_argument("--cache", type=Path, help="teacher embedding cache: adds fidelity to the teacher among MODELS")
+    p.add_argument("--teacher", help="one of MODELS to bench as the teacher, whatever its format (a SAM trained here "
+                   "and saved as model.pt is otherwise one more student): the report's speed-ups are against it")
     p.add_argument("--out", type=Path, help="write the rows as JSON (e.g. RUN/reports/bench.json)")
     p.set_defaults(func=cmd_bench)
 

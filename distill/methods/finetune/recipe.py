@@ -14,13 +14,6 @@ from sam_distill.methods.finetune.config import FineTuneConfig
 from sam_distill.methods.registry import register_method
 from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
 
-MIOU_KEYS = ("box_miou", "point_miou", "box_as_mask_miou", "noc85", "noc90")
-
-
-def miou_scores(summary: dict, clicks: int) -> dict[str, float]:
-    """The headline numbers of an ``eval.miou`` summary: box, 1 click, k clicks, NoC and the box-as-mask baseline."""
-    return {key: summary[key] for key in (*MIOU_KEYS, f"clicks_{clicks}_miou")}
-
 
 def finetuned_sam(config):
     """The configured SAM wrapped for training, as ``config.finetune`` says what trains."""
@@ -48,7 +41,7 @@ def finetune_objective(config, model, seed: int, evaluate=None):
 def run_finetune(config, run_dir) -> dict:
     from sam_distill.core.device import init_distributed
     from sam_distill.core.fileio import atomic_write_json
-    from sam_distill.eval.miou import ground_truth_miou
+    from sam_distill.eval.miou import ground_truth_miou, headline_scores
     from sam_distill.methods.instances import describe_encoder, resolve_coco_data, split_datasets
     from sam_distill.sam.model_file import load_model, save_model
     from sam_distill.train.loop import Schedule, train
@@ -79,7 +72,7 @@ def run_finetune(config, run_dir) -> dict:
     def evaluate() -> dict:
         result = ground_truth_miou(model.sam, annotations, images, spec.eval_clicks, val_ids, device=device,
                                    progress=False)
-        return miou_scores(result["summary"], spec.eval_clicks)
+        return headline_scores(result["summary"], spec.eval_clicks)
 
     objective = finetune_objective(config, model, config.seed * 1000 + context.rank,
                                    evaluate if val_ids else None)
@@ -101,7 +94,7 @@ def run_finetune(config, run_dir) -> dict:
     scores["model"] = str(model_path)
     reports = run_dir.sub("reports")
     atomic_write_json(reports / "miou.json", scores)
-    headline = miou_scores(scores["summary"], spec.eval_clicks)
+    headline = headline_scores(scores["summary"], spec.eval_clicks)
     atomic_write_json(reports / "metrics_finetune.json",
                       {"model": model_path.name, "metrics": {f"gt_{k}": v for k, v in headline.items()}})
     log("finetune: val " + " ".join(f"{k}={v:.3f}" for k, v in headline.items()))
