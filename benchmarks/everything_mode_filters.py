@@ -29,18 +29,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from segment_anything import SamAutomaticMaskGenerator
-
     from sam_distill.core.images import load_rgb
     from sam_distill.data.coco import load_coco, split_image_ids
+    from sam_distill.data.everything import generator_settings
     from sam_distill.sam.model_file import load_model
+    from sam_distill.sam.teachers import make_generator
 
     torch.set_num_threads(args.threads)
     coco = load_coco(args.coco)
     image_ids = split_image_ids(coco, "val", 0.2, args.coco)[: args.images]
     sam, _ = load_model(args.model)
-    generator = SamAutomaticMaskGenerator(sam.eval(), points_per_side=args.points, pred_iou_thresh=0.0,
-                                          stability_score_thresh=0.0, box_nms_thresh=0.7)
+    # the generator SAM-cls and pseudo-labelling build, with both filters off
+    settings = generator_settings(points_per_side=args.points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    generator = make_generator(sam, settings, torch.device("cpu"))
     predicted_iou, stability = [], []
     for image_id in image_ids:
         image = load_rgb(args.image_dir / coco.loadImgs(image_id)[0]["file_name"])
