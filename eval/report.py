@@ -195,19 +195,37 @@ def choose_metric(rows: list[dict]) -> str | None:
     return None
 
 
-def heavy_vs_light(rows: list[dict], metric: str | None) -> tuple[list[dict], list[str]]:
-    """Per run: each row's speed-up over the run's teacher and share of the teacher's accuracy kept."""
+def heavy_vs_light(rows: list[dict], metric: str | None,
+                   teacher_runs: dict[str, str] | None = None) -> tuple[list[dict], list[str]]:
+    """Per run: each row's speed-up over the run's teacher and share of the teacher's accuracy kept.
+
+    ``teacher_runs`` maps a run to the run that stands as its teacher: the same recipe on the heavy encoder, whose
+    model is then the teacher of every model of the first run (an instance method on the student's encoder against
+    the same method on the teacher's). That run's own teacher row when it has one, else its first row."""
+    teacher_runs = teacher_runs or {}
+    by_run = {run: [r for r in rows if r.get("run") == run] for run in dict.fromkeys(r.get("run") for r in rows)}
+    unknown = [name for pair in teacher_runs.items() for name in pair if name not in by_run]
+    if unknown:
+        raise DistillError(f"report --against: no run named {', '.join(dict.fromkeys(unknown))} among the reported "
+                           f"runs ({', '.join(map(str, by_run)) or 'none'}); give RUN=TEACHER_RUN by run folder name")
     table, notes = [], []
-    for run in dict.fromkeys(r.get("run") for r in rows):
-        members = [r for r in rows if r.get("run") == run]
-        teacher = next((r for r in members if r.get("role") == ROLE_TEACHER), None)
+    for run, members in by_run.items():
+        own_teacher = next((r for r in members if r.get("role") == ROLE_TEACHER), None)
+        if run in teacher_runs:
+            candidates = by_run[teacher_runs[run]]
+            teacher = next((r for r in candidates if r.get("role") == ROLE_TEACHER), candidates[0])
+            teacher_name = f"{teacher_runs[run]}: {teacher['model']}"
+        else:
+            teacher, teacher_name = own_teacher, own_teacher and own_teacher["model"]
         if teacher is None:
-            notes.append(f"{run}: no teacher row, so no speed-up (bench the teacher too)")
+            if run not in teacher_runs.values():  # a run that is some run's teacher needs none of its own
+                notes.append(f"{run}: no teacher row, so no speed-up (bench the teacher too, or pair the run with "
+                             f"its heavy counterpart: --against {run}=TEACHER_RUN)")
             continue
         for row in members:
-            if row is teacher:
+            if row is teacher or row is own_teacher:
                 continue
-            entry = {"run": run, "model": row["model"], "format": row.get("format", "-"), "teacher": teacher["model"]}
+            entry = {"run": run, "model": row["model"], "format": row.get("format", "-"), "teacher": teacher_name}
             for phase in ("encoder", "total"):
                 t, s = teacher.get(f"{phase}_p50_ms"), row.get(f"{phase}_p50_ms")
                 entry[f"{phase}_speedup"] = t / s if t and s else None
@@ -391,12 +409,14 @@ def overlay_models(rows: list[dict]) -> list[tuple[str, Path]]:
     return list(chosen.values())
 
 
-def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict | None = None) -> dict:
+def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict | None = None,
+                 teacher_runs: dict[str, str] | None = None) -> dict:
     """Collect, compute and write the four report files atomically (five with ``overlays``). Returns results.json's
     content.
 
     ``overlays`` (``annotations``, ``images``, ``image_ids``, optional ``device``) adds ``overlays.png``: every
     model's masks on those images beside their ground truth (:mod:`sam_distill.eval.gallery`).
+    ``teacher_runs`` pairs runs for "Heavy vs light" (see :func:`heavy_vs_light`).
     Inputs that hold no run are notes when others do; when none does there is nothing to report, which is one
     sentence rather than an empty report."""
     if not any(holds_run(p) for p in run_dirs):
@@ -410,7 +430,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict 
         else:
             notes.append(f"{run_dir}: {'holds no run' if Path(run_dir).exists() else 'does not exist'}; skipped")
     metric = choose_metric(rows)
-    entries, hv_notes = heavy_vs_light(rows, metric)
+    entries, hv_notes = heavy_vs_light(rows, metric, teacher_runs)
     notes += hv_notes
     unplotted = [r["model"] for r in rows if metric and r.get(metric) is None]
     if unplotted:

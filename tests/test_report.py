@@ -367,7 +367,49 @@ def test_reference_rows_are_cited_quoted_and_consistent():
 
 def test_heavy_vs_light_without_teacher_is_a_note():
     entries, notes = heavy_vs_light([{**_row("s", "student", 1, 1, 1), "run": "r"}], "point_miou")
-    assert entries == [] and notes == ["r: no teacher row, so no speed-up (bench the teacher too)"]
+    assert entries == [] and notes == ["r: no teacher row, so no speed-up (bench the teacher too, or pair the run "
+                                       "with its heavy counterpart: --against r=TEACHER_RUN)"]
+
+
+def _instance_run(root: Path, name: str, total: float, encoder: float, params: float, ap: float) -> Path:
+    """A run folder as an instance recipe leaves it: one benched model (no teacher row) and its mask AP."""
+    reports = root / name / "reports"
+    reports.mkdir(parents=True)
+    row = _row("SAM-det (sam_det.pt)", "student", total, encoder, params, path=f"{root / name}/sam_det.pt")
+    (reports / "bench.json").write_text(json.dumps({"machine": "test CPU", "rows": [row]}))
+    (reports / "metrics_sam_det.json").write_text(json.dumps({"model": "sam_det.pt", "metrics": {"mask_AP": ap}}))
+    return root / name
+
+
+def test_against_pairs_a_run_with_the_same_method_on_the_heavy_encoder(tmp_path, capsys):
+    light = _instance_run(tmp_path, "det_student", 400.0, 25.0, 23e6, 7.6)
+    heavy = _instance_run(tmp_path, "det_teacher", 600.0, 170.0, 43e6, 13.1)
+    other = _instance_run(tmp_path, "seg_student", 450.0, 28.0, 21e6, 8.3)
+    results = build_report([heavy, light, other], tmp_path / "out", teacher_runs={"det_student": "det_teacher"})
+    (entry,) = results["heavy_vs_light"]
+    assert entry["run"] == "det_student" and entry["teacher"] == "det_teacher: SAM-det (sam_det.pt)"
+    assert entry["total_speedup"] == pytest.approx(1.5) and entry["encoder_speedup"] == pytest.approx(6.8)
+    assert entry["size_ratio"] == pytest.approx(43 / 23)
+    assert entry["accuracy_metric"] == "mask_AP" and entry["accuracy_kept"] == pytest.approx(7.6 / 13.1)
+    # the paired runs need no teacher of their own; an unpaired run still says how to get one
+    notes = [n for n in results["notes"] if "no teacher row" in n]
+    assert len(notes) == 1 and notes[0].startswith("seg_student:") and "--against seg_student=TEACHER_RUN" in notes[0]
+    assert "| det_student | SAM-det (sam_det.pt) | pytorch | det_teacher: SAM-det (sam_det.pt) | 6.8x | 1.5x" in (
+        tmp_path / "out" / "report.md").read_text()
+
+    # through the CLI, and one line naming the flag and the runs when a name is wrong or the pair malformed
+    assert main(["report", str(heavy), str(light), "--out", str(tmp_path / "cli"),
+                 "--against", "det_student=det_teacher"]) == 0
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["heavy_vs_light"][0]["teacher"].startswith(
+        "det_teacher:")
+    capsys.readouterr()
+    for pair, expected in (("det_student=det_techer", "no run named det_techer among the reported runs "
+                                                      "(det_teacher, det_student)"),
+                           ("det_student", "expected RUN=TEACHER_RUN")):
+        assert main(["report", str(heavy), str(light), "--out", str(tmp_path / "bad"), "--against", pair]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--against" in err and expected in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_report_of_an_empty_run_still_renders(tmp_path):

@@ -133,7 +133,14 @@ def cmd_report(args) -> int:
         ids = split_image_ids(load_coco(args.coco), args.split, args.val_fraction, args.coco)[: args.overlays]
         overlays = {"annotations": args.coco, "images": args.images, "image_ids": ids,
                     "device": str(pick_device(args.device))}
-    build_report(args.runs, out, overlays=overlays)
+    teacher_runs = {}
+    for pair in args.against:
+        run, sep, teacher_run = pair.partition("=")
+        if not (sep and run and teacher_run):
+            raise DistillError(f"report --against {pair}: expected RUN=TEACHER_RUN (run folder names), e.g. "
+                               f"--against det_student=det_teacher")
+        teacher_runs[run] = teacher_run
+    build_report(args.runs, out, overlays=overlays, teacher_runs=teacher_runs)
     return 0
 
 
@@ -214,4 +221,7 @@ def register(subparsers) -> None:
                    help="with --coco: the instance recipes' fixed file-name-hash split the images come from")
     p.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the runs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--against", action="append", default=[], metavar="RUN=TEACHER_RUN",
+                   help="in 'Heavy vs light', compare RUN's models with TEACHER_RUN's (e.g. the same instance method "
+                        "on the student's and on the teacher's encoder); run folder names, repeatable")
     p.set_defaults(func=cmd_report)
