@@ -93,7 +93,7 @@ def _detected(kind, path: Path, image_paths: list[Path], device: str, min_score:
 
 
 def build_gallery(models: list[tuple[str, Path]], annotations: Path, images_dir: Path, image_ids: list[int],
-                  out: Path, device: str = "cpu", min_score: float = 0.3, log=print) -> dict:
+                  out: Path, device: str = "cpu", *, min_score: float, log=print) -> dict:
     """Write ``out`` (PNG) and return ``{"images": [file names], "columns": [{label, kind, instances | error}]}``.
 
     A model that cannot predict here (a missing CLIP checkpoint, an unreadable file) keeps its column with the

@@ -393,9 +393,14 @@ def holds_run(path: Path) -> bool:
     return path.is_file() or (path / "config.yaml").is_file() or (path / "reports").is_dir()
 
 
-OVERLAYS_CAPTION = ("Ground truth first, then each model. Promptable SAMs are given the ground-truth boxes as "
-                    "prompts; instance models show their own detections (score at least 0.3). Colours follow the "
-                    "class.")
+# Detections below this score are left out of overlays.png: an instance model's low-confidence guesses would hide
+# what it actually claims; early-training models score low, so the report's caller may lower it.
+OVERLAY_MIN_SCORE = 0.3
+
+
+def overlays_caption(min_score: float) -> str:
+    return ("Ground truth first, then each model. Promptable SAMs are given the ground-truth boxes as prompts; "
+            f"instance models show their own detections (score at least {min_score:g}). Colours follow the class.")
 
 
 def overlay_models(rows: list[dict]) -> list[tuple[str, Path]]:
@@ -416,7 +421,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict 
 
     ``overlays`` (``annotations``, ``images``, ``image_ids``, optional ``device``) adds ``overlays.png``: every
     model's masks on those images beside their ground truth (:mod:`sam_distill.eval.gallery`).
-    ``teacher_runs`` pairs runs for "Heavy vs light" (see :func:`heavy_vs_light`).
+    ``overlays`` may hold ``min_score``: the instance models' detections drawn (default
+    :data:`OVERLAY_MIN_SCORE`). ``teacher_runs`` pairs runs for "Heavy vs light" (see :func:`heavy_vs_light`).
     Inputs that hold no run are notes when others do; when none does there is nothing to report, which is one
     sentence rather than an empty report."""
     if not any(holds_run(p) for p in run_dirs):
@@ -446,9 +452,10 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict 
     if overlays:
         from sam_distill.eval.gallery import build_gallery
 
+        min_score = overlays.get("min_score", OVERLAY_MIN_SCORE)
         gallery = build_gallery(overlay_models(rows), overlays["annotations"], overlays["images"],
                                 overlays["image_ids"], Path(out_dir) / "overlays.png", overlays.get("device", "cpu"),
-                                log=log)
+                                min_score=min_score, log=log)
         notes += [f"overlays: {c['label']}: no masks ({c['error']})" for c in gallery["columns"] if "error" in c]
         gallery_png = (Path(out_dir) / "overlays.png").read_bytes()
     refs = reference_rows()
@@ -467,7 +474,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict 
     for title, (head, body), caption in sections:
         md += [f"## {title}", "", *([caption, ""] if caption else []), _markdown_table(head, body)]
     if gallery_png is not None:
-        md += ["## Masks on the same images", "", OVERLAYS_CAPTION, "", "![masks of every model](overlays.png)", ""]
+        md += ["## Masks on the same images", "", overlays_caption(min_score), "", "![masks of every model](overlays.png)", ""]
     md += ["## Notes", ""]
     md += [f"- {n}" for n in notes] or ["- none"]
 
@@ -480,7 +487,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, log=print, overlays: dict 
         body_html.append(f"<section{cls}><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>"
                          f"{_html_table(head, body)}</section>")
     if gallery_png is not None:
-        body_html.append(f"<h2>Masks on the same images</h2><p>{html.escape(OVERLAYS_CAPTION)}</p>"
+        body_html.append(f"<h2>Masks on the same images</h2><p>{html.escape(overlays_caption(min_score))}</p>"
                          f'<img id="overlays" alt="masks of every model" '
                          f'src="data:image/png;base64,{base64.b64encode(gallery_png).decode()}">')
     body_html.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes or ["none"]) + "</ul>")

@@ -542,7 +542,7 @@ def test_overlays_show_every_model_beside_the_ground_truth(tmp_path):
     torch.save({"format": "sam-distill/model", "student": "vit_tiny", "image_size": 128, "state_dict": {}}, broken)
     ids = sorted(coco.getImgIds())
     result = build_gallery([("tiny", model), ("broken", broken)], annotations, images, ids, tmp_path / "g.png",
-                           log=lambda m: None)
+                           min_score=0.3, log=lambda m: None)
     counts = [len(coco.getAnnIds(imgIds=i, iscrowd=False)) for i in ids]
     truth, tiny, bad = result["columns"]
     assert truth["instances"] == counts == tiny["instances"] and tiny["kind"] == "sam" and sum(counts) >= 4
@@ -587,3 +587,52 @@ def test_a_runs_teacher_saved_as_our_model_pt_is_benched_as_the_teacher(tmp_path
     roles = {Path(r["path"]): r["role"] for r in json.loads((run / "reports" / "bench.json").read_text())["rows"]}
     assert roles == {teacher: "teacher", run / "model" / "model.pt": "student"}
     assert len(results["heavy_vs_light"]) == 1 and not any("no teacher row" in n for n in results["notes"])
+
+
+def test_overlay_score_chooses_which_detections_are_drawn(tmp_path, monkeypatch, capsys):
+    """An instance model's detections are drawn at or above --overlay-score (0.3 unless given), and the caption says
+    which; an out-of-range score is one line."""
+    from types import SimpleNamespace
+
+    from pycocotools import mask as mask_utils
+
+    import sam_distill.eval.gallery as gallery
+    from sam_distill.data.coco import load_coco, make_synthetic_coco
+    from sam_distill.eval.report import OVERLAY_MIN_SCORE
+
+    annotations = make_synthetic_coco(tmp_path / "coco", count=1, size=64, seed=1)
+    (image_id,) = load_coco(annotations).getImgIds()
+    square = np.zeros((64, 64), np.uint8, order="F")
+    square[8:24, 8:24] = 1
+    rle = mask_utils.encode(square)
+    scores = [0.9, 0.3, 0.2, 0.05]
+    predictions = SimpleNamespace(classes=[{"id": 1, "name": "square"}], images=[{"id": image_id}],
+                                  results=[{"image_id": image_id, "category_id": 1, "score": s, "segmentation": rle}
+                                           for s in scores])
+    detector = SimpleNamespace(name="sam_det", function=lambda name: lambda path, images, device: predictions)
+    monkeypatch.setattr(gallery, "identify", lambda path: detector)
+    model = tmp_path / "sam_det.pt"
+    model.write_bytes(b"")
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"model": "SAM-det (sam_det.pt)", "path": str(model), "kind": "sam_det"}]}))
+
+    real_build_gallery, galleries = gallery.build_gallery, []
+    monkeypatch.setattr(gallery, "build_gallery",
+                        lambda *a, **k: galleries.append(real_build_gallery(*a, **k)) or galleries[-1])
+    for args, drawn in (([], 2), (["--overlay-score", "0.1"], 3), (["--overlay-score", "0"], 4)):
+        out = tmp_path / f"report{len(args)}{drawn}"
+        assert main(["report", str(bench), "--out", str(out), "--coco", str(annotations), "--images",
+                     str(annotations.parent / "images"), "--overlays", "1", "--split", "all", *args]) == 0
+        md = (out / "report.md").read_text()
+        threshold = float(args[1]) if args else OVERLAY_MIN_SCORE
+        assert f"own detections (score at least {threshold:g})" in md
+        column = galleries[-1]["columns"][1]
+        assert column["label"].endswith("sam_det.pt") and column["instances"] == [drawn]
+
+    capsys.readouterr()
+    assert main(["report", str(bench), "--out", str(tmp_path / "bad"), "--overlay-score", "30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--overlay-score 30" in err and "between 0 and 1" in err
+    parser_help = subprocess.run([sys.executable, "-m", "sam_distill", "report", "--help"], capture_output=True,
+                                 text=True, check=True).stdout
+    assert f"default {OVERLAY_MIN_SCORE:g};" in " ".join(parser_help.split())

@@ -126,6 +126,8 @@ def cmd_report(args) -> int:
     overlays = None
     if (args.coco is None) != (args.images is None):
         raise DistillError("report: masks on images need both --coco ANN and --images DIR (or neither)")
+    if args.overlay_score is not None and not 0.0 <= args.overlay_score <= 1.0:
+        raise DistillError(f"report --overlay-score {args.overlay_score:g}: a detection score is between 0 and 1")
     if args.coco is not None:
         from sam_distill.core.device import pick_device
         from sam_distill.data.coco import load_coco, split_image_ids
@@ -133,6 +135,8 @@ def cmd_report(args) -> int:
         ids = split_image_ids(load_coco(args.coco), args.split, args.val_fraction, args.coco)[: args.overlays]
         overlays = {"annotations": args.coco, "images": args.images, "image_ids": ids,
                     "device": str(pick_device(args.device))}
+        if args.overlay_score is not None:
+            overlays["min_score"] = args.overlay_score
     teacher_runs = {}
     for pair in args.against:
         run, sep, teacher_run = pair.partition("=")
@@ -220,6 +224,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=["all", "val", "train"], default="val",
                    help="with --coco: the instance recipes' fixed file-name-hash split the images come from")
     p.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the runs")
+    p.add_argument("--overlay-score", type=float,
+                   help="with --coco: draw the instance models' detections at or above this score (default 0.3; "
+                        "lower it for models early in training, whose scores are low)")
     p.add_argument("--device", default="auto")
     p.add_argument("--against", action="append", default=[], metavar="RUN=TEACHER_RUN",
                    help="in 'Heavy vs light', compare RUN's models with TEACHER_RUN's (e.g. the same instance method "
