@@ -46,6 +46,34 @@ def test_mask_ap_perfect_and_recall_limited():
         mask_ap(Path("/nonexistent/gt.json"), [])
 
 
+def test_teacher_labels_are_scored_against_the_ground_truth_of_their_images(tmp_path):
+    from sam_distill.methods.fastsam.recipe import score_labels
+
+    a, b = _rect(64, 64, 5, 25, 5, 25), _rect(64, 64, 35, 60, 30, 62)
+    gt = _gt([[a, b], [a]])
+    annotations = tmp_path / "gt.json"
+    annotations.write_text(json.dumps(gt))
+    labels = tmp_path / "labels"
+    (labels / "masks").mkdir(parents=True)
+    (labels / "labels.json").write_text(json.dumps({"images": str(tmp_path / "images" / "..")}))
+
+    def write(name, masks, scores):
+        found = [{**r, "predicted_iou": r["score"]} for r in masks_to_results(0, np.stack(masks), scores)]
+        (labels / "masks" / f"{name}.json").write_text(json.dumps({"image": {"file_name": name}, "annotations": found}))
+
+    # img1: one of its two objects exactly, ranked above a background mask; img3 is not in the COCO file
+    write("img1.png", [_rect(64, 64, 40, 44, 0, 4), a], [0.2, 0.9])
+    write("img3.png", [b], [0.9])
+    scored = score_labels(labels, annotations, tmp_path)
+    assert scored["images"] == 1 and scored["ground_truth_instances"] == 2 and scored["detections"] == 2
+    assert scored["stats"]["AP50"] == pytest.approx(51 / 101, abs=1e-6)  # img2 has no label file: not scored
+    write("img2.png", [a], [0.5])
+    assert score_labels(labels, annotations, tmp_path)["stats"]["AR100"] == pytest.approx(2 / 3)
+    (labels / "masks" / "img1.png.json").unlink()
+    (labels / "masks" / "img2.png.json").unlink()
+    assert score_labels(labels, annotations, tmp_path) is None
+
+
 def test_polygon_reasons_and_stable_split():
     assert mask_to_polygon(np.zeros((20, 20)), 4, 8) == (None, "empty")
     assert mask_to_polygon(_rect(20, 20, 2, 4, 2, 4), 16, 8)[1] == "tiny"
@@ -59,6 +87,12 @@ def test_polygon_reasons_and_stable_split():
     assert val == split_names(list(reversed(names)) + ["extra.png"], 0.2) - {"extra.png"}
     assert 20 < len(val) < 60 and all(is_val(n, 0.2) for n in val)
     assert len(split_names(["a.png", "b.png"], 0.01)) == 1  # ultralytics needs a val image
+    # a dataset made from the training side of the instance recipes' split still gets its share of val images
+    from sam_distill.data.coco import hash_split
+
+    many = [f"{i:03d}.jpg" for i in range(1000)]
+    training_side = [many[i] for i in hash_split(many, 0.2)[0]]
+    assert 0.07 < len(split_names(training_side, 0.1)) / len(training_side) < 0.13
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +131,12 @@ def test_convert_coco_layout(coco_dataset, tmp_path):
     assert coords.min(0) == pytest.approx([10, 70], abs=1.01) and coords.max(0) == pytest.approx([90, 80], abs=1.01)
     val_gt = json.loads((tmp_path / "yd" / "val_coco.json").read_text())
     assert len(val_gt["images"]) == summary["val_images"] and len(val_gt["annotations"]) == 2 * summary["val_images"]
+    # converted again into the same folder with another split: no image or label is left in both splits
+    again = convert_coco(coco_dataset / "annotations.json", coco_dataset, tmp_path / "yd", val_fraction=0.7)
+    assert again["val_images"] > summary["val_images"]
+    for kind, pattern in (("images", "*.png"), ("labels", "*.txt")):
+        train, val = ({p.stem for p in (tmp_path / "yd" / kind / split).glob(pattern)} for split in ("train", "val"))
+        assert len(train) + len(val) == 6 and not train & val, (kind, train, val)
     with pytest.raises(DistillError, match="none of the images"):
         convert_coco(coco_dataset / "annotations.json", tmp_path, tmp_path / "yd2")
 
@@ -275,6 +315,13 @@ def test_export_goes_through_distill_export(trained_student, tmp_path):
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)})
     assert outputs[1].shape == (1, 32, 16, 16)  # mask prototypes at a quarter of the input
     assert weights.exists()  # the source .pt is left in place
+    # `distill bench` / the run's report time the exported network as they time the .pt: one forward at its size
+    from sam_distill.eval.bench import bench_model, load_bench_model
+
+    timed = load_bench_model(str(tmp_path / manifest["files"][0]["file"]), threads=1, image_size=1024)
+    assert (timed.kind, timed.format, timed.image_size) == ("onnx-yolo-seg", "onnx-fp32", 64)
+    row = bench_model(timed, runs=2, warmup=1)
+    assert row["encoder_p50_ms"] > 0 and "decoder_p50_ms" not in row
 
 
 def test_clip_text_selection(tmp_path):
@@ -320,3 +367,7 @@ def test_fastsam_recipe_end_to_end_and_rerun(tmp_path, tiny_teacher_checkpoint):
     run(config)  # a rerun resumes: nothing relabelled, training already finished
     rerun_log = (run_dir / "logs" / "run.log").read_text().splitlines()[log_lines:]
     assert any("0 to do" in line for line in rerun_log) and any("already finished" in line for line in rerun_log)
+    # the rerun's report still describes the whole label set, not only what the rerun labelled (nothing)
+    summary_line = next(line for line in (run_dir / "reports" / "fastsam.md").read_text().splitlines()
+                        if line.startswith("- pseudo-labels:"))
+    assert summary_line.startswith("- pseudo-labels: 4 images, ") and '"labelled": 0' in summary_line

@@ -34,19 +34,29 @@ from sam_distill.core.fileio import atomic_write_json, atomic_write_text, read_j
 DROP_REASONS = ("empty", "tiny", "fragmented", "crowd")
 
 
+# Salt of the split's hash. The instance recipes split a COCO file by the unsalted SHA-1 of the same names
+# (``data.coco.hash_split``); a dataset made from one side of that split, hashed the same way, would have no image
+# below a smaller fraction (e.g. a val fraction of 0.1 within the training side of a 0.2 split: every name there
+# hashes at or above 0.2). Salted, the two splits are independent.
+SPLIT_SALT = b"sam-distill/yolo-val/"
+
+
+def _split_digest(name: str) -> bytes:
+    return hashlib.sha1(SPLIT_SALT + name.encode("utf-8")).digest()
+
+
 def is_val(name: str, val_fraction: float) -> bool:
-    """Stable split: the first 8 bytes of the name's SHA-1 as a fraction of 2^64."""
-    value = int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big") / 2**64
-    return value < val_fraction
+    """Stable split: the first 8 bytes of the name's salted SHA-1 as a fraction of 2^64."""
+    return int.from_bytes(_split_digest(name)[:8], "big") / 2**64 < val_fraction
 
 
 def split_names(names: list[str], val_fraction: float) -> set[str]:
     """Names in the val split; with two or more images and a non-zero fraction, at least one (ultralytics needs one)."""
     val = {name for name in names if is_val(name, val_fraction)}
     if not val and val_fraction > 0 and len(names) >= 2:
-        val = {min(names, key=lambda n: hashlib.sha1(n.encode("utf-8")).digest())}
+        val = {min(names, key=_split_digest)}
     if len(val) == len(names) and len(names) >= 2:
-        val.discard(max(names, key=lambda n: hashlib.sha1(n.encode("utf-8")).digest()))
+        val.discard(max(names, key=_split_digest))
     return val
 
 
@@ -109,6 +119,10 @@ class _Writer:
         for image_id, (name, image_path, width, height, instances) in enumerate(sorted(self.items), start=1):
             split = "val" if name in val else "train"
             per_split[split] += 1
+            other = "train" if split == "val" else "val"  # a rerun with another split leaves no copy behind there
+            for stale in (self.out / "images" / other / name, self.out / "labels" / other / (Path(name).stem + ".txt")):
+                if stale.is_symlink() or stale.exists():
+                    stale.unlink()
             _link_or_copy(image_path, self.out / "images" / split / name)
             lines = []
             if split == "val":

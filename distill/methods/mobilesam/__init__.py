@@ -55,7 +55,7 @@ register_kind(ModelKind(
 
 register_kind(ModelKind(
     name="onnx",
-    what="an ONNX graph (a SAM encoder or decoder written by `distill export`)",
+    what="an ONNX graph (a SAM encoder or decoder, or a YOLO-seg network, written by `distill export`)",
     how_to_make="make one with `distill export MODEL --format onnx`",
     matches=_is_onnx,
     bench="sam_distill.methods.mobilesam.bench:bench_onnx",

@@ -45,8 +45,10 @@ def bench_hq(path: Path, device: str = "cpu", threads: int = 1, image_size: int 
                                ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
 
 
-def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
-    """Dummy inputs for a SAM encoder or SamOnnxModel decoder graph; which of the two it is."""
+def _onnx_feeds(session, image_size: int) -> tuple[str, str, dict]:
+    """Dummy inputs for a SAM encoder, a SamOnnxModel decoder or an ultralytics YOLO-seg graph: (the phase it is
+    timed as, what it is, the feeds). A YOLO-seg network is the whole automatic pipeline, so it is timed as the
+    encoder phase, as its ``.pt`` is."""
     names = {i.name: i for i in session.get_inputs()}
 
     def dims(name, fallback):
@@ -55,7 +57,10 @@ def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
 
     if "image" in names:
         shape = dims("image", [1, 3, image_size, image_size])
-        return "encoder", {"image": np.random.rand(*shape).astype(np.float32)}
+        return "encoder", "encoder", {"image": np.random.rand(*shape).astype(np.float32)}
+    if set(names) == {"images"}:  # ultralytics' exported network (a FastSAM-style student's fastsam.onnx)
+        shape = dims("images", [1, 3, image_size, image_size])
+        return "encoder", "yolo-seg", {"images": np.random.rand(*shape).astype(np.float32)}
     if "image_embeddings" in names:
         emb = dims("image_embeddings", [1, 256, image_size // 16, image_size // 16])
         side = emb[-1] * 16
@@ -69,15 +74,15 @@ def _onnx_feeds(session, image_size: int) -> tuple[str, dict]:
         missing = set(names) - set(feeds)
         if missing:
             raise DistillError(f"decoder graph has inputs {sorted(missing)} beyond SamOnnxModel's; export it with SamOnnxModel")
-        return "decoder", {k: v for k, v in feeds.items() if k in names}
-    raise DistillError(f"ONNX inputs {sorted(names)} are neither a SAM encoder ('image') nor a SamOnnxModel decoder "
-                       f"('image_embeddings'); export with `distill export`")
+        return "decoder", "decoder", {k: v for k, v in feeds.items() if k in names}
+    raise DistillError(f"ONNX inputs {sorted(names)} are neither a SAM encoder ('image'), a SamOnnxModel decoder "
+                       f"('image_embeddings') nor a YOLO-seg network ('images'); export with `distill export`")
 
 
 def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
-    """A SAM encoder (input ``image``) or SamOnnxModel decoder (``image_embeddings``) graph on onnxruntime's CPU
-    provider; dynamic input sizes take ``image_size``. INT8 graphs are labelled ``onnx-int8``, graphs with fp16
-    weights ``onnx-fp16``."""
+    """A SAM encoder (input ``image``), SamOnnxModel decoder (``image_embeddings``) or YOLO-seg (``images``) graph
+    on onnxruntime's CPU provider; dynamic input sizes take ``image_size``. INT8 graphs are labelled ``onnx-int8``,
+    graphs with fp16 weights ``onnx-fp16``."""
     if device != "cpu":
         raise DistillError(f"model {path}: ONNX models are timed on CPU only; drop --device {device}")
     try:
@@ -91,14 +96,15 @@ def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: in
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    part, feeds = _onnx_feeds(session, image_size)
+    part, what, feeds = _onnx_feeds(session, image_size)
 
     def run():
         return session.run(None, feeds)
 
     precision = "int8" if quantised else "fp16" if half else "fp32"
-    model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{part}", format=f"onnx-{precision}",
-                       role=ROLE_STUDENT, path=path, params=params, image_size=image_size,
+    model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{what}", format=f"onnx-{precision}",
+                       role=ROLE_STUDENT, path=path, params=params,
+                       image_size=int(next(iter(feeds.values())).shape[-1]) if what == "yolo-seg" else image_size,
                        notes=[f"onnxruntime {ort.__version__} CPU, {threads} intra-op threads; GFLOPs not counted"])
     setattr(model, part, run)
     return model
