@@ -72,6 +72,13 @@ def label_image(generator, image) -> list[dict]:
              "crop_box": [float(v) for v in m["crop_box"]]} for i, m in enumerate(masks)]
 
 
+def labels_as_results(image_id: int, labels: list[dict]) -> list[dict]:
+    """One image's everything-mode masks (``label_image``'s records) as class-agnostic COCO results, each scored by
+    the SAM's own predicted IoU."""
+    return [{"image_id": image_id, "category_id": 1, "segmentation": label["segmentation"], "bbox": label["bbox"],
+             "score": label["predicted_iou"]} for label in labels]
+
+
 def image_list(images: Path | list[Path]) -> tuple[list[Path], Path]:
     """(sorted image paths, the folder their label paths are relative to) of a folder or a list of files."""
     if isinstance(images, (str, Path)):

@@ -201,7 +201,7 @@ def score_labels(labels_dir: Path, annotations: Path, images_dir: Path) -> dict 
     A student is read against its labeller: this is what the YOLO student was taught, scored as if it were a
     prediction, so a low student AP can be told apart from a teacher that labels poorly."""
     from sam_distill.data.coco import load_coco
-    from sam_distill.data.everything import read_label_set
+    from sam_distill.data.everything import labels_as_results, read_label_set
     from sam_distill.eval.coco_ap import mask_ap
 
     coco = load_coco(annotations)
@@ -214,8 +214,7 @@ def score_labels(labels_dir: Path, annotations: Path, images_dir: Path) -> dict 
         if image_id is None:
             continue
         ids.append(image_id)
-        results += [{"image_id": image_id, "category_id": 1, "segmentation": label["segmentation"],
-                     "bbox": label["bbox"], "score": label["predicted_iou"]} for label in record["annotations"]]
+        results += labels_as_results(image_id, record["annotations"])
     if not ids:
         return None
     return {**mask_ap(coco.dataset, results, class_agnostic=True, image_ids=sorted(ids)),

@@ -45,10 +45,10 @@ def bench_hq(path: Path, device: str = "cpu", threads: int = 1, image_size: int 
                                ROLE_STUDENT if ours else ROLE_TEACHER, path, device)
 
 
-def _onnx_feeds(session, image_size: int) -> tuple[str, str, dict]:
+def _onnx_feeds(session, image_size: int) -> tuple[str, str, dict, int]:
     """Dummy inputs for a SAM encoder, a SamOnnxModel decoder or an ultralytics YOLO-seg graph: (the phase it is
-    timed as, what it is, the feeds). A YOLO-seg network is the whole automatic pipeline, so it is timed as the
-    encoder phase, as its ``.pt`` is."""
+    timed as, what it is, the feeds, the image side they stand for: the graph's own where its shapes are static).
+    A YOLO-seg network is the whole automatic pipeline, so it is timed as the encoder phase, as its ``.pt`` is."""
     names = {i.name: i for i in session.get_inputs()}
 
     def dims(name, fallback):
@@ -57,10 +57,10 @@ def _onnx_feeds(session, image_size: int) -> tuple[str, str, dict]:
 
     if "image" in names:
         shape = dims("image", [1, 3, image_size, image_size])
-        return "encoder", "encoder", {"image": np.random.rand(*shape).astype(np.float32)}
+        return "encoder", "encoder", {"image": np.random.rand(*shape).astype(np.float32)}, shape[-1]
     if set(names) == {"images"}:  # ultralytics' exported network (a FastSAM-style student's fastsam.onnx)
         shape = dims("images", [1, 3, image_size, image_size])
-        return "encoder", "yolo-seg", {"images": np.random.rand(*shape).astype(np.float32)}
+        return "encoder", "yolo-seg", {"images": np.random.rand(*shape).astype(np.float32)}, shape[-1]
     if "image_embeddings" in names:
         emb = dims("image_embeddings", [1, 256, image_size // 16, image_size // 16])
         side = emb[-1] * 16
@@ -74,7 +74,7 @@ def _onnx_feeds(session, image_size: int) -> tuple[str, str, dict]:
         missing = set(names) - set(feeds)
         if missing:
             raise DistillError(f"decoder graph has inputs {sorted(missing)} beyond SamOnnxModel's; export it with SamOnnxModel")
-        return "decoder", "decoder", {k: v for k, v in feeds.items() if k in names}
+        return "decoder", "decoder", {k: v for k, v in feeds.items() if k in names}, side
     raise DistillError(f"ONNX inputs {sorted(names)} are neither a SAM encoder ('image'), a SamOnnxModel decoder "
                        f"('image_embeddings') nor a YOLO-seg network ('images'); export with `distill export`")
 
@@ -96,15 +96,14 @@ def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: in
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    part, what, feeds = _onnx_feeds(session, image_size)
+    part, what, feeds, side = _onnx_feeds(session, image_size)
 
     def run():
         return session.run(None, feeds)
 
     precision = "int8" if quantised else "fp16" if half else "fp32"
     model = BenchModel(name=f"{path.stem} ({path.name})", kind=f"onnx-{what}", format=f"onnx-{precision}",
-                       role=ROLE_STUDENT, path=path, params=params,
-                       image_size=int(next(iter(feeds.values())).shape[-1]) if what == "yolo-seg" else image_size,
+                       role=ROLE_STUDENT, path=path, params=params, image_size=int(side),
                        notes=[f"onnxruntime {ort.__version__} CPU, {threads} intra-op threads; GFLOPs not counted"])
     setattr(model, part, run)
     return model

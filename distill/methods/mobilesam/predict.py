@@ -86,14 +86,12 @@ def _prompted(family: str, model, size: int, images: list[Path], points, box) ->
 
 def _everything(family: str, model, size: int, images: list[Path], device: torch.device, overrides: dict
                 ) -> tuple[list[dict], list[dict]]:
-    from sam_distill.data.everything import generator_settings, label_image
+    from sam_distill.data.everything import generator_settings, label_image, labels_as_results
     from sam_distill.sam.teachers import make_generator
 
     generator = make_generator(model, generator_settings(**overrides), device, family)
     results, entries = [], []
     for image, _, entry in readable_images(images, size, desc="everything"):
-        results += [{"image_id": entry["id"], "category_id": 1, "segmentation": proposal["segmentation"],
-                     "bbox": proposal["bbox"], "score": proposal["predicted_iou"]}
-                    for proposal in label_image(generator, image)]
+        results += labels_as_results(entry["id"], label_image(generator, image))
         entries.append(entry)
     return results, entries
