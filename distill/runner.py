@@ -31,10 +31,13 @@ def prepare_run_dir(config: RunConfigBase) -> RunDir:
 
 
 def run(config: RunConfigBase) -> RunDir:
+    method = method_of(config)
+    if method.check is not None:
+        method.check(config)
     run_dir = prepare_run_dir(config)
     started = time.time()
     run_dir.log(f"run: recipe {config.recipe} in {run_dir.path}")
-    method_of(config).run(config, run_dir)
+    method.run(config, run_dir)
     report_run(run_dir.path, config, log=run_dir.log)
     run_dir.log(f"run: finished in {time.time() - started:.0f} s; everything is in {run_dir.path}")
     return run_dir

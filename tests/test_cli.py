@@ -105,6 +105,31 @@ def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path
     _one_line_error(code, err, "different config")
 
 
+def test_prompt_stage_alone_starts_from_the_distilled_student(tmp_path, tiny_teacher_checkpoint, capsys):
+    """EdgeSAM's second phase as a run of its own: no decoupled stage, one prompt-stage step from student.init."""
+    from sam_distill.sam.model_file import load_model
+
+    first = _small_run_config(tmp_path / "a", tiny_teacher_checkpoint)
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(first))
+    assert main(["run", str(tmp_path / "a.yaml")]) == 0
+    distilled = tmp_path / "a" / "run" / "model" / "model.pt"
+
+    second = _small_run_config(tmp_path / "b", tiny_teacher_checkpoint)
+    second["prompt_stage"]["only"] = True
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))
+    _one_line_error(*_run(["run", str(tmp_path / "b.yaml")], capsys), "prompt_stage.only", "student.init")
+    assert not (tmp_path / "b" / "run").exists()  # refused before the run folder is made: the fixed config may run
+    second["student"]["init"] = str(distilled)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))
+    assert main(["run", str(tmp_path / "b.yaml")]) == 0
+    run = tmp_path / "b" / "run"
+    assert not (run / "checkpoints" / "distill").exists() and (run / "checkpoints" / "prompt" / "last.pt").exists()
+    before = dict(load_model(distilled)[0].image_encoder.named_parameters())
+    after = dict(load_model(run / "model" / "model.pt")[0].image_encoder.named_parameters())
+    moved = max(float((after[k] - before[k]).abs().max()) for k in before)
+    assert 0 < moved < 1e-2  # one AdamW step at 1e-4 away from the distilled student, not from random weights
+
+
 def test_a_pickled_model_file_is_named_before_it_is_loaded(tmp_path, capsys):
     """An ultralytics file can only be unpickled, which runs code from it: the toolkit says so, once per file."""
     from ultralytics.utils import IterableSimpleNamespace

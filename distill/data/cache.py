@@ -304,3 +304,51 @@ class DistillDataset(Dataset):
         except (UnreadableImage, OSError) as err:
             raise DistillError(f"cached image {source} can no longer be read ({err}); restore it or rebuild the cache") from None
         return self.preprocessing(image), self.cache.targets(index)
+
+
+class AnnotatedDistillDataset(DistillDataset):
+    """(preprocessed image, teacher outputs, instance masks) triples: each cached view of an image with the COCO
+    instances of ``annotations`` turned the same way and brought to the model input (n×S×S bool). EdgeSAM draws
+    its prompt-in-the-loop prompts from the data set's ground-truth masks; these masks are what it draws from.
+    The teacher's masks stay the targets; the annotations only choose where to ask."""
+
+    def __init__(self, cache: EmbeddingCache, annotations: Path, images: Path, indices: list[int] | None = None):
+        from sam_distill.data.coco import load_coco
+
+        super().__init__(cache, indices)
+        self.coco = load_coco(annotations)
+        by_path = {str((Path(images) / info["file_name"]).resolve()): image_id
+                   for image_id, info in self.coco.imgs.items()}
+        self.image_ids = [by_path.get(self.cache.entries[index]["source"]) for index in self.indices]
+        if all(image_id is None for image_id in self.image_ids):
+            raise DistillError(f"no cached image is named in {annotations}; the cache was built from other images "
+                               f"than data.images {images}, or set prompt_stage.prompts: random")
+
+    def __getitem__(self, i: int):
+        image, targets = super().__getitem__(i)
+        image_id = self.image_ids[i]
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)] if image_id else []
+        size = self.preprocessing.image_size
+        if not anns:
+            return image, targets, torch.zeros((0, size, size), dtype=torch.bool)
+        masks = np.stack([self.coco.annToMask(a) for a in anns], -1)
+        masks = apply_view(masks, view_of(self.cache.entries[self.indices[i]]))
+        return image, targets, input_masks(masks, self.preprocessing)
+
+
+def input_masks(masks: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
+    """H×W×n instance masks → n×S×S bool, placed as ``preprocessing`` places the image (resized longest side and
+    padded bottom-right, or stretched to the square)."""
+    size = preprocessing.image_size
+    height, width = masks.shape[:2]
+    if preprocessing.resize_mode == "square":
+        input_hw = (size, size)
+    else:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        input_hw = ResizeLongestSide.get_preprocess_shape(height, width, size)
+    tensor = torch.from_numpy(np.ascontiguousarray(masks)).permute(2, 0, 1).float()
+    resized = torch.nn.functional.interpolate(tensor[None], size=input_hw, mode="nearest")[0]
+    padded = torch.nn.functional.pad(resized, (0, size - input_hw[1], 0, size - input_hw[0]))
+    keep = padded.flatten(1).any(1)
+    return padded[keep] > 0.5

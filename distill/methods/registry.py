@@ -4,7 +4,7 @@ follow from that entry."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from sam_distill.core.config import Section
 from sam_distill.core.registry import Registry
@@ -15,12 +15,16 @@ class Method:
     name: str
     run: Callable  # run(config, run_dir) -> dict: the recipe, end to end, resumable
     sections: dict[str, type[Section]]  # the config sections it reads, by key
+    # check(config): raises DistillError for what no single section can tell is wrong (keys that depend on each
+    # other); runs before the run folder is made, so a fixed config is not taken for a different run
+    check: Optional[Callable] = None
 
 
 METHODS: Registry[Method] = Registry("recipe")
 
 
-def register_method(name: str, sections: dict[str, type[Section]]) -> Callable[[Callable], Callable]:
+def register_method(name: str, sections: dict[str, type[Section]], check: Optional[Callable] = None
+                    ) -> Callable[[Callable], Callable]:
     """Decorate a recipe function: ``@register_method("sam_seg", {"encoder": EncoderConfig, ...})``."""
 
     def add(run: Callable) -> Callable:
@@ -28,7 +32,7 @@ def register_method(name: str, sections: dict[str, type[Section]]) -> Callable[[
             for other in (METHODS.get(n) for n in METHODS.names()):
                 if key in other.sections and other.sections[key] is not section:
                     raise ValueError(f"config section {key!r} of {name!r} differs from {other.name!r}'s")
-        METHODS.register(name)(Method(name, run, dict(sections)))
+        METHODS.register(name)(Method(name, run, dict(sections), check))
         return run
 
     return add

@@ -1,7 +1,9 @@
 """EdgeSAM's prompt-in-the-loop distillation as an objective of the training loop.
 
-Per image, prompts are drawn from the teacher's own masks (random points, then boxes around the
-masks those points give). Student and teacher encoder outputs go through the same frozen prompt
+Per image, the first prompts of a round are drawn as EdgeSAM draws them from SA-1B's masks when the batch carries
+ground-truth instance masks (a dataset with annotations): a point inside an instance, or its box, one instance
+each. Without annotations they are random points anywhere in the image, then boxes around the teacher's masks
+for those points. Student and teacher encoder outputs go through the same frozen prompt
 encoder and mask decoder; the student's mask logits are pulled towards the teacher's masks with
 BCE + Dice. ``refine_iterations`` adds EdgeSAM's extra points from the region where they disagree.
 The teacher's heavy encoder is not rerun: its outputs come from the cache, its decoder runs online. Any teacher
@@ -12,8 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import default_collate
+from torchvision.ops import masks_to_boxes
 
-from sam_distill.sam.prompts import error_points, mask_boxes, random_points
+from sam_distill.sam.prompts import error_points, mask_boxes, points_inside, random_points
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students.heads.losses import dice_loss
 from sam_distill.train.loop import Objective
@@ -47,28 +51,56 @@ class PromptLoopObjective(Objective):
     def set_random_state(self, state: dict) -> None:
         self.generator.set_state(state["prompts"])
 
+    def collate(self, items: list):
+        """Images and teacher outputs stacked; ground-truth masks (a different count per image) as a list."""
+        if len(items[0]) == 2:
+            return default_collate(items)
+        images, outputs = default_collate([item[:2] for item in items])
+        return images, outputs, [item[2] for item in items]
+
+    def _initial_prompts(self, images: torch.Tensor, b: int, t_feat, instance_masks: torch.Tensor | None
+                         ) -> list[dict]:
+        """The round's first prompts for image ``b``: a point set and a box set (``prompts_per_image`` in all)."""
+        n, image_size, device = self.prompts_per_image, images.shape[-1], images.device
+        if instance_masks is not None and len(instance_masks):
+            chosen = torch.randperm(len(instance_masks), generator=self.generator)[:n]
+            masks = instance_masks[chosen.to(instance_masks.device)]
+            # A single instance is asked by point or by box, a coin deciding; more are split half and half.
+            points_count = len(masks) // 2 if len(masks) > 1 else int(torch.rand((), generator=self.generator) < 0.5)
+            prompt_sets = []
+            if points_count:
+                coords = points_inside(masks[:points_count], 1, self.generator).to(device)
+                prompt_sets.append(dict(points=(coords, torch.ones(points_count, 1, device=device))))
+            if points_count < len(masks):
+                boxes = masks_to_boxes(masks[points_count:]).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
+                prompt_sets.append(dict(boxes=boxes.to(device)))
+            return prompt_sets
+        # Valid region: SAM pads bottom-right with zeros after normalising; find it from the input.
+        valid = images[b].abs().sum(0) > 0
+        h = int(valid.any(1).nonzero().max()) + 1 if valid.any() else image_size
+        w = int(valid.any(0).nonzero().max()) + 1 if valid.any() else image_size
+        coords = random_points(n, (h, w), self.generator).to(device)[:, None]
+        labels = torch.ones(n, 1, device=device)
+        point_masks = self._teacher(t_feat, points=(coords, labels)) > 0
+        boxes = mask_boxes(point_masks.cpu(), image_size).to(device)
+        half = n // 2
+        prompt_sets = [dict(points=(coords[:half or n], labels[:half or n]))]
+        if half:
+            prompt_sets.append(dict(boxes=boxes[half:]))
+        return prompt_sets
+
     def losses(self, student: nn.Module, batch) -> dict[str, torch.Tensor]:
-        images, teacher_outputs = batch
+        images, teacher_outputs = batch[:2]
+        instance_masks = batch[2] if len(batch) > 2 else None
         image_size = images.shape[-1]
         device = images.device
         self.teacher.to(device)
         student_outputs = student(images)
         bce, dice, terms = 0.0, 0.0, 0
         for b in range(images.shape[0]):
-            n = self.prompts_per_image
             s_feat, t_feat = image_row(student_outputs, b), image_row(teacher_outputs, b)
-            # Valid region: SAM pads bottom-right with zeros after normalising; find it from the input.
-            valid = images[b].abs().sum(0) > 0
-            h = int(valid.any(1).nonzero().max()) + 1 if valid.any() else image_size
-            w = int(valid.any(0).nonzero().max()) + 1 if valid.any() else image_size
-            coords = random_points(n, (h, w), self.generator).to(device)[:, None]
-            labels = torch.ones(n, 1, device=device)
-            point_masks = self._teacher(t_feat, points=(coords, labels)) > 0
-            boxes = mask_boxes(point_masks.cpu(), image_size).to(device)
-            half = n // 2
-            prompt_sets = [dict(points=(coords[:half or n], labels[:half or n]))]
-            if half:
-                prompt_sets.append(dict(boxes=boxes[half:]))
+            prompt_sets = self._initial_prompts(images, b, t_feat,
+                                                instance_masks[b].cpu() if instance_masks is not None else None)
             for prompt in prompt_sets:
                 target = self._teacher(t_feat, **prompt) > 0
                 for iteration in range(self.refine_iterations + 1):

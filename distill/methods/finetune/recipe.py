@@ -36,8 +36,14 @@ def finetune_objective(config, model, seed: int, evaluate=None):
     return FineTuneObjective(model, sampling, weights, seed, evaluate, config.instances.eval.every)
 
 
+def check_finetune(config) -> None:
+    if "train" in config.encoder.model_fields_set:
+        raise DistillError("config: recipe finetune reads finetune.train_encoder (frozen, lora or full), not "
+                           "encoder.train; remove encoder.train")
+
+
 @register_method("finetune", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,
-                              "finetune": FineTuneConfig})
+                              "finetune": FineTuneConfig}, check=check_finetune)
 def run_finetune(config, run_dir) -> dict:
     from sam_distill.core.device import init_distributed
     from sam_distill.core.fileio import atomic_write_json
@@ -46,9 +52,6 @@ def run_finetune(config, run_dir) -> dict:
     from sam_distill.sam.model_file import load_model, save_model
     from sam_distill.train.loop import Schedule, train
 
-    if "train" in config.encoder.model_fields_set:
-        raise DistillError("config: recipe finetune reads finetune.train_encoder (frozen, lora or full), not "
-                           "encoder.train; remove encoder.train")
     spec = config.finetune
     context = init_distributed(config.device)
     log = run_dir.log if context.is_main else (lambda message: None)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -23,12 +23,19 @@ class PromptStageConfig(Section):
     """EdgeSAM's prompt-in-the-loop stage: student masks are matched to the teacher's through the frozen decoder."""
 
     enabled: bool = False
+    only: bool = Field(False, description="skip the decoupled stage and run this one from student.init: EdgeSAM's "
+                       "second phase as a run of its own, from a student distilled before")
     epochs: int = Field(1, ge=1)
     max_steps: Optional[int] = Field(None, ge=1)
     batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-4, gt=0)
     prompts_per_image: int = Field(4, ge=1)
     refine_iterations: int = Field(1, ge=0, description="extra points sampled from the disagreement region")
+    prompts: Literal["auto", "annotations", "random"] = Field(
+        "auto", description="where each round's first prompts come from. annotations: data.annotations' instances "
+        "(a point inside one, or its box), as EdgeSAM samples SA-1B's masks, so the stage trains on the objects "
+        "users will click; random: points anywhere in the image and the boxes of the teacher's masks for them; "
+        "auto: annotations when data.annotations is set, else random")
     checkpoint_every: int = Field(200, ge=1)
     num_workers: int = Field(0, ge=0)
 

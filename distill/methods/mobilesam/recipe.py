@@ -6,6 +6,7 @@ import torch
 
 from sam_distill.core.config import RunConfigBase as RunConfig
 from sam_distill.core.device import init_distributed
+from sam_distill.core.errors import DistillError
 from sam_distill.core.rundir import RunDir
 from sam_distill.data.cache import EmbeddingCache, build_cache
 from sam_distill.methods.inputs import resolve_images, resolve_teacher
@@ -13,6 +14,7 @@ from sam_distill.methods.mobilesam.config import FidelityConfig, PromptStageConf
 from sam_distill.methods.mobilesam.stages import (
     init_student,
     load_trained_student,
+    prompt_source,
     prompt_stage,
     train_stage,
     write_models,
@@ -21,8 +23,18 @@ from sam_distill.methods.registry import register_method
 from sam_distill.methods.sections import CacheConfig, DataConfig, TeacherConfig, TrainConfig
 
 
+def check_mobilesam(config: RunConfig) -> None:
+    """The prompt stage's keys that depend on other sections."""
+    if config.prompt_stage.enabled:
+        prompt_source(config.prompt_stage, config.data)
+    if config.prompt_stage.only and not (config.prompt_stage.enabled and config.student.init):
+        raise DistillError("prompt_stage.only runs the prompt stage alone from a distilled student: set "
+                           "prompt_stage.enabled: true and student.init, or remove prompt_stage.only")
+
+
 @register_method("mobilesam", {"teacher": TeacherConfig, "data": DataConfig, "cache": CacheConfig, "student": StudentConfig,
-                              "train": TrainConfig, "prompt_stage": PromptStageConfig, "fidelity": FidelityConfig})
+                              "train": TrainConfig, "prompt_stage": PromptStageConfig, "fidelity": FidelityConfig},
+                 check=check_mobilesam)
 def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
     context = init_distributed(config.device)
     torch.manual_seed(config.seed)
@@ -42,16 +54,17 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
             "student": config.student.name, "run": str(run_dir.path)}
 
     student = init_student(config.student.name, cache.image_size, config.student.init, teacher)
-    distill_dir = run_dir.sub("checkpoints/distill")
     result = {"embed": summary}
-    result["train"] = train_stage(student, cache, train_indices, config.train, distill_dir, context,
-                                  config.seed, log, meta, config.student.output_weights)
-    final_state = distill_dir / "last.pt"
-    if config.prompt_stage.enabled:
+    if not config.prompt_stage.only:
+        distill_dir = run_dir.sub("checkpoints/distill")
+        result["train"] = train_stage(student, cache, train_indices, config.train, distill_dir, context,
+                                      config.seed, log, meta, config.student.output_weights)
+        final_state = distill_dir / "last.pt"
         student = load_trained_student(config.student.name, cache.image_size, final_state, teacher)
+    if config.prompt_stage.enabled:
         prompt_dir = run_dir.sub("checkpoints/prompt")
         result["prompt_stage"] = prompt_stage(student, teacher, cache, train_indices, config.prompt_stage,
-                                              prompt_dir, context, config.seed, log, meta)
+                                              config.data, prompt_dir, context, config.seed, log, meta)
         final_state = prompt_dir / "last.pt"
     if not context.is_main:
         return result

@@ -8,9 +8,9 @@ import torch
 from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
 from sam_distill.core.model_files import load_model_file
-from sam_distill.data.cache import DistillDataset, EmbeddingCache
+from sam_distill.data.cache import AnnotatedDistillDataset, DistillDataset, EmbeddingCache
 from sam_distill.methods.mobilesam.config import PromptStageConfig
-from sam_distill.methods.sections import TrainConfig
+from sam_distill.methods.sections import DataConfig, TrainConfig
 from sam_distill.sam import hq_models, sam2_models
 from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_model
 from sam_distill.sam.teachers import Teacher
@@ -61,12 +61,30 @@ def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[i
                  out_dir, context, seed=seed, log=log, meta=meta)
 
 
+def prompt_source(config: PromptStageConfig, data: DataConfig) -> str:
+    """Where the prompt stage's first prompts come from, ``annotations`` or ``random``; checked before any
+    training starts, so a config that cannot run the stage fails at once, not after the decoupled stage."""
+    source = config.prompts if config.prompts != "auto" else ("annotations" if data.annotations else "random")
+    if source == "annotations" and (data.annotations is None or data.images is None):
+        raise DistillError("prompt_stage.prompts: annotations needs data.annotations (a COCO json) and data.images; "
+                           "set them, or set prompt_stage.prompts: random")
+    return source
+
+
 def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCache, indices: list[int],
-                 config: PromptStageConfig, out_dir: Path, context: DistContext, seed: int, log, meta: dict) -> dict:
+                 config: PromptStageConfig, data: DataConfig, out_dir: Path, context: DistContext, seed: int, log,
+                 meta: dict) -> dict:
+    if prompt_source(config, data) == "annotations":
+        dataset = AnnotatedDistillDataset(cache, data.annotations, data.images, indices)
+        missing = sum(image_id is None for image_id in dataset.image_ids)
+        log(f"prompt stage: first prompts from the instances of {data.annotations}"
+            + (f" ({missing} of {len(indices)} samples not in it get random points)" if missing else ""))
+    else:
+        dataset = DistillDataset(cache, indices)
+        log("prompt stage: first prompts are random points and the boxes of the teacher's masks for them")
     objective = PromptLoopObjective(student, teacher, config.prompts_per_image, config.refine_iterations,
                                     seed=seed)
-    return train(objective, DistillDataset(cache, indices), Schedule.from_config(config), out_dir, context, seed=seed,
-                 log=log, meta=meta)
+    return train(objective, dataset, Schedule.from_config(config), out_dir, context, seed=seed, log=log, meta=meta)
 
 
 def load_trained_student(name: str, image_size: int, state_path: Path, teacher: Teacher | None = None

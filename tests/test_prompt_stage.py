@@ -1,0 +1,127 @@
+"""EdgeSAM's prompt-in-the-loop stage with its first prompts drawn from annotated instances: the instance masks
+follow every cached view of an image onto the model input, the prompts land on the instances (a point inside one,
+or its tight box, no instance twice), the loss trains the student only, and a config that cannot draw from
+annotations fails before any training."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import masks_to_boxes
+
+from sam_distill.core.device import DistContext
+from sam_distill.core.errors import DistillError
+from sam_distill.data.cache import AnnotatedDistillDataset, EmbeddingCache, build_cache, view_of
+from sam_distill.methods.mobilesam.config import PromptStageConfig
+from sam_distill.methods.mobilesam.stages import prompt_source
+from sam_distill.methods.sections import DataConfig
+from sam_distill.students import create_student
+from sam_distill.train.prompt_loop import PromptLoopObjective
+
+VIEWS = ("identity", "hflip", "vflip", "rot90")
+RED, BLUE = (250, 0, 0), (0, 0, 250)
+
+
+@pytest.fixture(scope="module")
+def annotated_cache(tiny_teacher, tmp_path_factory):
+    """One 96×160 image (not square, so resizing and padding matter) with a red and a blue rectangle, its COCO
+    json (polygons), and the tiny teacher's cache of four views of it."""
+    folder = tmp_path_factory.mktemp("annotated")
+    (folder / "images").mkdir()
+    image = np.full((96, 160, 3), 90, np.uint8)
+    image[10:30, 20:60] = RED
+    image[50:90, 110:150] = BLUE
+    Image.fromarray(image).save(folder / "images" / "scene.png")
+
+    def rectangle(ann_id, x0, y0, x1, y1):
+        return {"id": ann_id, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": (x1 - x0) * (y1 - y0),
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]}
+
+    coco = {"images": [{"id": 1, "file_name": "scene.png", "height": 96, "width": 160}],
+            "annotations": [rectangle(1, 20, 10, 60, 30), rectangle(2, 110, 50, 150, 90)],
+            "categories": [{"id": 1, "name": "rectangle"}]}
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    cache_dir = folder / "cache"
+    build_cache(tiny_teacher, folder / "images", cache_dir, shard_size=4, context=DistContext(),
+                log=lambda message: None, views=VIEWS)
+    return folder, cache_dir
+
+
+def _dataset(annotated_cache) -> AnnotatedDistillDataset:
+    folder, cache_dir = annotated_cache
+    return AnnotatedDistillDataset(EmbeddingCache(cache_dir), folder / "annotations.json", folder / "images")
+
+
+def test_instance_masks_follow_every_view_onto_the_model_input(annotated_cache):
+    dataset = _dataset(annotated_cache)
+    assert sorted(view_of(dataset.cache.entries[i]) for i in dataset.indices) == sorted(VIEWS)
+    for i in range(len(dataset)):
+        image, embedding, masks = dataset[i]
+        assert masks.dtype == torch.bool and masks.shape == (2, 256, 256)
+        # Under each instance's mask the preprocessed pixels are that rectangle's colour: red is high in channel 0
+        # and low in channel 2 (SAM's normalisation puts 250 at about +2.2 and 0 at about -1.8), blue the reverse.
+        red_under = image[:, masks[0]].mean(1)
+        blue_under = image[:, masks[1]].mean(1)
+        view = view_of(dataset.cache.entries[dataset.indices[i]])
+        assert red_under[0] > 1.8 and red_under[2] < -1.4, view
+        assert blue_under[2] > 1.8 and blue_under[0] < -1.4, view
+        # 160 px wide → 256: the red rectangle is 40×20 px, 64×32 on the input; a rotated view swaps the sides.
+        areas = sorted(int(m.sum()) for m in masks)
+        assert areas[0] == pytest.approx(64 * 32, rel=0.1) and areas[1] == pytest.approx(64 * 64, rel=0.1), view
+
+
+def test_first_prompts_are_points_inside_and_boxes_of_distinct_instances(tiny_teacher):
+    objective = PromptLoopObjective(create_student("timm_test_efficientnet", image_size=256),
+                                    copy.deepcopy(tiny_teacher), prompts_per_image=4, seed=0)
+    masks = torch.zeros(6, 256, 256, dtype=torch.bool)
+    for k in range(6):
+        masks[k, 10 + 40 * k: 40 + 40 * k, 20 + 10 * k: 90 + 20 * k] = True
+    images = torch.ones(1, 3, 256, 256)
+    point_set, box_set = objective._initial_prompts(images, 0, None, masks)
+    coords, labels = point_set["points"]
+    assert coords.shape == (2, 1, 2) and labels.tolist() == [[1.0], [1.0]]
+    pointed = [int(masks[:, int(y), int(x)].nonzero()) for x, y in coords[:, 0].tolist()]
+    tight = masks_to_boxes(masks).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
+    boxed = [int((tight == box).all(1).nonzero()) for box in box_set["boxes"]]
+    assert len(set(pointed + boxed)) == 4  # four prompts, four different instances
+
+    lone = objective._initial_prompts(images, 0, None, masks[:1])
+    assert len(lone) == 1
+    prompt = lone[0]
+    if "boxes" in prompt:
+        assert prompt["boxes"].tolist() == tight[:1].tolist()
+    else:
+        x, y = prompt["points"][0][0, 0].tolist()
+        assert masks[0, int(y), int(x)]
+
+
+def test_prompt_loop_on_annotated_batches_trains_only_the_student(tiny_teacher, annotated_cache):
+    dataset = _dataset(annotated_cache)
+    teacher = copy.deepcopy(tiny_teacher)
+    torch.manual_seed(0)
+    student = create_student("timm_test_efficientnet", image_size=256)
+    objective = PromptLoopObjective(student, teacher, prompts_per_image=2, refine_iterations=1, seed=0)
+    batch = objective.collate([dataset[0], dataset[1]])
+    assert batch[0].shape == (2, 3, 256, 256) and [len(m) for m in batch[2]] == [2, 2]
+    loss = sum(objective.losses(student, batch).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in teacher.model.parameters())
+    assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
+    # The teacher's own encoder as the student scores better than a random one on the same prompts. (Not zero:
+    # BCE and soft Dice of the teacher's logits against its own thresholded masks.)
+    with torch.no_grad():
+        perfect = sum(PromptLoopObjective(student, teacher, 2, 1, seed=0).losses(
+            copy.deepcopy(tiny_teacher.model.image_encoder), batch).values())
+    assert perfect < loss.detach()
+
+
+def test_prompts_from_annotations_without_annotations_fail_before_training():
+    with pytest.raises(DistillError, match="prompt_stage.prompts: annotations needs data.annotations"):
+        prompt_source(PromptStageConfig(prompts="annotations"), DataConfig(images="photos"))
+    assert prompt_source(PromptStageConfig(), DataConfig(images="photos")) == "random"
+    assert prompt_source(PromptStageConfig(), DataConfig(images="photos", annotations="a.json")) == "annotations"
+    assert prompt_source(PromptStageConfig(prompts="random"),
+                         DataConfig(images="photos", annotations="a.json")) == "random"
