@@ -105,17 +105,19 @@ def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path
     _one_line_error(code, err, "different config")
 
 
-def test_prompt_stage_alone_starts_from_the_distilled_student(tmp_path, tiny_teacher_checkpoint, capsys):
+def test_prompt_stage_alone_starts_from_the_distilled_student(tmp_path, tiny_teacher, tiny_teacher_checkpoint,
+                                                              capsys):
     """EdgeSAM's second phase as a run of its own: no decoupled stage, one prompt-stage step from student.init."""
+    from sam_distill.methods.mobilesam.stages import init_student, write_models
     from sam_distill.sam.model_file import load_model
 
-    first = _small_run_config(tmp_path / "a", tiny_teacher_checkpoint)
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump(first))
-    assert main(["run", str(tmp_path / "a.yaml")]) == 0
-    distilled = tmp_path / "a" / "run" / "model" / "model.pt"
+    torch.manual_seed(1)  # a student model file as a first run would write it, without the run
+    student = init_student("timm_test_efficientnet", tiny_teacher.image_size, None, tiny_teacher)
+    distilled = Path(write_models(student, "timm_test_efficientnet", tiny_teacher, tmp_path / "a", {})["model"])
 
     second = _small_run_config(tmp_path / "b", tiny_teacher_checkpoint)
     second["prompt_stage"]["only"] = True
+    second["fidelity"] = {"enabled": False}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))
     _one_line_error(*_run(["run", str(tmp_path / "b.yaml")], capsys), "prompt_stage.only", "student.init")
     assert not (tmp_path / "b" / "run").exists()  # refused before the run folder is made: the fixed config may run
