@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -34,6 +35,7 @@ from sam_distill.core.device import DistContext, init_distributed
 from sam_distill.core.errors import DistillError
 from sam_distill.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_identity, read_json
 from sam_distill.core.images import Preprocessing, UnreadableImage, apply_view, find_images, load_rgb
+from sam_distill.data.coco import load_coco, masks_on_input
 from sam_distill.sam.teachers import Teacher
 
 CACHE_FORMAT = "sam-distill/embedding-cache/1"
@@ -313,8 +315,6 @@ class AnnotatedDistillDataset(DistillDataset):
     The teacher's masks stay the targets; the annotations only choose where to ask."""
 
     def __init__(self, cache: EmbeddingCache, annotations: Path, images: Path, indices: list[int] | None = None):
-        from sam_distill.data.coco import load_coco
-
         super().__init__(cache, indices)
         self.coco = load_coco(annotations)
         by_path = {str((Path(images) / info["file_name"]).resolve()): image_id
@@ -327,28 +327,15 @@ class AnnotatedDistillDataset(DistillDataset):
     def __getitem__(self, i: int):
         image, targets = super().__getitem__(i)
         image_id = self.image_ids[i]
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)] if image_id else []
+        anns = [] if image_id is None else [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         size = self.preprocessing.image_size
         if not anns:
             return image, targets, torch.zeros((0, size, size), dtype=torch.bool)
-        masks = np.stack([self.coco.annToMask(a) for a in anns], -1)
-        masks = apply_view(masks, view_of(self.cache.entries[self.indices[i]]))
-        return image, targets, input_masks(masks, self.preprocessing)
-
-
-def input_masks(masks: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
-    """H×W×n instance masks → n×S×S bool, placed as ``preprocessing`` places the image (resized longest side and
-    padded bottom-right, or stretched to the square)."""
-    size = preprocessing.image_size
-    height, width = masks.shape[:2]
-    if preprocessing.resize_mode == "square":
-        input_hw = (size, size)
-    else:
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        input_hw = ResizeLongestSide.get_preprocess_shape(height, width, size)
-    tensor = torch.from_numpy(np.ascontiguousarray(masks)).permute(2, 0, 1).float()
-    resized = torch.nn.functional.interpolate(tensor[None], size=input_hw, mode="nearest")[0]
-    padded = torch.nn.functional.pad(resized, (0, size - input_hw[1], 0, size - input_hw[0]))
-    keep = padded.flatten(1).any(1)
-    return padded[keep] > 0.5
+        # H×W×n, so a view turns the masks exactly as it turned the image
+        masks = apply_view(np.stack([self.coco.annToMask(a) for a in anns], -1),
+                           view_of(self.cache.entries[self.indices[i]]))
+        height, width = masks.shape[:2]
+        input_hw = (size, size) if self.preprocessing.resize_mode == "square" else \
+            ResizeLongestSide.get_preprocess_shape(height, width, size)
+        placed = masks_on_input(torch.from_numpy(np.ascontiguousarray(masks)).permute(2, 0, 1), input_hw, size) > 0.5
+        return image, targets, placed[placed.flatten(1).any(1)]

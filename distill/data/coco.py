@@ -104,11 +104,8 @@ class CocoInstances(Dataset):
         labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.long)
         size = self.image_size
         tensor = self.preprocessing(image)
-        masks_t = torch.from_numpy(masks)
         input_size = ResizeLongestSide.get_preprocess_shape(height, width, size)
-        masks_t = F.interpolate(masks_t[None].float(), size=input_size, mode="nearest")[0] if len(masks_t) else \
-            masks_t.new_zeros((0, *input_size), dtype=torch.float32)
-        masks_t = F.pad(masks_t, (0, size - input_size[1], 0, size - input_size[0]))
+        masks_t = masks_on_input(torch.from_numpy(masks), input_size, size)
         if self.augment:
             tensor, masks_t = self._augment(tensor, masks_t)
         masks_t = masks_t > 0.5
@@ -135,6 +132,15 @@ class CocoInstances(Dataset):
             return image[:, :size, :size], masks[:, :size, :size]
         pad = (0, size - scaled, 0, size - scaled)
         return F.pad(image, pad), F.pad(masks, pad)
+
+
+def masks_on_input(masks: torch.Tensor, input_hw: tuple[int, int], size: int) -> torch.Tensor:
+    """n×H×W instance masks placed as SAM's preprocessing places the image: resized (nearest) to the input's h×w,
+    padded bottom-right to size×size. Float, so augmentation can follow before thresholding."""
+    if not len(masks):
+        return torch.zeros((0, size, size), dtype=torch.float32)
+    resized = F.interpolate(masks[None].float(), size=input_hw, mode="nearest")[0]
+    return F.pad(resized, (0, size - input_hw[1], 0, size - input_hw[0]))
 
 
 def collate(items: list[dict]) -> tuple[torch.Tensor, list[dict]]:

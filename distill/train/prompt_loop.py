@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import default_collate
-from torchvision.ops import masks_to_boxes
 
 from sam_distill.sam.prompts import error_points, mask_boxes, points_inside, random_points
 from sam_distill.sam.teachers import Teacher
@@ -72,8 +71,7 @@ class PromptLoopObjective(Objective):
                 coords = points_inside(masks[:points_count], 1, self.generator).to(device)
                 prompt_sets.append(dict(points=(coords, torch.ones(points_count, 1, device=device))))
             if points_count < len(masks):
-                boxes = masks_to_boxes(masks[points_count:]).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
-                prompt_sets.append(dict(boxes=boxes.to(device)))
+                prompt_sets.append(dict(boxes=mask_boxes(masks[points_count:], image_size).to(device)))
             return prompt_sets
         # Valid region: SAM pads bottom-right with zeros after normalising; find it from the input.
         valid = images[b].abs().sum(0) > 0
@@ -100,7 +98,7 @@ class PromptLoopObjective(Objective):
         for b in range(images.shape[0]):
             s_feat, t_feat = image_row(student_outputs, b), image_row(teacher_outputs, b)
             prompt_sets = self._initial_prompts(images, b, t_feat,
-                                                instance_masks[b].cpu() if instance_masks is not None else None)
+                                                instance_masks[b] if instance_masks is not None else None)
             for prompt in prompt_sets:
                 target = self._teacher(t_feat, **prompt) > 0
                 for iteration in range(self.refine_iterations + 1):

@@ -60,8 +60,9 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
         result["train"] = train_stage(student, cache, train_indices, config.train, distill_dir, context,
                                       config.seed, log, meta, config.student.output_weights)
         final_state = distill_dir / "last.pt"
-        student = load_trained_student(config.student.name, cache.image_size, final_state, teacher)
     if config.prompt_stage.enabled:
+        if not config.prompt_stage.only:
+            student = load_trained_student(config.student.name, cache.image_size, final_state, teacher)
         prompt_dir = run_dir.sub("checkpoints/prompt")
         result["prompt_stage"] = prompt_stage(student, teacher, cache, train_indices, config.prompt_stage,
                                               config.data, prompt_dir, context, config.seed, log, meta)
