@@ -16,6 +16,7 @@ from sam_distill.core.rundir import read_metrics
 from sam_distill.data.coco import CocoInstances, make_synthetic_coco
 from sam_distill.methods.finetune.objective import (
     FineTuneObjective,
+    LossWeights,
     PromptableSam,
     PromptSampling,
     sam_mask_losses,
@@ -125,6 +126,35 @@ def test_sam_loss_weights_focal_20_to_dice_1_and_trains_the_best_of_three_masks(
     values, best = sam_mask_losses(logits, iou_predicted, target)
     assert best.tolist() == [2]
     assert values["iou_mse"].item() == pytest.approx(((0.25 - 0.5) ** 2 + 0.5 ** 2 + 0) / 3, rel=1e-5)
+
+
+def test_a_mask_thinner_than_a_grid_cell_is_learned_only_with_the_loss_at_the_input(monkeypatch):
+    """At 64 px SAM's low-res grid has 4-px cells. A 2-px stripe fills half of each cell it crosses, so on the
+    thresholded grid it vanishes and the low-res loss prefers predicting nothing; at the input (logits upsampled
+    as SamPredictor upsamples them) the logits that draw it score better than nothing, and the IoU head is taught
+    the IoU the user will see (about 0.5: the upsampled cell column is 4 px wide)."""
+    import sam_distill.methods.finetune.objective as objective_module
+
+    stripe = torch.zeros(1, SIZE, SIZE)
+    stripe[0, 16:48, 8:10] = 1.0
+    target = {"masks": stripe, "boxes": torch.tensor([[8.0, 16.0, 10.0, 48.0]]), "input_size": (SIZE, SIZE)}
+    drawn = torch.full((1, 1, SIZE // 4, SIZE // 4), -5.0)
+    drawn[..., 4:12, 2] = 5.0  # the grid's column over the stripe
+    nothing = torch.full_like(drawn, -5.0)
+    model = PromptableSam(build_sam("vit_tiny", SIZE), "frozen")
+
+    def mask_loss(logits, loss_at):
+        monkeypatch.setattr(objective_module, "decode_image", lambda *args, **kwargs: (logits, torch.full((1, 1), 0.5)))
+        objective = FineTuneObjective(model, PromptSampling(masks_per_image=1, box_probability=1.0, box_noise=0.0,
+                                                            correction_rounds=0),
+                                      LossWeights(loss_at=loss_at), seed=0)
+        (values,) = objective._image_losses(model.sam, torch.zeros(1, 256, SIZE // 16, SIZE // 16), target)
+        return (values["mask_focal"] + values["mask_dice"]).item(), values["iou_mse"].item()
+
+    assert mask_loss(drawn, "low_res")[0] > mask_loss(nothing, "low_res")[0]
+    assert mask_loss(drawn, "input")[0] < mask_loss(nothing, "input")[0]
+    assert mask_loss(drawn, "low_res")[1] == pytest.approx(0.25)  # empty target: true IoU 0, predicted 0.5
+    assert mask_loss(drawn, "input")[1] < 0.01
 
 
 # LoRA

@@ -1,7 +1,7 @@
 """EdgeSAM's prompt-in-the-loop stage with its first prompts drawn from annotated instances: the instance masks
 follow every cached view of an image onto the model input, the prompts land on the instances (a point inside one,
-or its tight box, no instance twice), the loss trains the student only, and a config that cannot draw from
-annotations fails before any training."""
+or its tight box, no instance twice), the loss trains the student only, one-click prompts distil SAM's three
+multimask outputs, and a config that cannot draw from annotations fails before any training."""
 import copy
 import json
 
@@ -116,6 +116,29 @@ def test_prompt_loop_on_annotated_batches_trains_only_the_student(tiny_teacher, 
         perfect = sum(PromptLoopObjective(student, teacher, 2, 1, seed=0).losses(
             copy.deepcopy(tiny_teacher.model.image_encoder), batch).values())
     assert perfect < loss.detach()
+
+
+def test_multimask_distils_the_three_outputs_that_answer_one_click(tiny_teacher, annotated_cache):
+    """SamPredictor answers one click with the decoder's three multimask outputs (mask tokens 1-3), not with the
+    single-mask output (token 0). Changing the heads that turn tokens 1-3 into masks changes the loss only when the
+    stage distils those outputs."""
+    dataset = _dataset(annotated_cache)
+    torch.manual_seed(0)
+    student = create_student("timm_test_efficientnet", image_size=256)
+
+    def loss(teacher, multimask):
+        objective = PromptLoopObjective(student, teacher, prompts_per_image=2, refine_iterations=0, seed=0,
+                                        multimask=multimask)
+        batch = objective.collate([dataset[0], dataset[1]])
+        with torch.no_grad():
+            return sum(objective.losses(student, batch).values()).item()
+
+    teacher, altered = copy.deepcopy(tiny_teacher), copy.deepcopy(tiny_teacher)
+    with torch.no_grad():
+        for head in altered.model.mask_decoder.output_hypernetworks_mlps[1:]:
+            head.layers[-1].bias += 0.5
+    assert loss(altered, multimask=False) == loss(teacher, multimask=False)
+    assert loss(altered, multimask=True) != pytest.approx(loss(teacher, multimask=True), rel=1e-4)
 
 
 def test_prompts_from_annotations_without_annotations_fail_before_training():

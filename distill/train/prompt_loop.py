@@ -6,6 +6,10 @@ each. Without annotations they are random points anywhere in the image, then box
 for those points. Student and teacher encoder outputs go through the same frozen prompt
 encoder and mask decoder; the student's mask logits are pulled towards the teacher's masks with
 BCE + Dice. ``refine_iterations`` adds EdgeSAM's extra points from the region where they disagree.
+With ``multimask`` a single-click prompt is also answered with SAM's three multimask outputs, each matched to the
+teacher's: those are what ``SamPredictor`` returns for one click (the single-mask output answers boxes and several
+points), so without them the one-click answers are never distilled. EdgeSAM distils every mask token too
+(``MULTIMASK_OUTPUT: 4`` in its prompt-in-the-loop config).
 The teacher's heavy encoder is not rerun: its outputs come from the cache, its decoder runs online. Any teacher
 family works: SAM's embedding, or SAM 2's and HQ-SAM's named outputs, decoded by ``Teacher.decode``.
 """
@@ -30,19 +34,21 @@ class PromptLoopObjective(Objective):
     loss_names = ("mask_bce", "mask_dice")
 
     def __init__(self, student: nn.Module, teacher: Teacher, prompts_per_image: int = 4, refine_iterations: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, multimask: bool = True):
         super().__init__(student)
         self.teacher = teacher
         for p in teacher.model.parameters():
             p.requires_grad_(False)
         self.prompts_per_image = prompts_per_image
         self.refine_iterations = refine_iterations
+        self.multimask = multimask
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _teacher(self, features, **prompt):
-        # Single-mask output for teacher and student alike, so both answer the same question.
+    def _teacher(self, features, multimask: bool = False, **prompt):
+        # The same output (single-mask or the three multimask ones) for teacher and student alike, so both answer
+        # the same question.
         with torch.no_grad():
-            return self.teacher.decode(features, **prompt)[0]
+            return self.teacher.decode(features, multimask=multimask, **prompt)[0]
 
     def random_state(self) -> dict:
         return {"prompts": self.generator.get_state()}
@@ -100,6 +106,12 @@ class PromptLoopObjective(Objective):
             prompt_sets = self._initial_prompts(images, b, t_feat,
                                                 instance_masks[b] if instance_masks is not None else None)
             for prompt in prompt_sets:
+                if self.multimask and "boxes" not in prompt and prompt["points"][0].shape[1] == 1:
+                    targets = self._teacher(t_feat, multimask=True, **prompt).flatten(0, 1) > 0
+                    logits = self.teacher.decode(s_feat, multimask=True, **prompt)[0].flatten(0, 1)[:, None]
+                    bce = bce + F.binary_cross_entropy_with_logits(logits, targets[:, None].float())
+                    dice = dice + dice_loss(logits, targets[:, None].float())
+                    terms += 1
                 target = self._teacher(t_feat, **prompt) > 0
                 for iteration in range(self.refine_iterations + 1):
                     logits, _ = self.teacher.decode(s_feat, **prompt)

@@ -31,4 +31,8 @@ class FineTuneConfig(Section):
     focal_weight: float = Field(20.0, ge=0.0, description="SAM's mask loss is focal : dice = 20 : 1")
     dice_weight: float = Field(1.0, ge=0.0)
     iou_weight: float = Field(1.0, ge=0.0, description="MSE of the predicted IoU against the true IoU")
+    loss_at: Literal["low_res", "input"] = Field(
+        "low_res", description="low_res: the loss on SAM's low-res logit grid (a quarter of the input); input: on "
+        "the logits upsampled to the input as SamPredictor upsamples them (finer outlines of objects a few grid "
+        "cells wide, at a larger loss cost)")
     eval_clicks: int = Field(3, ge=1, description="corrective clicks of the validation mIoU protocol")

@@ -6,7 +6,10 @@ from the region where the previous prediction is wrong (positive in a false nega
 positive), with the previous low-res logits fed back as the mask prompt. Every round is supervised: focal and
 dice on the mask (20 : 1), MSE of the predicted IoU against the true one; a single-point prompt gets SAM's three
 masks and only the one with the lowest mask loss is trained (the IoU head learns all three). The loss is taken on
-SAM's low-res logit grid (a quarter of the input), so an image's prompts cost a few decoder calls.
+SAM's low-res logit grid (a quarter of the input) against masks area-resized to it and thresholded, or, with
+``loss_at="input"``, on the logits upsampled to the input as ``SamPredictor`` upsamples them for its answer,
+against the masks themselves: objects a few grid cells wide (vehicles, storage tanks in overhead images) then learn
+boundaries between the cells instead of a blocky outline.
 """
 from __future__ import annotations
 
@@ -104,9 +107,12 @@ class PromptSampling:
 
 @dataclass
 class LossWeights:
+    """SAM's loss terms and the resolution they are taken at (the ``finetune:`` keys of the same names)."""
+
     focal: float = 20.0
     dice: float = 1.0
     iou: float = 1.0
+    loss_at: str = "low_res"
 
 
 class FineTuneObjective(Objective):
@@ -172,6 +178,8 @@ class FineTuneObjective(Objective):
         chosen = torch.randperm(len(masks), generator=generator)[: sampling.masks_per_image].to(masks.device)
         masks = masks[chosen]
         low_res = resize_masks(masks, image_size // 4)
+        at_input = self.weights.loss_at == "input"
+        loss_targets = masks.float() if at_input else low_res
         boxes, points = None, None
         if float(torch.rand((), generator=generator)) < sampling.box_probability:
             boxes = jitter_boxes(target["boxes"][chosen].float(), target["input_size"], generator,
@@ -184,7 +192,9 @@ class FineTuneObjective(Objective):
         for correction in range(sampling.correction_rounds + 1):
             multimask = correction == 0 and boxes is None and points[0].shape[1] == 1
             logits, iou = decode_image(sam, embedding, points, boxes, previous, multimask)
-            values, best = sam_mask_losses(logits, iou, low_res, self.weights.focal, self.weights.dice,
+            scored = F.interpolate(logits, size=(image_size, image_size), mode="bilinear",
+                                   align_corners=False) if at_input else logits
+            values, best = sam_mask_losses(scored, iou, loss_targets, self.weights.focal, self.weights.dice,
                                            self.weights.iou)
             rounds.append(values)
             if correction == sampling.correction_rounds:

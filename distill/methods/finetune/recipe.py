@@ -32,7 +32,7 @@ def finetune_objective(config, model, seed: int, evaluate=None):
     spec = config.finetune
     sampling = PromptSampling(spec.masks_per_image, spec.box_probability, spec.max_points, spec.box_noise,
                               spec.box_noise_max, spec.correction_rounds)
-    weights = LossWeights(spec.focal_weight, spec.dice_weight, spec.iou_weight)
+    weights = LossWeights(spec.focal_weight, spec.dice_weight, spec.iou_weight, spec.loss_at)
     return FineTuneObjective(model, sampling, weights, seed, evaluate, config.instances.eval.every)
 
 

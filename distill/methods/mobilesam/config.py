@@ -36,6 +36,10 @@ class PromptStageConfig(Section):
         "(a point inside one, or its box), as EdgeSAM samples SA-1B's masks, so the stage trains on the objects "
         "users will click; random: points anywhere in the image and the boxes of the teacher's masks for them; "
         "auto: annotations when data.annotations is set, else random")
+    multimask: bool = Field(
+        True, description="a single-click prompt is also answered with SAM's three multimask outputs (what "
+        "SamPredictor returns for one click), each matched to the teacher's, as EdgeSAM distils every mask token; "
+        "false: the single-mask output only")
     checkpoint_every: int = Field(200, ge=1)
     num_workers: int = Field(0, ge=0)
 

@@ -1,0 +1,107 @@
+"""Where a SAM's ground-truth mIoU is lost: its one-click answer choice, and its low-res mask grid.
+
+Two questions that ``distill eval miou`` does not answer, on the first ``--images`` validation images of a COCO file:
+
+* **one click**: SamPredictor answers one click with three masks and keeps the one with the highest predicted IoU.
+  The script prints the mIoU of that choice, of the best of the three (an oracle choice), and of each output
+  alone, with how often each output was chosen. A large gap between the choice and the oracle means the IoU head
+  (or the outputs it chooses between) is what to train.
+* **box**: SAM's decoder draws masks on a grid a quarter of the input (128² at 512 px) that is then upsampled
+  bilinearly. The script prints the model's box mIoU beside two ceilings of that grid: the ground truth
+  area-resized to the grid and thresholded at one half (what the low-res loss of ``recipe: finetune`` trains
+  towards), and the same with the grid's area fractions kept as logits. Per COCO size and per class.
+
+    python benchmarks/miou_headroom.py benchmarks/chain_nwpu/teacher_resnet34_512_long.pt \
+        --coco ../shared/data/nwpu_vhr10/annotations_train.json --images-dir ../shared/data/nwpu_vhr10/images
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from sam_distill.core.images import load_rgb
+from sam_distill.core.model_files import load_model_file
+from sam_distill.data.coco import load_coco, split_image_ids
+from sam_distill.eval.fidelity import mask_iou
+from sam_distill.eval.miou import farthest_from_boundary, promptable, size_name
+
+
+def grid_ceilings(ground_truth: np.ndarray, image_size: int) -> tuple[float, float]:
+    """IoU with the ground truth of the best masks SAM's low-res grid can draw for it: the mask on the model input,
+    area-resized to the grid, (a) thresholded at one half or (b) as fractions, each turned into logits (2p - 1)
+    and upsampled back as SamPredictor upsamples the decoder's logits."""
+    height, width = ground_truth.shape
+    h, w = ResizeLongestSide.get_preprocess_shape(height, width, image_size)
+    mask = torch.from_numpy(ground_truth)[None, None].float()
+    mask = F.pad(F.interpolate(mask, (h, w), mode="bilinear", align_corners=False),
+                 (0, image_size - w, 0, image_size - h))
+    fractions = F.interpolate(mask, (image_size // 4, image_size // 4), mode="area")
+
+    def drawn(logits: torch.Tensor) -> np.ndarray:
+        logits = F.interpolate(logits, (image_size, image_size), mode="bilinear", align_corners=False)[..., :h, :w]
+        return (F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+
+    return (mask_iou(drawn((fractions > 0.5).float() * 2 - 1), ground_truth),
+            mask_iou(drawn(fractions * 2 - 1), ground_truth))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--coco", type=Path, required=True)
+    parser.add_argument("--images-dir", type=Path, required=True)
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--images", type=int, default=40, help="the first N images of the split")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    coco = load_coco(args.coco)
+    image_ids = split_image_ids(coco, args.split, args.val_fraction, args.coco)[: args.images]
+    kind, loaded = load_model_file(args.model, expect=("sam",))
+    sam = loaded[0]
+    predictor = promptable(kind.name, sam, "cpu")
+    image_size = int(sam.image_encoder.img_size)
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    click_rows, box_rows = [], defaultdict(list)
+    with torch.no_grad():
+        for image_id in image_ids:
+            info = coco.imgs[image_id]
+            predictor.set_image(load_rgb(args.images_dir / info["file_name"]))
+            for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)):
+                truth = coco.annToMask(annotation).astype(bool)
+                if not truth.any():
+                    continue
+                (x, y), _ = farthest_from_boundary(truth)
+                masks, scores, _ = predictor.predict(point_coords=np.array([[x, y]], np.float32),
+                                                     point_labels=np.array([1]), multimask_output=True)
+                ious = [mask_iou(mask, truth) for mask in masks]
+                click_rows.append((ious[int(np.argmax(scores))], max(ious), *ious, int(np.argmax(scores))))
+                bx, by, bw, bh = annotation["bbox"]
+                box, _, _ = predictor.predict(box=np.array([bx, by, bx + bw, by + bh], np.float32),
+                                              multimask_output=False)
+                row = (mask_iou(box[0], truth), *grid_ceilings(truth, image_size))
+                for group in ("all", size_name(float(truth.sum())), names[annotation["category_id"]]):
+                    box_rows[group].append(row)
+    clicks = np.array(click_rows)
+    print(f"{args.model}: {len(clicks)} objects on {len(image_ids)} {args.split} images, {image_size} px")
+    print(f"one click: chosen by predicted IoU {clicks[:, 0].mean():.3f}, best of three {clicks[:, 1].mean():.3f}, "
+          f"outputs alone {clicks[:, 2].mean():.3f} / {clicks[:, 3].mean():.3f} / {clicks[:, 4].mean():.3f}, "
+          f"chosen {np.bincount(clicks[:, 5].astype(int), minlength=3).tolist()}")
+    print("| objects | n | box mIoU | grid ceiling, thresholded | grid ceiling, fractions |\n|---|---|---|---|---|")
+    order = ["all", "small", "medium", "large"] + sorted(set(box_rows) - {"all", "small", "medium", "large"})
+    for group in (g for g in order if g in box_rows):
+        values = np.array(box_rows[group])
+        print(f"| {group} | {len(values)} | {values[:, 0].mean():.3f} | {values[:, 1].mean():.3f} | "
+              f"{values[:, 2].mean():.3f} |")
+
+
+if __name__ == "__main__":
+    main()
