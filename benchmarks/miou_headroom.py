@@ -27,28 +27,27 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_distill.core.images import load_rgb
 from sam_distill.core.model_files import load_model_file
-from sam_distill.data.coco import load_coco, split_image_ids
+from sam_distill.data.coco import load_coco, masks_on_input, split_image_ids
 from sam_distill.eval.fidelity import mask_iou
 from sam_distill.eval.miou import farthest_from_boundary, promptable, size_name
+from sam_distill.students.heads.losses import resize_masks
 
 
-def grid_ceilings(ground_truth: np.ndarray, image_size: int) -> tuple[float, float]:
-    """IoU with the ground truth of the best masks SAM's low-res grid can draw for it: the mask on the model input,
-    area-resized to the grid, (a) thresholded at one half or (b) as fractions, each turned into logits (2p - 1)
-    and upsampled back as SamPredictor upsamples the decoder's logits."""
-    height, width = ground_truth.shape
-    h, w = ResizeLongestSide.get_preprocess_shape(height, width, image_size)
-    mask = torch.from_numpy(ground_truth)[None, None].float()
-    mask = F.pad(F.interpolate(mask, (h, w), mode="bilinear", align_corners=False),
-                 (0, image_size - w, 0, image_size - h))
-    fractions = F.interpolate(mask, (image_size // 4, image_size // 4), mode="area")
+def grid_ceilings(sam, ground_truth: np.ndarray) -> tuple[float, float]:
+    """IoU with the ground truth of the best masks SAM's low-res grid can draw for it: the mask placed on the model
+    input as ``recipe: finetune`` places it, put on the grid (a) thresholded at one half, as the low-res loss's
+    targets are (``resize_masks``), or (b) as area fractions; each turned into logits (2p - 1) and brought back by
+    SAM's own ``postprocess_masks``, as SamPredictor brings back the decoder's logits."""
+    image_size = int(sam.image_encoder.img_size)
+    input_hw = ResizeLongestSide.get_preprocess_shape(*ground_truth.shape, image_size)
+    placed = masks_on_input(torch.from_numpy(ground_truth)[None], input_hw, image_size)
+    fractions = F.interpolate(placed[None], (image_size // 4, image_size // 4), mode="area")
+    thresholded = resize_masks(placed, image_size // 4)[None]
 
-    def drawn(logits: torch.Tensor) -> np.ndarray:
-        logits = F.interpolate(logits, (image_size, image_size), mode="bilinear", align_corners=False)[..., :h, :w]
-        return (F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+    def drawn(grid: torch.Tensor) -> np.ndarray:
+        return (sam.postprocess_masks(grid * 2 - 1, input_hw, ground_truth.shape)[0, 0] > 0).numpy()
 
-    return (mask_iou(drawn((fractions > 0.5).float() * 2 - 1), ground_truth),
-            mask_iou(drawn(fractions * 2 - 1), ground_truth))
+    return mask_iou(drawn(thresholded), ground_truth), mask_iou(drawn(fractions), ground_truth)
 
 
 def main() -> None:
@@ -87,7 +86,7 @@ def main() -> None:
                 bx, by, bw, bh = annotation["bbox"]
                 box, _, _ = predictor.predict(box=np.array([bx, by, bx + bw, by + bh], np.float32),
                                               multimask_output=False)
-                row = (mask_iou(box[0], truth), *grid_ceilings(truth, image_size))
+                row = (mask_iou(box[0], truth), *grid_ceilings(sam, truth))
                 for group in ("all", size_name(float(truth.sum())), names[annotation["category_id"]]):
                     box_rows[group].append(row)
     clicks = np.array(click_rows)
