@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--coco", type=Path, default=Path("../shared/data/nwpu_vhr10/annotations_train.json"))
     parser.add_argument("--images", type=int, default=5, help="the first N images of the validation split")
     parser.add_argument("--image-dir", type=Path, default=Path("../shared/data/nwpu_vhr10/images"))
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="the instance recipes' split")
     parser.add_argument("--points", type=int, default=8, help="points per side of the grid")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -37,7 +38,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     coco = load_coco(args.coco)
-    image_ids = split_image_ids(coco, "val", 0.2, args.coco)[: args.images]
+    image_ids = split_image_ids(coco, "val", args.val_fraction, args.coco)[: args.images]
     sam, _ = load_model(args.model)
     # the generator SAM-cls and pseudo-labelling build, with both filters off
     settings = generator_settings(points_per_side=args.points, pred_iou_thresh=0.0, stability_score_thresh=0.0)

@@ -141,6 +141,53 @@ def test_multimask_distils_the_three_outputs_that_answer_one_click(tiny_teacher,
     assert loss(altered, multimask=True) != pytest.approx(loss(teacher, multimask=True), rel=1e-4)
 
 
+def test_iou_weight_adds_the_score_disagreement_of_the_one_click_outputs(tiny_teacher, annotated_cache):
+    """SamPredictor keeps the best-scored of the three one-click masks, so ``iou_weight`` adds the MSE between the
+    decoder's scores for the student's masks and for the teacher's: a term that scales with its weight, reaches the
+    student's weights, and leaves the mask terms as they were."""
+    dataset = _dataset(annotated_cache)
+    torch.manual_seed(0)
+    student = create_student("timm_test_efficientnet", image_size=256)
+
+    def losses(iou_weight):
+        objective = PromptLoopObjective(student, tiny_teacher, prompts_per_image=2, refine_iterations=0, seed=0,
+                                        iou_weight=iou_weight)
+        student.zero_grad()
+        values = objective.losses(student, objective.collate([dataset[0], dataset[1]]))
+        return objective.loss_names, values
+
+    names, plain = losses(0.0)
+    assert names == ("mask_bce", "mask_dice")
+    names, weighted = losses(1.0)
+    assert names == ("mask_bce", "mask_dice", "iou_mse")
+    assert weighted["mask_bce"].item() == pytest.approx(plain["mask_bce"].item())
+    assert weighted["mask_dice"].item() == pytest.approx(plain["mask_dice"].item())
+    assert weighted["iou_mse"].item() > 0
+    weighted["iou_mse"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    _, doubled = losses(2.0)
+    assert doubled["iou_mse"].item() == pytest.approx(2 * weighted["iou_mse"].item(), rel=1e-5)
+
+
+def test_embedding_weight_keeps_the_decoupled_stage_mse_as_a_term(tiny_teacher, annotated_cache):
+    """EdgeSAM's PIXEL_WISE term: the weighted MSE between the student's embedding and the teacher's cached one,
+    beside the mask terms, which it leaves as they were."""
+    dataset = _dataset(annotated_cache)
+    torch.manual_seed(0)
+    student = create_student("timm_test_efficientnet", image_size=256)
+    objective = PromptLoopObjective(student, tiny_teacher, prompts_per_image=2, refine_iterations=0, seed=0,
+                                    embedding_weight=3.0)
+    assert objective.loss_names == ("mask_bce", "mask_dice", "embedding_mse")
+    batch = objective.collate([dataset[0], dataset[1]])
+    with torch.no_grad():
+        losses = objective.losses(student, batch)
+        plain = PromptLoopObjective(student, tiny_teacher, prompts_per_image=2, refine_iterations=0,
+                                    seed=0).losses(student, batch)
+        expected = 3.0 * ((student(batch[0]) - batch[1]) ** 2).mean()
+    assert losses["embedding_mse"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses["mask_bce"].item() == pytest.approx(plain["mask_bce"].item())
+
+
 def test_prompts_from_annotations_without_annotations_fail_before_training():
     with pytest.raises(DistillError, match="prompt_stage.prompts: annotations needs data.annotations"):
         prompt_source(PromptStageConfig(prompts="annotations"), DataConfig(images="photos"))

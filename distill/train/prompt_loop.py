@@ -9,7 +9,14 @@ BCE + Dice. ``refine_iterations`` adds EdgeSAM's extra points from the region wh
 With ``multimask`` a single-click prompt is also answered with SAM's three multimask outputs, each matched to the
 teacher's: those are what ``SamPredictor`` returns for one click (the single-mask output answers boxes and several
 points), so without them the one-click answers are never distilled. EdgeSAM distils every mask token too
-(``MULTIMASK_OUTPUT: 4`` in its prompt-in-the-loop config).
+(``MULTIMASK_OUTPUT: 4`` in its prompt-in-the-loop config). ``iou_weight`` adds, for those three outputs, the MSE
+between the IoU scores the frozen decoder predicts from the student's features and from the teacher's:
+``SamPredictor`` keeps the one-click mask with the highest score, so a student whose three masks are good but
+whose scores rank them otherwise than the teacher's answers a click with the wrong mask. The weight 1 is SAM's own
+for its IoU head's MSE; EdgeSAM's training code has the same term (``DECODER_IOU``), off in its released config.
+``embedding_weight`` keeps MobileSAM's MSE to the teacher's cached outputs as a term (EdgeSAM's ``PIXEL_WISE``): the
+mask terms alone let a distilled student's embedding drift from the teacher's, and the frozen decoder only knows
+the teacher's.
 The teacher's heavy encoder is not rerun: its outputs come from the cache, its decoder runs online. Any teacher
 family works: SAM's embedding, or SAM 2's and HQ-SAM's named outputs, decoded by ``Teacher.decode``.
 """
@@ -34,7 +41,7 @@ class PromptLoopObjective(Objective):
     loss_names = ("mask_bce", "mask_dice")
 
     def __init__(self, student: nn.Module, teacher: Teacher, prompts_per_image: int = 4, refine_iterations: int = 1,
-                 seed: int = 0, multimask: bool = True):
+                 seed: int = 0, multimask: bool = True, iou_weight: float = 0.0, embedding_weight: float = 0.0):
         super().__init__(student)
         self.teacher = teacher
         for p in teacher.model.parameters():
@@ -42,13 +49,19 @@ class PromptLoopObjective(Objective):
         self.prompts_per_image = prompts_per_image
         self.refine_iterations = refine_iterations
         self.multimask = multimask
+        self.iou_weight = iou_weight
+        self.embedding_weight = embedding_weight
+        if multimask and iou_weight > 0:
+            self.loss_names = (*self.loss_names, "iou_mse")
+        if embedding_weight > 0:
+            self.loss_names = (*self.loss_names, "embedding_mse")
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _teacher(self, features, multimask: bool = False, **prompt):
+    def _teacher(self, features, multimask: bool = False, **prompt) -> tuple[torch.Tensor, torch.Tensor]:
         # The same output (single-mask or the three multimask ones) for teacher and student alike, so both answer
         # the same question.
         with torch.no_grad():
-            return self.teacher.decode(features, multimask=multimask, **prompt)[0]
+            return self.teacher.decode(features, multimask=multimask, **prompt)
 
     def random_state(self) -> dict:
         return {"prompts": self.generator.get_state()}
@@ -85,7 +98,7 @@ class PromptLoopObjective(Objective):
         w = int(valid.any(0).nonzero().max()) + 1 if valid.any() else image_size
         coords = random_points(n, (h, w), self.generator).to(device)[:, None]
         labels = torch.ones(n, 1, device=device)
-        point_masks = self._teacher(t_feat, points=(coords, labels)) > 0
+        point_masks = self._teacher(t_feat, points=(coords, labels))[0] > 0
         boxes = mask_boxes(point_masks.cpu(), image_size).to(device)
         half = n // 2
         prompt_sets = [dict(points=(coords[:half or n], labels[:half or n]))]
@@ -101,18 +114,24 @@ class PromptLoopObjective(Objective):
         self.teacher.to(device)
         student_outputs = student(images)
         bce, dice, terms = 0.0, 0.0, 0
+        iou_mse, iou_terms = 0.0, 0
         for b in range(images.shape[0]):
             s_feat, t_feat = image_row(student_outputs, b), image_row(teacher_outputs, b)
             prompt_sets = self._initial_prompts(images, b, t_feat,
                                                 instance_masks[b] if instance_masks is not None else None)
             for prompt in prompt_sets:
                 if self.multimask and "boxes" not in prompt and prompt["points"][0].shape[1] == 1:
-                    targets = self._teacher(t_feat, multimask=True, **prompt).flatten(0, 1) > 0
-                    logits = self.teacher.decode(s_feat, multimask=True, **prompt)[0].flatten(0, 1)[:, None]
+                    teacher_logits, teacher_scores = self._teacher(t_feat, multimask=True, **prompt)
+                    targets = teacher_logits.flatten(0, 1) > 0
+                    logits, scores = self.teacher.decode(s_feat, multimask=True, **prompt)
+                    logits = logits.flatten(0, 1)[:, None]
+                    if "iou_mse" in self.loss_names:
+                        iou_mse = iou_mse + F.mse_loss(scores.float(), teacher_scores.float())
+                        iou_terms += 1
                     bce = bce + F.binary_cross_entropy_with_logits(logits, targets[:, None].float())
                     dice = dice + dice_loss(logits, targets[:, None].float())
                     terms += 1
-                target = self._teacher(t_feat, **prompt) > 0
+                target = self._teacher(t_feat, **prompt)[0] > 0
                 for iteration in range(self.refine_iterations + 1):
                     logits, _ = self.teacher.decode(s_feat, **prompt)
                     target_f = target.float()
@@ -129,8 +148,21 @@ class PromptLoopObjective(Objective):
                     else:
                         points = (extra, extra_labels)
                     prompt = dict(prompt, points=points)
-                    target = self._teacher(t_feat, **prompt) > 0
-        return {"mask_bce": bce / max(terms, 1), "mask_dice": dice / max(terms, 1)}
+                    target = self._teacher(t_feat, **prompt)[0] > 0
+        losses = {"mask_bce": bce / max(terms, 1), "mask_dice": dice / max(terms, 1)}
+        if "iou_mse" in self.loss_names:
+            # A batch whose prompts held no single click still returns the term, as a zero tied to the graph.
+            losses["iou_mse"] = self.iou_weight * (iou_mse / iou_terms if iou_terms else 0.0 * losses["mask_bce"])
+        if "embedding_mse" in self.loss_names:
+            losses["embedding_mse"] = self.embedding_weight * outputs_mse(student_outputs, teacher_outputs)
+        return losses
+
+
+def outputs_mse(student_outputs, teacher_outputs) -> torch.Tensor:
+    """The decoupled stage's MSE: on SAM's embedding, or summed over SAM 2's and HQ-SAM's named outputs."""
+    if isinstance(teacher_outputs, dict):
+        return sum(F.mse_loss(student_outputs[name].float(), target.float()) for name, target in teacher_outputs.items())
+    return F.mse_loss(student_outputs.float(), teacher_outputs.float())
 
 
 def image_row(outputs: torch.Tensor | dict[str, torch.Tensor], index: int):

@@ -40,6 +40,13 @@ class PromptStageConfig(Section):
         True, description="a single-click prompt is also answered with SAM's three multimask outputs (what "
         "SamPredictor returns for one click), each matched to the teacher's, as EdgeSAM distils every mask token; "
         "false: the single-mask output only")
+    iou_weight: float = Field(
+        0.0, ge=0, description="with multimask: weight of the MSE between the IoU scores the decoder predicts for "
+        "the student's three one-click masks and for the teacher's (SamPredictor keeps the best-scored one, so "
+        "this teaches the student the teacher's choice); 1 is SAM's weight for its IoU head; 0: off")
+    embedding_weight: float = Field(
+        0.0, ge=0, description="weight of the decoupled stage's MSE to the teacher's cached outputs, kept during this "
+        "stage (EdgeSAM's PIXEL_WISE) so the embedding the frozen decoder reads does not drift; 0: off")
     checkpoint_every: int = Field(200, ge=1)
     num_workers: int = Field(0, ge=0)
 

@@ -83,7 +83,8 @@ def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCac
         dataset = DistillDataset(cache, indices)
         log("prompt stage: first prompts are random points and the boxes of the teacher's masks for them")
     objective = PromptLoopObjective(student, teacher, config.prompts_per_image, config.refine_iterations,
-                                    seed=seed, multimask=config.multimask)
+                                    seed=seed, multimask=config.multimask,
+                                    iou_weight=config.iou_weight, embedding_weight=config.embedding_weight)
     return train(objective, dataset, Schedule.from_config(config), out_dir, context, seed=seed, log=log, meta=meta)
 
 
