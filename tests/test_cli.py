@@ -95,6 +95,11 @@ def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path
         assert (run / relative).exists(), relative
     fidelity = json.loads((run / "reports" / "fidelity.json").read_text())
     assert fidelity["images"] == 1 and 0 <= fidelity["summary"]["point_miou"] <= 1
+    from sam_distill.sam.model_file import load_model
+
+    teacher_decoder = load_model(tiny_teacher_checkpoint)[0].mask_decoder.state_dict()
+    student_decoder = load_model(run / "model" / "model.pt")[0].mask_decoder.state_dict()
+    assert all(torch.equal(value, student_decoder[key]) for key, value in teacher_decoder.items())  # frozen, copied
     before = (run / "model" / "model.pt").stat().st_mtime_ns
     # A rerun resumes: nothing is re-embedded or retrained.
     assert main(["run", str(path)]) == 0
@@ -107,7 +112,8 @@ def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path
 
 def test_prompt_stage_alone_starts_from_the_distilled_student(tmp_path, tiny_teacher, tiny_teacher_checkpoint,
                                                               capsys):
-    """EdgeSAM's second phase as a run of its own: no decoupled stage, one prompt-stage step from student.init."""
+    """EdgeSAM's second phase as a run of its own: no decoupled stage, one prompt-stage step from student.init;
+    with prompt_stage.train_decoder the step moves the student's own decoder too, and model.pt ships it."""
     from sam_distill.methods.mobilesam.stages import init_student, write_models
     from sam_distill.sam.model_file import load_model
 
@@ -122,14 +128,26 @@ def test_prompt_stage_alone_starts_from_the_distilled_student(tmp_path, tiny_tea
     _one_line_error(*_run(["run", str(tmp_path / "b.yaml")], capsys), "prompt_stage.only", "student.init")
     assert not (tmp_path / "b" / "run").exists()  # refused before the run folder is made: the fixed config may run
     second["student"]["init"] = str(distilled)
+    second["prompt_stage"]["train_decoder"] = True
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))
     assert main(["run", str(tmp_path / "b.yaml")]) == 0
     run = tmp_path / "b" / "run"
     assert not (run / "checkpoints" / "distill").exists() and (run / "checkpoints" / "prompt" / "last.pt").exists()
-    before = dict(load_model(distilled)[0].image_encoder.named_parameters())
-    after = dict(load_model(run / "model" / "model.pt")[0].image_encoder.named_parameters())
-    moved = max(float((after[k] - before[k]).abs().max()) for k in before)
-    assert 0 < moved < 1e-2  # one AdamW step at 1e-4 away from the distilled student, not from random weights
+    before = load_model(distilled)[0]
+
+    def largest_move(part):
+        start, after = dict(getattr(before, part).named_parameters()), load_model(run / "model" / "model.pt")[0]
+        return max(float((value - start[key]).detach().abs().max())
+                   for key, value in getattr(after, part).named_parameters())
+
+    # One AdamW step at 1e-4 away from the distilled student, not from random weights; the decoder, the
+    # teacher's copy, moved as well, the prompt encoder did not.
+    assert 0 < largest_move("image_encoder") < 1e-2
+    assert 0 < largest_move("mask_decoder") < 1e-2
+    assert largest_move("prompt_encoder") == 0
+    assert main(["run", str(tmp_path / "b.yaml")]) == 0  # resumes from the state that holds the decoder
+    assert "resumed" in capsys.readouterr().out
+    assert largest_move("mask_decoder") > 0
 
 
 def test_a_pickled_model_file_is_named_before_it_is_loaded(tmp_path, capsys):

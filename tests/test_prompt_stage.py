@@ -4,6 +4,7 @@ or its tight box, no instance twice), the loss trains the student only, one-clic
 multimask outputs, and a config that cannot draw from annotations fails before any training."""
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from sam_distill.core.device import DistContext
 from sam_distill.core.errors import DistillError
 from sam_distill.data.cache import AnnotatedDistillDataset, EmbeddingCache, build_cache, view_of
 from sam_distill.methods.mobilesam.config import PromptStageConfig
-from sam_distill.methods.mobilesam.stages import prompt_source
+from sam_distill.methods.mobilesam.stages import check_decoder_training, prompt_source
 from sam_distill.methods.sections import DataConfig
 from sam_distill.students import create_student
-from sam_distill.train.prompt_loop import PromptLoopObjective
+from sam_distill.train.prompt_loop import PromptLoopObjective, StudentWithDecoder
 
 VIEWS = ("identity", "hflip", "vflip", "rot90")
 RED, BLUE = (250, 0, 0), (0, 0, 250)
@@ -186,6 +187,36 @@ def test_embedding_weight_keeps_the_decoupled_stage_mse_as_a_term(tiny_teacher, 
         expected = 3.0 * ((student(batch[0]) - batch[1]) ** 2).mean()
     assert losses["embedding_mse"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert losses["mask_bce"].item() == pytest.approx(plain["mask_bce"].item())
+
+
+def test_train_decoder_answers_through_the_students_own_decoder_copy(tiny_teacher, annotated_cache):
+    """EdgeSAM's enc_dec: the student's decoder starts as the teacher's (the same losses as a bare student on the
+    same prompts), then gets the gradient, while the teacher's decoder and prompt encoder stay frozen."""
+    dataset = _dataset(annotated_cache)
+    teacher = copy.deepcopy(tiny_teacher)
+    torch.manual_seed(0)
+    encoder = create_student("timm_test_efficientnet", image_size=256)
+    student = StudentWithDecoder(encoder, teacher.model.mask_decoder)
+    assert student.mask_decoder is not teacher.model.mask_decoder
+    assert set(student.state_dict()) <= set(teacher.model.state_dict()) | {
+        f"image_encoder.{key}" for key in encoder.state_dict()}  # loads into a segment-anything Sam
+
+    def objective():
+        return PromptLoopObjective(student, teacher, prompts_per_image=2, refine_iterations=1, seed=0)
+
+    batch = objective().collate([dataset[0], dataset[1]])
+    with torch.no_grad():
+        bare = objective().losses(encoder, batch)
+    own = objective().losses(student, batch)
+    for name in bare:
+        assert own[name].item() == pytest.approx(bare[name].item(), rel=1e-5)
+    sum(own.values()).backward()
+    assert all(p.grad is None for p in teacher.model.parameters())
+    assert sum(p.grad.abs().sum() for p in student.mask_decoder.parameters() if p.grad is not None) > 0
+    assert sum(p.grad.abs().sum() for p in encoder.parameters() if p.grad is not None) > 0
+    with pytest.raises(DistillError, match="train_decoder is available for SAM teachers only"):
+        check_decoder_training(PromptStageConfig(enabled=True, train_decoder=True), SimpleNamespace(family="sam2"))
+    check_decoder_training(PromptStageConfig(enabled=True, train_decoder=True), tiny_teacher)
 
 
 def test_prompts_from_annotations_without_annotations_fail_before_training():

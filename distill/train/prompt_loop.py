@@ -17,20 +17,40 @@ for its IoU head's MSE; EdgeSAM's training code has the same term (``DECODER_IOU
 ``embedding_weight`` keeps MobileSAM's MSE to the teacher's cached outputs as a term (EdgeSAM's ``PIXEL_WISE``): the
 mask terms alone let a distilled student's embedding drift from the teacher's, and the frozen decoder only knows
 the teacher's.
+``train_decoder`` is EdgeSAM's ``enc_dec`` variant: the student (a ``StudentWithDecoder``) carries its own copy of the
+teacher's mask decoder, trained with the encoder, so the decoder can learn to read a small encoder's embedding
+instead of the encoder having to reproduce one that only the teacher's decoder reads well; the prompt encoder stays
+the teacher's, frozen (SAM teachers only).
 The teacher's heavy encoder is not rerun: its outputs come from the cache, its decoder runs online. Any teacher
 family works: SAM's embedding, or SAM 2's and HQ-SAM's named outputs, decoded by ``Teacher.decode``.
 """
 from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from sam_distill.sam.prompts import error_points, mask_boxes, points_inside, random_points
+from sam_distill.sam.prompts import decode_image, error_points, mask_boxes, points_inside, random_points
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students.heads.losses import dice_loss
 from sam_distill.train.loop import Objective
+
+
+class StudentWithDecoder(nn.Module):
+    """A student encoder with its own mask decoder (a trainable copy of the teacher's). ``forward`` is the encoder,
+    as for a bare student; the names match a segment-anything ``Sam``'s, so the state loads into one."""
+
+    def __init__(self, image_encoder: nn.Module, mask_decoder: nn.Module):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.mask_decoder = copy.deepcopy(mask_decoder).requires_grad_(True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
 
 
 class PromptLoopObjective(Objective):
@@ -62,6 +82,13 @@ class PromptLoopObjective(Objective):
         # the same question.
         with torch.no_grad():
             return self.teacher.decode(features, multimask=multimask, **prompt)
+
+    def _student(self, student: nn.Module, features, multimask: bool = False, **prompt):
+        """The student's answer: through its own decoder when it has one, else the teacher's frozen decoder."""
+        if isinstance(student, StudentWithDecoder):
+            view = SimpleNamespace(prompt_encoder=self.teacher.model.prompt_encoder, mask_decoder=student.mask_decoder)
+            return decode_image(view, features, multimask=multimask, **prompt)
+        return self.teacher.decode(features, multimask=multimask, **prompt)
 
     def random_state(self) -> dict:
         return {"prompts": self.generator.get_state()}
@@ -123,7 +150,7 @@ class PromptLoopObjective(Objective):
                 if self.multimask and "boxes" not in prompt and prompt["points"][0].shape[1] == 1:
                     teacher_logits, teacher_scores = self._teacher(t_feat, multimask=True, **prompt)
                     targets = teacher_logits.flatten(0, 1) > 0
-                    logits, scores = self.teacher.decode(s_feat, multimask=True, **prompt)
+                    logits, scores = self._student(student, s_feat, multimask=True, **prompt)
                     logits = logits.flatten(0, 1)[:, None]
                     if "iou_mse" in self.loss_names:
                         iou_mse = iou_mse + F.mse_loss(scores.float(), teacher_scores.float())
@@ -133,7 +160,7 @@ class PromptLoopObjective(Objective):
                     terms += 1
                 target = self._teacher(t_feat, **prompt)[0] > 0
                 for iteration in range(self.refine_iterations + 1):
-                    logits, _ = self.teacher.decode(s_feat, **prompt)
+                    logits, _ = self._student(student, s_feat, **prompt)
                     target_f = target.float()
                     bce = bce + F.binary_cross_entropy_with_logits(logits, target_f)
                     dice = dice + dice_loss(logits, target_f)

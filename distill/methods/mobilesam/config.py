@@ -47,6 +47,9 @@ class PromptStageConfig(Section):
     embedding_weight: float = Field(
         0.0, ge=0, description="weight of the decoupled stage's MSE to the teacher's cached outputs, kept during this "
         "stage (EdgeSAM's PIXEL_WISE) so the embedding the frozen decoder reads does not drift; 0: off")
+    train_decoder: bool = Field(
+        False, description="EdgeSAM's enc_dec: the student trains its own copy of the teacher's mask decoder with "
+        "its encoder, and model.pt ships that decoder; false: the teacher's decoder, frozen (SAM teachers only)")
     checkpoint_every: int = Field(200, ge=1)
     num_workers: int = Field(0, ge=0)
 

@@ -12,6 +12,7 @@ from sam_distill.data.cache import EmbeddingCache, build_cache
 from sam_distill.methods.inputs import resolve_images, resolve_teacher
 from sam_distill.methods.mobilesam.config import FidelityConfig, PromptStageConfig, StudentConfig
 from sam_distill.methods.mobilesam.stages import (
+    check_decoder_training,
     init_student,
     load_trained_student,
     prompt_source,
@@ -41,6 +42,7 @@ def run_mobilesam(config: RunConfig, run_dir: RunDir) -> dict:
     log = run_dir.log if context.is_main else (lambda message: None)
     images = resolve_images(config, run_dir)
     teacher = resolve_teacher(config, run_dir)
+    check_decoder_training(config.prompt_stage, teacher)
     cache_dir = config.cache.dir or run_dir.path / "cache"
 
     summary = build_cache(teacher, images, cache_dir, config.cache.shard_size, config.cache.batch_size,

@@ -16,7 +16,7 @@ from sam_distill.sam.model_file import assemble, save_mobilesam_layout, save_mod
 from sam_distill.sam.teachers import Teacher
 from sam_distill.students import create_student
 from sam_distill.train.loop import DistillationObjective, Schedule, train
-from sam_distill.train.prompt_loop import PromptLoopObjective
+from sam_distill.train.prompt_loop import PromptLoopObjective, StudentWithDecoder
 
 
 def init_student(name: str, image_size: int, init: Path | None, teacher: Teacher | None = None) -> torch.nn.Module:
@@ -61,6 +61,13 @@ def train_stage(student: torch.nn.Module, cache: EmbeddingCache, indices: list[i
                  out_dir, context, seed=seed, log=log, meta=meta)
 
 
+def check_decoder_training(config: PromptStageConfig, teacher: Teacher) -> None:
+    """Checked as soon as the teacher is loaded, before any stage runs."""
+    if config.enabled and config.train_decoder and teacher.family != "sam":
+        raise DistillError(f"prompt_stage.train_decoder is available for SAM teachers only, not for this "
+                           f"{teacher.family} teacher; remove it")
+
+
 def prompt_source(config: PromptStageConfig, data: DataConfig) -> str:
     """Where the prompt stage's first prompts come from, ``annotations`` or ``random``; checked before any
     training starts, so a config that cannot run the stage fails at once, not after the decoupled stage."""
@@ -82,6 +89,8 @@ def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCac
     else:
         dataset = DistillDataset(cache, indices)
         log("prompt stage: first prompts are random points and the boxes of the teacher's masks for them")
+    if config.train_decoder and not isinstance(student, StudentWithDecoder):
+        student = StudentWithDecoder(student, teacher.model.mask_decoder)
     objective = PromptLoopObjective(student, teacher, config.prompts_per_image, config.refine_iterations,
                                     seed=seed, multimask=config.multimask,
                                     iou_weight=config.iou_weight, embedding_weight=config.embedding_weight)
@@ -90,14 +99,17 @@ def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCac
 
 def load_trained_student(name: str, image_size: int, state_path: Path, teacher: Teacher | None = None
                          ) -> torch.nn.Module:
+    """The student a training state holds; a ``StudentWithDecoder`` when the prompt stage trained its decoder."""
     student = init_student(name, image_size, None, teacher)
     state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if teacher is not None and any(key.startswith("mask_decoder.") for key in state["model"]):
+        student = StudentWithDecoder(student, teacher.model.mask_decoder)
     student.load_state_dict(state["model"])
     return student.eval()
 
 
 def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir: Path, meta: dict) -> dict:
-    """``model.pt``: a SAM (segment-anything); for a SAM 2 teacher a SAM 2 in sam2's checkpoint layout with
+    """``model.pt``: a SAM (segment-anything), with the student's own decoder when it trained one; for a SAM 2 teacher a SAM 2 in sam2's checkpoint layout with
     ``model.yaml`` beside it; for an HQ-SAM teacher an HQ-SAM; plus MobileSAM's layout for a TinyViT student of a
     SAM teacher."""
     if teacher.family == "sam2":
@@ -109,7 +121,11 @@ def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir:
     if teacher.family == "hq":
         model = hq_models.assemble_student(student, teacher.model)
         return {"model": str(hq_models.save_hq_model(model, name, out_dir / "model.pt", meta))}
-    model = assemble(student.cpu().eval(), teacher.model)
+    if isinstance(student, StudentWithDecoder):
+        model = assemble(student.image_encoder.cpu().eval(), teacher.model)
+        model.mask_decoder.load_state_dict(student.mask_decoder.state_dict())
+    else:
+        model = assemble(student.cpu().eval(), teacher.model)
     paths = {"model": str(save_model(model, out_dir / "model.pt", name, meta))}
     if name == "tinyvit_5m":
         paths["mobilesam"] = str(save_mobilesam_layout(model, out_dir / "mobile_sam.pt"))
