@@ -12,7 +12,9 @@ from sam_distill.core.config import Section
 class StudentConfig(Section):
     name: str = Field("tinyvit_5m", description="SAM and HQ-SAM teachers: tinyvit_5m or timm_<model>; SAM 2 "
                       "teachers: hiera_nano, hiera_micro or timm_<model> (stride 4-32 feature maps)")
-    init: Optional[Path] = Field(None, description="start from these encoder weights (our model file or MobileSAM's)")
+    init: Optional[Path] = Field(None, description="start from these encoder weights (our model file or MobileSAM's; "
+                                 "only the image encoder is taken, and prompt_stage.train_decoder starts its decoder "
+                                 "from the teacher's)")
     output_weights: dict[str, float] = Field(
         {}, description="teachers whose decoder takes more than the embedding: the weight of the MSE on each output "
         "(unnamed ones weigh 1). SAM 2: image_embed, high_res_feats_0, high_res_feats_1; HQ-SAM: image_embed, "

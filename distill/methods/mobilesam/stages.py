@@ -109,9 +109,9 @@ def load_trained_student(name: str, image_size: int, state_path: Path, teacher: 
 
 
 def write_models(student: torch.nn.Module, name: str, teacher: Teacher, out_dir: Path, meta: dict) -> dict:
-    """``model.pt``: a SAM (segment-anything), with the student's own decoder when it trained one; for a SAM 2 teacher a SAM 2 in sam2's checkpoint layout with
-    ``model.yaml`` beside it; for an HQ-SAM teacher an HQ-SAM; plus MobileSAM's layout for a TinyViT student of a
-    SAM teacher."""
+    """``model.pt``: a SAM (segment-anything), with the student's own decoder when it trained one; for a SAM 2
+    teacher a SAM 2 in sam2's checkpoint layout with ``model.yaml`` beside it; for an HQ-SAM teacher an HQ-SAM; plus
+    MobileSAM's layout for a TinyViT student of a SAM teacher."""
     if teacher.family == "sam2":
         model = sam2_models.assemble_student(student, teacher.model)
         encoder = sam2_models.student_encoder_config(name, teacher.config)
