@@ -89,7 +89,7 @@ def prompt_stage(student: torch.nn.Module, teacher: Teacher, cache: EmbeddingCac
     else:
         dataset = DistillDataset(cache, indices)
         log("prompt stage: first prompts are random points and the boxes of the teacher's masks for them")
-    if config.train_decoder and not isinstance(student, StudentWithDecoder):
+    if config.train_decoder:  # the student arrives bare: from student.init or from the decoupled stage
         student = StudentWithDecoder(student, teacher.model.mask_decoder)
     objective = PromptLoopObjective(student, teacher, config.prompts_per_image, config.refine_iterations,
                                     seed=seed, multimask=config.multimask,
