@@ -3,14 +3,21 @@ images and a teacher cache built from them, and a small SAM trained here on gene
 the instance heads learn on). Nothing is downloaded."""
 from __future__ import annotations
 
+import json
 import os
+import random
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-torch.set_num_threads(2)
+# One torch thread a test process: pyproject runs the suite on two xdist workers (two cores here), and a test's
+# numbers must not depend on how many workers run it (a training test's result depends on the float reduction order).
+TEST_THREADS = 1
+torch.set_num_threads(TEST_THREADS)
 # ultralytics' log handler keeps the sys.stdout of whoever imports it first: imported here, that is pytest's
 # session-long capture, not one test's capture stream that closes when the test ends.
 import ultralytics.utils  # noqa: E402,F401
@@ -20,10 +27,13 @@ TINY_SIZE = 256
 
 
 @pytest.fixture(autouse=True)
-def _same_threads_for_every_test():
-    """Every test starts with 2 torch threads: a call that changed them must not change the numbers of the tests
-    after it (a training test's result depends on the float reduction order)."""
-    torch.set_num_threads(2)
+def _same_start_for_every_test():
+    """Every test starts with the same torch threads and random states, whichever worker runs it and whatever ran
+    before it there: a call that changed them must not change the numbers of the tests after it."""
+    torch.set_num_threads(TEST_THREADS)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +41,22 @@ def _offline_home(tmp_path_factory, monkeypatch):
     """Never touch the user's checkpoint cache or the network from a test."""
     monkeypatch.setenv("SAM_DISTILL_HOME", str(tmp_path_factory.getbasetemp() / "home"))
     monkeypatch.setenv("SAM_DISTILL_OFFLINE", "1")
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+    """pytest-xdist's recipe for an expensive session fixture: the first worker that asks builds it into a folder
+    every worker of the run sees; the others wait for it and read what ``build(folder)`` returned (JSON)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, result = root / name, root / f"{name}.json"
+    with FileLock(root / f"{name}.lock"):
+        if not result.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            result.write_text(json.dumps(build(folder)))
+    return folder, json.loads(result.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +97,16 @@ def tiny_cache(tiny_teacher, image_folder, tmp_path_factory) -> Path:
 
 
 def _export_once(checkpoint: Path, tmp_path_factory, formats: list[str], **options) -> tuple[Path, dict]:
+    """The tiny teacher (the same random weights in every worker: seed 0) exported once for the whole run."""
     from sam_distill.export.pipeline import export_model
     from sam_distill.export.registry import ExportOptions
 
-    out = tmp_path_factory.mktemp("_".join(formats))
-    lines: list[str] = []
-    manifest = export_model(checkpoint, formats, out, ExportOptions(**options), log=lines.append)
-    return out, {"manifest": manifest, "log": lines}
+    def build(out: Path) -> dict:
+        lines: list[str] = []
+        manifest = export_model(checkpoint, formats, out, ExportOptions(**options), log=lines.append)
+        return {"manifest": manifest, "log": lines}
+
+    return built_once(tmp_path_factory, "export_" + "_".join(formats), build)
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +143,9 @@ SHAPES_SIZE = 128
 def shapes_sam(tmp_path_factory):
     """A SAM that knows something, made the way users make one (``recipe: finetune``'s objective: jittered boxes and
     clicks, SAM's focal : dice = 20 : 1): SAM's 4-block ViT at 128 px trained from random weights for 600 steps on
-    four generated images with 1-3 large known instances each (about 1.5 minutes on 2 cores). The finetune test
-    checks what it learned; RSPrompter's heads and SAM-seg learn on its FROZEN encoder, as in the paper.
+    four generated images with 1-3 large known instances each (about 2 minutes on one core, once a run). The
+    finetune test checks what it learned; RSPrompter's heads and SAM-seg learn on its FROZEN encoder, as in the
+    paper.
     Returns a namespace: path (its model.pt), annotations, images, before/after (ground-truth mIoU summaries),
     metrics (the training's metrics.csv rows)."""
     from types import SimpleNamespace
@@ -128,21 +158,25 @@ def shapes_sam(tmp_path_factory):
     from sam_distill.sam.model_file import save_model
     from sam_distill.train.loop import Schedule, train
 
-    folder = tmp_path_factory.mktemp("shapes_sam")
-    annotations = make_synthetic_coco(folder, 4, SHAPES_SIZE, seed=0, objects=(1, 3), radius_range=(0.15, 0.28))
-    images = folder / "images"
-    torch.manual_seed(0)
-    model = PromptableSam(build_sam("vit_tiny", SHAPES_SIZE), "full")
-    before = ground_truth_miou(model.sam, annotations, images, max_clicks=1, progress=False)["summary"]
-    objective = FineTuneObjective(model, PromptSampling(masks_per_image=4, box_probability=0.5, correction_rounds=0),
-                                  LossWeights(20.0, 1.0), seed=0)
-    schedule = Schedule(epochs=10_000, batch_size=2, grad_accum=1, lr=3e-4, min_lr=1.5e-5, weight_decay=0.0,
-                        warmup_steps=10, checkpoint_every=10_000, log_every=50, max_steps=600, amp=False)
-    train(objective, CocoInstances(annotations, images, SHAPES_SIZE, augment=True), schedule, folder / "run",
-          log=lambda message: None)
-    after = ground_truth_miou(model.sam, annotations, images, max_clicks=1, progress=False)["summary"]
-    path = save_model(model.sam.eval(), folder / "model.pt", "vit_tiny")
-    return SimpleNamespace(path=path, annotations=annotations, images=images, before=before, after=after,
+    def build(folder: Path) -> dict:
+        annotations = make_synthetic_coco(folder, 4, SHAPES_SIZE, seed=0, objects=(1, 3), radius_range=(0.15, 0.28))
+        images = folder / "images"
+        torch.manual_seed(0)
+        model = PromptableSam(build_sam("vit_tiny", SHAPES_SIZE), "full")
+        before = ground_truth_miou(model.sam, annotations, images, max_clicks=1, progress=False)["summary"]
+        objective = FineTuneObjective(model, PromptSampling(masks_per_image=4, box_probability=0.5,
+                                                            correction_rounds=0), LossWeights(20.0, 1.0), seed=0)
+        schedule = Schedule(epochs=10_000, batch_size=2, grad_accum=1, lr=3e-4, min_lr=1.5e-5, weight_decay=0.0,
+                            warmup_steps=10, checkpoint_every=10_000, log_every=50, max_steps=600, amp=False)
+        train(objective, CocoInstances(annotations, images, SHAPES_SIZE, augment=True), schedule, folder / "run",
+              log=lambda message: None)
+        after = ground_truth_miou(model.sam, annotations, images, max_clicks=1, progress=False)["summary"]
+        save_model(model.sam.eval(), folder / "model.pt", "vit_tiny")
+        return {"annotations": str(annotations), "before": before, "after": after}
+
+    folder, built = built_once(tmp_path_factory, "shapes_sam", build)
+    return SimpleNamespace(path=folder / "model.pt", annotations=Path(built["annotations"]), images=folder / "images",
+                           before=built["before"], after=built["after"],
                            metrics=read_metrics(folder / "run" / "metrics.csv"))
 
 
@@ -167,3 +201,4 @@ def run_quickstart_small(tmp_path):
         return tmp_path / "run"
 
     return run
+

@@ -245,6 +245,11 @@ def test_instance_ap_perfect_empty_and_unknown_ids(shapes):
         instance_ap(annotations, [{**perfect[0], "image_id": 999}])
 
 
+# Steps with margin: at 120 steps the anchor head's masks reached AP50 1.0 with 2 torch threads but 0.56 with 1 (the
+# float order alone); from 160 steps on it is 1.0 with either. The query head is at 1.0 from 120 steps with either.
+LEARNING_STEPS = {"query": 120, "anchor": 200}
+
+
 @pytest.mark.parametrize("head", ["query", "anchor"])
 def test_prompter_learns_generated_instances_to_ap50_0_9(shapes_sam, tmp_path, head):
     """The paper's setting: the encoder is a SAM that was trained beforehand (conftest's ``shapes_sam``, by the
@@ -254,7 +259,7 @@ def test_prompter_learns_generated_instances_to_ap50_0_9(shapes_sam, tmp_path, h
     assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())
     frozen = {k: v.clone() for k, v in model.sam.image_encoder.state_dict().items()}
     schedule = Schedule(epochs=100, batch_size=2, grad_accum=1, lr=2e-3, min_lr=1e-4, weight_decay=0.01,
-                        warmup_steps=10, checkpoint_every=1000, log_every=20, max_steps=120)
+                        warmup_steps=10, checkpoint_every=1000, log_every=20, max_steps=LEARNING_STEPS[head])
     train(InstanceObjective(model, "prompter"), dataset, schedule, tmp_path, log=lambda m: None)
     assert all(torch.equal(v, frozen[k]) for k, v in model.sam.image_encoder.state_dict().items())
     results = predict_dataset(model, dataset, dataset.classes, torch.device("cpu"), progress=False)
