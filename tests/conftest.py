@@ -201,4 +201,3 @@ def run_quickstart_small(tmp_path):
         return tmp_path / "run"
 
     return run
-
