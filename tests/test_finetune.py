@@ -210,6 +210,46 @@ def test_finetune_raises_ground_truth_box_miou_well_above_the_box_baseline_on_ge
     assert shapes_sam.after["box_miou"] > shapes_sam.after["box_as_mask_miou"] + 0.1
 
 
+def test_iou_head_calibration_moves_only_the_scores_and_brings_them_to_the_true_iou(shapes, tmp_path):
+    """``train_decoder="iou_head"``: only the MLP over the IoU token trains, so every mask of every prompt stays bit
+    for bit what it was while the predicted IoUs of one click's three masks move towards their true IoUs."""
+    from sam_distill.methods.config import parse_config
+    from sam_distill.sam.prompts import decode_image
+
+    assert parse_config({"recipe": "finetune", "finetune": {"train_decoder": "iou_head"}}).finetune.train_decoder \
+        == "iou_head"
+    with pytest.raises(DistillError, match=r"key 'finetune.train_decoder'.*True, False or 'iou_head' \(got 'iou'\)"):
+        parse_config({"recipe": "finetune", "finetune": {"train_decoder": "iou"}})
+    torch.manual_seed(0)
+    model = PromptableSam(build_sam("vit_tiny", SIZE), "frozen", train_prompt_encoder=False, train_decoder="iou_head")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("sam.mask_decoder.iou_prediction_head.") for name in trainable)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    one_click = PromptSampling(masks_per_image=3, box_probability=0.0, max_points=1, correction_rounds=0)
+    dataset = CocoInstances(*shapes, SIZE)
+    batch = FineTuneObjective(model, one_click).collate([dataset[i] for i in range(len(dataset))])
+    image = batch[0][:1]
+    points = (torch.tensor([[[20.0, 30.0]], [[40.0, 12.0]]]), torch.ones(2, 1))
+
+    def measured():
+        model.eval()
+        with torch.no_grad():
+            mse = FineTuneObjective(model, one_click, seed=7).losses(model, batch)["iou_mse"].item()
+            logits, scores = decode_image(model.sam, model.embed(image), points, None, None, True)
+        return mse, logits, scores
+
+    mse_before, logits_before, scores_before = measured()
+    train(FineTuneObjective(model, one_click, seed=0), dataset, _schedule(max_steps=30, lr=3e-3), tmp_path,
+          log=_quiet)
+    mse_after, logits_after, scores_after = measured()
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value) != key.startswith("sam.mask_decoder.iou_prediction_head."), key
+    assert torch.equal(logits_after, logits_before)
+    assert not torch.allclose(scores_after, scores_before)
+    assert mse_after < 0.5 * mse_before, (mse_before, mse_after)
+
+
 def test_finetune_resumes_bit_for_bit(shapes, tmp_path):
     def make():
         torch.manual_seed(0)

@@ -18,7 +18,11 @@ class FineTuneConfig(Section):
     lora_targets: list[str] = Field(["attn.qkv", "attn.proj"], min_length=1,
                                     description="linear layers (name suffixes) of the encoder that get adapters")
     train_prompt_encoder: bool = True
-    train_decoder: bool = True
+    train_decoder: Literal[True, False, "iou_head"] = Field(
+        True, description="true: the whole mask decoder; iou_head: only its IoU prediction head, the scores that "
+        "pick one click's answer among its three masks and filter everything mode's masks, while every mask stays "
+        "exactly as it is (a score recalibration of a fine-tuned or distilled SAM; with box_probability 0 and "
+        "max_points 1 it learns on one-click prompts only); false: frozen")
     masks_per_image: int = Field(8, ge=1, description="instances of an image prompted per step (a random subset)")
     box_probability: float = Field(0.5, ge=0.0, le=1.0,
                                    description="chance that an image's first prompts are boxes, else points")

@@ -32,18 +32,23 @@ from sam_distill.train.loop import Objective
 
 class PromptableSam(nn.Module):
     """A segment-anything ``Sam`` with what trains marked: its image encoder frozen, adapted by LoRA or fully
-    trained; its prompt encoder and mask decoder trained or not. An encoder that is not fully trained stays in
-    inference mode, so TinyViT's batch norms keep their statistics."""
+    trained; its prompt encoder trained or not; its mask decoder trained, frozen, or (``train_decoder="iou_head"``)
+    frozen but for the MLP that predicts each mask's IoU. That MLP reads the decoder's IoU token after the
+    transformer and feeds nothing back, so training it alone leaves every mask bit for bit as it was and changes
+    only the scores that rank them. An encoder that is not fully trained stays in inference mode, so TinyViT's batch
+    norms keep their statistics."""
 
     def __init__(self, sam: Sam, train_encoder: str = "lora", train_prompt_encoder: bool = True,
-                 train_decoder: bool = True, lora_rank: int = 8, lora_alpha: float = 8.0,
+                 train_decoder: bool | str = True, lora_rank: int = 8, lora_alpha: float = 8.0,
                  lora_targets: tuple[str, ...] = ATTENTION_PROJECTIONS):
         super().__init__()
         self.sam, self.train_encoder = sam, train_encoder
         self.adapted = adapt_encoder(sam.image_encoder, train_encoder, lora_rank, lora_alpha, tuple(lora_targets),
                                      "finetune.lora_targets")
         sam.prompt_encoder.requires_grad_(train_prompt_encoder)
-        sam.mask_decoder.requires_grad_(train_decoder)
+        sam.mask_decoder.requires_grad_(train_decoder is True)
+        if train_decoder == "iou_head":
+            sam.mask_decoder.iou_prediction_head.requires_grad_(True)
         if not any(p.requires_grad for p in self.parameters()):
             raise DistillError("finetune: nothing would train (encoder frozen, prompt encoder and decoder frozen); "
                                "set finetune.train_encoder, train_prompt_encoder or train_decoder")

@@ -14,6 +14,8 @@ from sam_distill.methods.finetune.config import FineTuneConfig
 from sam_distill.methods.registry import register_method
 from sam_distill.methods.sections import EncoderConfig, InstancesConfig, TrainConfig
 
+DECODER_PARTS = {True: "trained", False: "frozen", "iou_head": "frozen but for its IoU head"}
+
 
 def finetuned_sam(config):
     """The configured SAM wrapped for training, as ``config.finetune`` says what trains."""
@@ -64,7 +66,7 @@ def run_finetune(config, run_dir) -> dict:
     log(f"finetune: {encoder}, encoder {spec.train_encoder}"
         + (f" ({len(model.adapted)} adapted layers, rank {spec.lora_rank})" if model.adapted else "")
         + f", prompt encoder {'trained' if spec.train_prompt_encoder else 'frozen'}"
-        + f", mask decoder {'trained' if spec.train_decoder else 'frozen'}"
+        + f", mask decoder {DECODER_PARTS[spec.train_decoder]}"
         + (f", {context.world_size} processes" if context.distributed else ""))
     if config.encoder.checkpoint is None and spec.train_encoder != "full":
         log(f"finetune: warning: the encoder has random weights and is {spec.train_encoder}; "
