@@ -27,17 +27,33 @@ QUANTISED_OPS = ("DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "Co
                  "QLinearMatMul")
 
 
+def coordinate_projections(path: Path) -> list[str]:
+    """The MatMul/Gemm nodes that multiply 2-D coordinates by a 2 × N matrix: the random Fourier features of SAM's
+    (and SAM 2's) prompt encoder, for the prompt points and for the image's positional encoding. They stay in
+    float when the rest is quantised. In INT8 those features are wrong for every prompt and every image token: on
+    the NWPU chain's student the INT8 decoder kept a one-click mask IoU of 0.51 against its fp32 self, and 0.95
+    with these two nodes left in float (benchmarks/int8_decoder_nodes.py; ground-truth one-click mIoU 0.269
+    against fp32's 0.467 before, 0.4635 after: docs/CHAIN.md, stage e). They are a few hundred weights, so keeping
+    them costs nothing in size or time."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    two_rows = {init.name for init in graph.initializer if len(init.dims) == 2 and init.dims[0] == 2}
+    return [node.name for node in graph.node
+            if node.op_type in ("MatMul", "Gemm") and any(name in two_rows for name in node.input)]
+
+
 def quantize_dynamic_file(source: Path, target: Path, ops: str) -> Path:
-    """Dynamic INT8 (weights INT8 per output channel, activations quantised per call) of ``ops``; a graph in which
-    those operators do not occur is refused rather than written as an "INT8" copy of the fp32 file. Per-channel:
-    TinyViT-5M's encoder ran 1.46× faster than fp32 against 1.42× per-tensor, at the same mask IoU
-    (benchmarks/int8_recipes.py)."""
+    """Dynamic INT8 (weights INT8 per output channel, activations quantised per call) of ``ops``, coordinate
+    projections excepted (``coordinate_projections``); a graph in which those operators do not occur is refused
+    rather than written as an "INT8" copy of the fp32 file. Per-channel: TinyViT-5M's encoder ran 1.46× faster than
+    fp32 against 1.42× per-tensor, at the same mask IoU (benchmarks/int8_recipes.py)."""
     import onnx
 
     if ops not in INT8_OPS:
         raise DistillError(f"--int8-ops {ops!r} is not known; choose one of: {', '.join(INT8_OPS)}")
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS[ops],
-                     per_channel=True)
+                     per_channel=True, nodes_to_exclude=coordinate_projections(source))
     if not any(node.op_type in QUANTISED_OPS for node in onnx.load(str(target), load_external_data=False).graph.node):
         target.unlink()
         kinds = " or ".join(INT8_OPS[ops] or ["quantisable"])
@@ -103,7 +119,7 @@ def quantize_static_files(sam: Sam, encoder: Path, decoder: Path, out: Path, opt
         target = out / f"{role}.int8-static.onnx"
         quantize_static(str(source), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        op_types_to_quantize=STATIC_OPS)
+                        op_types_to_quantize=STATIC_OPS, nodes_to_exclude=coordinate_projections(source))
         written[role] = target
     return written
 

@@ -88,6 +88,27 @@ def test_parity_report(exported):
     assert (out / "encoder.int8-dynamic.onnx").stat().st_size < 0.6 * (out / "encoder.onnx").stat().st_size
 
 
+def test_int8_decoders_keep_the_prompt_encoders_coordinate_projections_in_float(exported):
+    """The prompt encoder's random Fourier features (2-D coordinates times a 2 × 128 matrix, for the prompts and
+    for the image's positional encoding) stay float in both INT8 decoders; everything else heavy is quantised.
+    In INT8 they cost the NWPU chain's student most of its one-click mIoU (docs/CHAIN.md, stage e)."""
+    import onnx
+
+    from sam_distill.export.quantize import QUANTISED_OPS, coordinate_projections
+
+    out, _ = exported
+    projections = coordinate_projections(out / "decoder.onnx")
+    assert len(projections) == 2  # the prompt points' and the dense image positional encoding's
+    assert coordinate_projections(out / "encoder.onnx") == []
+    for name in ("decoder.int8-dynamic.onnx", "decoder.int8-static.onnx"):
+        graph = onnx.load(str(out / name)).graph
+        float_matrices = {i.name for i in graph.initializer if list(i.dims)[:1] == [2] and i.data_type == 1}
+        kept = {n.name: n for n in graph.node if n.name in projections}
+        assert set(kept) == set(projections), name
+        assert all(n.op_type == "MatMul" and float_matrices & set(n.input) for n in kept.values()), name
+        assert any(n.op_type in QUANTISED_OPS for n in graph.node), name
+
+
 def test_runtime_matches_sam_predictor(exported, tiny_teacher, image_folder):
     from sam_distill.export.runtime import SamOnnxPredictor
 
