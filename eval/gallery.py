@@ -40,6 +40,18 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~binary_erosion(mask, iterations=2)
 
 
+# characters of a column title's line: a 2.6-inch column holds about this many at 7 pt, and a longer title runs
+# into its neighbours' (a run name and a model file name side by side easily pass it)
+TITLE_WIDTH = 40
+
+
+def column_title(label: str, kind: str | None) -> str:
+    """A column's title, wrapped to its column (at spaces first, then inside long names)."""
+    lines = [line[start:start + TITLE_WIDTH] for line in textwrap.wrap(label, TITLE_WIDTH, break_long_words=False)
+             for start in range(0, len(line), TITLE_WIDTH)] or [""]
+    return "\n".join(lines + (["(GT boxes as prompts)"] if kind == "sam" else []))
+
+
 def paint(image: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]]) -> np.ndarray:
     """Masks blended at half opacity, each with a solid outline so touching instances stay apart."""
     canvas = image.astype(np.float32).copy()
@@ -143,8 +155,7 @@ def build_gallery(models: list[tuple[str, Path]], annotations: Path, images_dir:
                 axis.text(0.5, 0.5, "\n".join(["no masks:", *textwrap.wrap(column["error"], 30)[:6]]), ha="center",
                           va="center", fontsize=6, transform=axis.transAxes)
             if r == 0:
-                axis.set_title(column["label"] + ("\n(GT boxes as prompts)" if column.get("kind") == "sam" else ""),
-                               fontsize=7)
+                axis.set_title(column_title(column["label"], column.get("kind")), fontsize=7)
             if c == 0:
                 axis.set_ylabel(image_paths[r].name, fontsize=7)
     figure.tight_layout()

@@ -520,6 +520,18 @@ def test_eval_miou_output_becomes_the_ground_truth_columns_of_its_model(tmp_path
     assert "| 79.0% (box mIoU vs ground truth) |" in (tmp_path / "both" / "report.md").read_text()
 
 
+def test_overlay_column_titles_are_wrapped_to_their_column():
+    """A run name beside a model file name ran into the next column's title (the NWPU chain's report): titles wrap
+    at spaces to the column's width, inside a name only when one name alone is wider, and nothing is lost."""
+    from sam_distill.eval.gallery import TITLE_WIDTH, column_title
+
+    title = column_title("chain_f_final: student_mobilenetv3s_512_long2_iou.pt", "sam")
+    assert title.split("\n") == ["chain_f_final:", "student_mobilenetv3s_512_long2_iou.pt", "(GT boxes as prompts)"]
+    assert column_title("ground truth", None) == "ground truth"
+    long_name = "x" * (2 * TITLE_WIDTH + 1)
+    assert column_title(long_name, "yolo").split("\n") == ["x" * TITLE_WIDTH, "x" * TITLE_WIDTH, "x"]
+
+
 def test_overlays_show_every_model_beside_the_ground_truth(tmp_path):
     """`distill report --coco --images` adds overlays.png: the ground truth's instances, a promptable SAM's mask for
     each ground-truth box (the same mask SamPredictor gives for that box), and a column with the reason for a model
