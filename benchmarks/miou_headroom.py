@@ -35,7 +35,7 @@ from sam_distill.core.images import load_rgb
 from sam_distill.core.model_files import load_model_file
 from sam_distill.data.coco import load_coco, masks_on_input, split_image_ids
 from sam_distill.eval.fidelity import mask_iou
-from sam_distill.eval.miou import box_mask, farthest_from_boundary, next_click, promptable, size_name
+from sam_distill.eval.miou import box_mask, corrective_clicks, farthest_from_boundary, promptable, size_name
 from sam_distill.students.heads.losses import resize_masks
 
 EMBEDDING_STRIDE = 16  # input pixels per cell of SAM's image embedding
@@ -56,22 +56,6 @@ def grid_ceilings(sam, ground_truth: np.ndarray) -> tuple[float, float]:
         return (sam.postprocess_masks(grid * 2 - 1, input_hw, ground_truth.shape)[0, 0] > 0).numpy()
 
     return mask_iou(drawn(thresholded), ground_truth), mask_iou(drawn(fractions), ground_truth)
-
-
-def corrective_clicks(predictor, truth: np.ndarray, first_click: tuple[int, int], first_mask: np.ndarray,
-                      first_logits: np.ndarray, clicks: int) -> float:
-    """IoU after ``clicks`` clicks of ``distill eval miou``'s corrective protocol, its first answer given (the
-    scored choice or one output forced), so the outputs' effect on the later clicks can be compared."""
-    points, labels, prediction, logits = [list(first_click)], [1], first_mask, first_logits[None]
-    for _ in range(clicks - 1):
-        (px, py), positive = next_click(truth, prediction)
-        points.append([px, py])
-        labels.append(1 if positive else 0)
-        masks, _, low_res = predictor.predict(point_coords=np.array(points, np.float32),
-                                              point_labels=np.array(labels), mask_input=logits,
-                                              multimask_output=False)
-        prediction, logits = masks[0], low_res[0][None]
-    return mask_iou(prediction, truth)
 
 
 def main() -> None:
@@ -108,7 +92,9 @@ def main() -> None:
                                                      point_labels=np.array([1]), multimask_output=True)
                 ious = [mask_iou(mask, truth) for mask in masks]
                 chosen = int(np.argmax(scores))
-                corrected = [corrective_clicks(predictor, truth, (x, y), masks[first], low_res[first], args.clicks)
+                # the k-click protocol of `distill eval miou` from each first answer: the scored choice, output 0, 1
+                corrected = [([ious[first]] + corrective_clicks(predictor, truth, [[x, y]], [1], masks[first],
+                                                                 low_res[first][None], args.clicks - 1))[-1]
                              for first in (chosen, 0, 1)]
                 click_rows.append((ious[chosen], max(ious), *ious, chosen, *corrected))
                 bx, by, bw, bh = annotation["bbox"]

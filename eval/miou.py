@@ -109,6 +109,23 @@ def size_name(area: float) -> str:
     return next(name for name, limit in SIZE_LIMITS if area < limit)
 
 
+def corrective_clicks(predictor: PredictorLike, ground_truth: np.ndarray, points: list[list[int]],
+                      labels: list[int], prediction: np.ndarray, logits: np.ndarray, clicks: int) -> list[float]:
+    """IoU after each of ``clicks`` further corrective clicks, from an answer so far: its clicks (``points``,
+    ``labels``), its mask and its low-res logits (1×h×w), fed back as the mask prompt. Each click gets one mask."""
+    points, labels, ious = list(points), list(labels), []
+    for _ in range(clicks):
+        (px, py), positive = next_click(ground_truth, prediction)
+        points.append([px, py])
+        labels.append(1 if positive else 0)
+        masks, _, low_res = predictor.predict(point_coords=np.array(points, dtype=np.float32),
+                                              point_labels=np.array(labels), mask_input=logits,
+                                              multimask_output=False)
+        prediction, logits = masks[0], low_res[0][None]
+        ious.append(mask_iou(prediction, ground_truth))
+    return ious
+
+
 def object_ious(predictor: PredictorLike, ground_truth: np.ndarray, box_xywh, max_clicks: int) -> dict:
     """The protocols on one object, the predictor holding its image."""
     height, width = ground_truth.shape
@@ -116,18 +133,13 @@ def object_ious(predictor: PredictorLike, ground_truth: np.ndarray, box_xywh, ma
     box, _, _ = predictor.predict(box=np.array([x, y, x + w, y + h], dtype=np.float32), multimask_output=False)
     result = {"box": mask_iou(box[0], ground_truth),
               "box_as_mask": mask_iou(box_mask(box_xywh, height, width), ground_truth)}
-    points, labels, logits, prediction, clicks = [], [], None, np.zeros_like(ground_truth), []
-    for click in range(max_clicks):
-        (px, py), positive = next_click(ground_truth, prediction)
-        points.append([px, py])
-        labels.append(1 if positive else 0)
-        first = click == 0
-        masks, scores, low_res = predictor.predict(
-            point_coords=np.array(points, dtype=np.float32), point_labels=np.array(labels),
-            mask_input=None if first else logits, multimask_output=first)
-        best = int(np.argmax(scores))
-        prediction, logits = masks[best], low_res[best][None]
-        clicks.append(mask_iou(prediction, ground_truth))
+    (px, py), _ = next_click(ground_truth, np.zeros_like(ground_truth))  # the first click is always positive
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[px, py]], dtype=np.float32),
+                                               point_labels=np.array([1]), multimask_output=True)
+    best = int(np.argmax(scores))
+    clicks = [mask_iou(masks[best], ground_truth)]
+    clicks += corrective_clicks(predictor, ground_truth, [[px, py]], [1], masks[best], low_res[best][None],
+                                max_clicks - 1)
     result["clicks"] = clicks
     for threshold in NOC_THRESHOLDS:
         reached = [i + 1 for i, iou in enumerate(clicks) if iou >= threshold]
