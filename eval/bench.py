@@ -301,15 +301,17 @@ def feature_bench_model(model, family: str, name: str, kind: str, role: str, pat
                       encoder=encoder, decoder=decoder, notes=list(notes))
 
 
-def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) -> Callable[[str, int], BenchModel]:
+def model_builder(spec: str, random_init: bool = False, image_size: int | None = None
+                  ) -> Callable[[str, int], BenchModel]:
     """``(device, threads) -> BenchModel`` for a model file (through its kind's ``bench`` entry) or, with
-    ``random_init``, a teacher name. Resolving imports the kind's code; loading waits for the call."""
+    ``random_init``, a teacher name. Resolving imports the kind's code; loading waits for the call. ``image_size``:
+    a SAM file run at another size than its own, the size of a random teacher (default 1024)."""
     path = Path(spec)
     if random_init and not path.exists():
         from sam_distill.sam.teachers import load_teacher
 
         def random_teacher(device: str, threads: int) -> BenchModel:
-            teacher = load_teacher(spec, random_init=True, image_size=image_size)
+            teacher = load_teacher(spec, random_init=True, image_size=image_size or 1024)
             args = (f"{spec} (random-init)", "random-init", ROLE_TEACHER, None, device,
                     [f"{teacher.arch} with RANDOM weights: latency/size are the architecture's, no accuracy"])
             if teacher.family == "sam":
@@ -323,7 +325,7 @@ def model_builder(spec: str, random_init: bool = False, image_size: int = 1024) 
 
 
 def load_bench_model(spec: str, device: str = "cpu", threads: int = 1, random_init: bool = False,
-                     image_size: int = 1024) -> BenchModel:
+                     image_size: int | None = None) -> BenchModel:
     """A model file or (with ``random_init``) a teacher name, ready to be timed."""
     model = model_builder(spec, random_init, image_size)(device, threads)
     model.spec, model.random_init = spec, random_init and not Path(spec).exists()
@@ -398,7 +400,7 @@ def _copy_of(spec: str, rows: list[dict]) -> dict | None:
 
 
 def bench_many(specs: list[str], runs: int = 10, warmup: int = 2, device: str = "cpu", threads: int = 1,
-               random_init: bool = False, image_size: int = 1024, cache_dir: Path | None = None,
+               random_init: bool = False, image_size: int | None = None, cache_dir: Path | None = None,
                phases: tuple[str, ...] = PHASES, memory: bool = True, log: Callable[[str], None] = print,
                teacher: str | None = None) -> dict:
     """Bench every model; a model that cannot be loaded becomes one ``skipped`` line, not a failure, and a file

@@ -31,6 +31,10 @@ def feature_info(backbone: str):
 
 
 class TimmStudent(nn.Module):
+    # Convolutions and a resampled FPN: nothing is tied to the input size, so a model trained at one size runs at
+    # another (``distill eval miou --image-size``).
+    any_input_size = True
+
     def __init__(self, backbone: str, image_size: int = 1024, fuse_dim: int = 128):
         super().__init__()
         import timm

@@ -188,3 +188,72 @@ def test_eval_miou_scores_an_exported_onnx_pair_like_the_model_it_came_from(tmp_
     assert main(["eval", "miou", str(decoder), "--decoder", str(encoder), "--coco", str(annotations),
                  "--images", str(images)]) == 2
     assert "not a SAM encoder (input image) and decoder" in capsys.readouterr().err
+
+
+def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(tmp_path, capsys):
+    """`--image-size N` runs a model file at another size than it was trained at (remote-sensing objects one or two
+    embedding cells across gain from it): the same weights on a finer embedding grid for a ConvNet encoder; one
+    line for a ViT, whose position embeddings hold its own size, for a size off the 16-pixel grid, and for an
+    exported graph."""
+    import json
+
+    import torch
+
+    from sam_distill.cli import main
+    from sam_distill.data.coco import make_synthetic_coco
+    from sam_distill.sam.build import build_sam, sam_with_encoder
+    from sam_distill.sam.model_file import load_model, save_model
+    from sam_distill.students import create_student
+
+    annotations = make_synthetic_coco(tmp_path / "coco", count=2, size=96, seed=3)
+    images = annotations.parent / "images"
+    torch.manual_seed(0)
+    convnet = save_model(sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128),
+                         tmp_path / "model.pt", "timm_test_efficientnet")
+    trained, _ = load_model(convnet)
+    larger, info = load_model(convnet, image_size=192)
+    assert info.image_size == 192 and larger.image_encoder.img_size == 192
+    assert larger.prompt_encoder.image_embedding_size == (12, 12)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), larger.state_dict().values()))
+    with torch.no_grad():
+        assert larger.image_encoder(torch.zeros(1, 3, 192, 192)).shape == (1, 256, 12, 12)
+
+    out = tmp_path / "miou.json"
+    assert main(["eval", "miou", str(convnet), "--image-size", "192", "--coco", str(annotations), "--images",
+                 str(images), "--clicks", "1", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["image_size"] == 192
+    assert result["summary"] == ground_truth_miou(larger, annotations, images, max_clicks=1, progress=False)["summary"]
+    assert result["summary"] != ground_truth_miou(trained, annotations, images, max_clicks=1, progress=False)["summary"]
+
+    vit = tmp_path / "sam.pth"
+    torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
+    for model, size, message in ((vit, "192", "runs at 128 px only"), (convnet, "200", "give a positive multiple of 16 (e.g. 208)")):
+        capsys.readouterr()
+        assert main(["eval", "miou", str(model), "--image-size", size, "--coco", str(annotations),
+                     "--images", str(images)]) == 2
+        assert message in capsys.readouterr().err
+    encoder = tmp_path / "encoder.onnx"
+    encoder.write_bytes(b"")
+    assert main(["eval", "miou", str(encoder), "--decoder", str(encoder), "--image-size", "192", "--coco",
+                 str(annotations), "--images", str(images)]) == 2
+    assert "an exported graph, which runs at the input size it was exported at" in capsys.readouterr().err
+
+
+def test_bench_runs_a_model_file_at_another_input_size(tmp_path):
+    import torch
+
+    from sam_distill.eval.bench import bench_many
+    from sam_distill.sam.build import build_sam, sam_with_encoder
+    from sam_distill.sam.model_file import save_model
+    from sam_distill.students import create_student
+
+    torch.manual_seed(0)
+    convnet = save_model(sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128),
+                         tmp_path / "model.pt", "timm_test_efficientnet")
+    vit = tmp_path / "sam.pth"
+    torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
+    result = bench_many([str(convnet), str(vit)], runs=1, warmup=0, memory=False, image_size=192, log=lambda m: None)
+    assert [row["image_size"] for row in result["rows"]] == [192]
+    assert "runs at 128 px only" in result["skipped"][0]["reason"]
+    assert bench_many([str(convnet)], runs=1, warmup=0, memory=False, log=lambda m: None)["rows"][0]["image_size"] == 128

@@ -80,15 +80,20 @@ def cmd_miou(args) -> int:
     from sam_distill.eval.miou import format_miou_table, ground_truth_miou, promptable
 
     if args.model.suffix in PAIR_SUFFIXES or args.decoder is not None:
+        if args.image_size is not None:
+            raise DistillError(f"--image-size: {args.model} is an exported graph, which runs at the input size it "
+                               "was exported at; drop the option (or give the model file it was exported from)")
         model = exported_predictor(args.model, args.decoder)
     else:
-        kind, loaded = load_model_file(args.model, expect=("sam", "sam2", "hq"))
+        kind, loaded = load_model_file(args.model, expect=("sam", "sam2", "hq"), image_size=args.image_size)
         model = promptable(kind.name, loaded[0], pick_device(args.device))
 
     image_ids = split_image_ids(load_coco(args.annotations), args.split, args.val_fraction, args.annotations)
     result = ground_truth_miou(model, args.annotations, args.images, args.clicks, image_ids, args.max_images,
                                pick_device(args.device))
     result["model"] = str(args.model) + (f" + {args.decoder}" if args.decoder else "")
+    if args.image_size is not None:
+        result["image_size"] = args.image_size  # not the file's own: say so beside the figures
     print(format_miou_table(result, f"{result['model']}: mIoU against {args.annotations}"))
     if args.out:
         atomic_write_json(args.out, result)
@@ -186,6 +191,9 @@ def register(subparsers) -> None:
     m.add_argument("--coco", dest="annotations", type=Path, required=True, help="COCO instances json (ground truth)")
     m.add_argument("--images", type=Path, required=True, help="the folder its file_name entries are relative to")
     m.add_argument("--clicks", type=int, default=5, help="corrective clicks per object (mIoU after each, NoC)")
+    m.add_argument("--image-size", type=int,
+                   help="run the model at N px instead of the size it was trained at (small objects look larger); "
+                        "for encoders that take any input size, such as the timm ConvNet students")
     m.add_argument("--split", choices=["all", "val", "train"], default="all",
                    help="the instance recipes' fixed file-name-hash split")
     m.add_argument("--val-fraction", type=float, default=0.2, help="as instances.val_fraction of the run")
@@ -207,7 +215,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (ONNX always on CPU)")
     p.add_argument("--random-init", action="store_true",
                    help="names like sam_vit_b build the architecture with random weights (latency only)")
-    p.add_argument("--image-size", type=int, default=1024, help="input size for --random-init and dynamic ONNX inputs")
+    p.add_argument("--image-size", type=int,
+                   help="run SAM model files at N px instead of their trained size (encoders that take any input "
+                        "size); also the size of --random-init teachers and dynamic ONNX inputs (default 1024 there)")
     p.add_argument("--cache", type=Path, help="teacher embedding cache: adds fidelity to the teacher among MODELS")
     p.add_argument("--teacher", help="one of MODELS to bench as the teacher, whatever its format (a SAM trained here "
                    "and saved as model.pt is otherwise one more student): the report's speed-ups are against it")

@@ -15,6 +15,7 @@ is refused or named, never silently dropped.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pickle
 import sys
 import zipfile
@@ -217,11 +218,18 @@ def identify(path: Path | str) -> ModelKind:
     raise DistillError(f"{found.path} is not a model file of this toolkit ({detail}); it takes: {takes}")
 
 
-def load_model_file(path: Path | str, expect: tuple[str, ...] = ()) -> tuple[ModelKind, Any]:
-    """(kind, loaded model) of a model file; ``expect`` limits the kinds a command accepts."""
+def load_model_file(path: Path | str, expect: tuple[str, ...] = (), image_size: int | None = None
+                    ) -> tuple[ModelKind, Any]:
+    """(kind, loaded model) of a model file; ``expect`` limits the kinds a command accepts; ``image_size`` asks for
+    another input size than the file's, which only kinds whose loader takes one allow."""
     kind = identify(path)
     if expect and kind.name not in expect:
         wanted = " or ".join(MODEL_KINDS.get(name).what for name in expect)
         raise DistillError(f"{path} is {kind.what}, but this command takes {wanted} "
                            f"({MODEL_KINDS.get(expect[0]).how_to_make})")
-    return kind, kind.function("load")(Path(path))
+    load = kind.function("load")
+    if image_size is None:
+        return kind, load(Path(path))
+    if "image_size" not in inspect.signature(load).parameters:
+        raise DistillError(f"--image-size: {path} is {kind.what}, which runs at its own input size; drop the option")
+    return kind, load(Path(path), image_size=image_size)

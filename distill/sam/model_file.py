@@ -58,8 +58,12 @@ def save_mobilesam_layout(model: Sam, path: Path) -> Path:
     return Path(path)
 
 
-def load_model(path: Path | str) -> tuple[Sam, ModelInfo]:
-    """Load our checkpoint, a MobileSAM file or an official SAM file as a segment-anything Sam."""
+def load_model(path: Path | str, image_size: int | None = None) -> tuple[Sam, ModelInfo]:
+    """Load our checkpoint, a MobileSAM file or an official SAM file as a segment-anything Sam.
+
+    ``image_size`` runs the model at another input side than the one it was trained at, which shows small objects
+    larger (remote-sensing scenes gain from it, docs/CHAIN.md). Only encoders that take any input size can: the
+    timm ConvNet students (``any_input_size``); SAM's ViTs and TinyViT hold weights for their own size."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"model {path} does not exist")
@@ -69,16 +73,30 @@ def load_model(path: Path | str) -> tuple[Sam, ModelInfo]:
         payload = None  # read_state_dict below turns the failure into a sentence
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
         student = payload["student"]
-        image_size = int(payload["image_size"])
-        model = build_sam_for(student, image_size)  # a SAM architecture (a fine-tuned vit_*) or a student
+        trained_size = int(payload["image_size"])
+        model = build_sam_for(student, image_size or trained_size)  # a SAM architecture (a fine-tuned vit_*) or a student
+        _check_input_size(model, path, trained_size, image_size)
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:
             raise DistillError(f"model {path} does not fit student {student!r}: {str(err).splitlines()[0]}") from None
-        return model.eval(), ModelInfo(student, image_size, payload.get("meta", {}))
+        return model.eval(), ModelInfo(student, image_size or trained_size, payload.get("meta", {}))
     state_dict = read_state_dict(path)  # raises a one-line reason for files that are not state dicts
     model, arch = sam_from_state_dict(state_dict, path)
+    _check_input_size(model, path, int(model.image_encoder.img_size), image_size)
     return model, ModelInfo(arch if arch == "tinyvit_5m" else f"sam_{arch}", int(model.image_encoder.img_size))
+
+
+def _check_input_size(model: Sam, path: Path, trained_size: int, image_size: int | None) -> None:
+    """One line when a model is asked to run at a size its encoder cannot take."""
+    if image_size is None or image_size == trained_size:
+        return
+    if image_size <= 0 or image_size % 16:
+        raise DistillError(f"--image-size {image_size}: SAM's embedding is a 16-pixel grid; give a positive multiple "
+                           f"of 16 (e.g. {max(16, -(-image_size // 16) * 16)})")
+    if not getattr(model.image_encoder, "any_input_size", False):
+        raise DistillError(f"model {path} runs at {trained_size} px only: its encoder "
+                           f"({type(model.image_encoder).__name__}) holds weights for that size; drop --image-size")
 
 
 def build_sam_for(encoder: str, image_size: int, checkpoint: Path | None = None) -> Sam:

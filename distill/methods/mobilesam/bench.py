@@ -18,10 +18,10 @@ from sam_distill.sam.model_file import MODEL_FORMAT, load_model
 from sam_distill.sam.sam2_models import read_sam2_file, sam2_from_state
 
 
-def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+def bench_sam(path: Path, device: str = "cpu", threads: int = 1, image_size: int | None = None) -> BenchModel:
     """Our ``model.pt`` (a distilled student), MobileSAM's ``mobile_sam.pt`` (a student) or an official SAM
-    checkpoint (a teacher); the file decides the image size."""
-    sam, info = load_model(path)
+    checkpoint (a teacher); the file decides the image size unless ``image_size`` asks for another."""
+    sam, info = load_model(path, image_size)
     if probe(path).tag == MODEL_FORMAT:
         return sam_bench_model(sam, f"{info.student} ({path.name})", "sam-distill", ROLE_STUDENT, path, device)
     if info.student == "tinyvit_5m":
@@ -79,7 +79,7 @@ def _onnx_feeds(session, image_size: int) -> tuple[str, str, dict, int]:
                        f"('image_embeddings') nor a YOLO-seg network ('images'); export with `distill export`")
 
 
-def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
+def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: int | None = None) -> BenchModel:
     """A SAM encoder (input ``image``), SamOnnxModel decoder (``image_embeddings``) or YOLO-seg (``images``) graph
     on onnxruntime's CPU provider; dynamic input sizes take ``image_size``. INT8 graphs are labelled ``onnx-int8``,
     graphs with fp16 weights ``onnx-fp16``."""
@@ -96,7 +96,7 @@ def bench_onnx(path: Path, device: str = "cpu", threads: int = 1, image_size: in
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    part, what, feeds, side = _onnx_feeds(session, image_size)
+    part, what, feeds, side = _onnx_feeds(session, image_size or 1024)
 
     def run():
         return session.run(None, feeds)
