@@ -120,6 +120,34 @@ def test_predict_refuses_what_does_not_apply_and_outputs_that_are_files(tiny_tea
     assert not (tmp_path / "pred").exists()  # nothing was written
 
 
+def test_predict_runs_a_convnet_sam_at_another_input_size(tiny_teacher_checkpoint, image_folder, tmp_path, capsys):
+    """`--image-size` gives SamPredictor's answer of the same weights at that size; a ViT says it cannot."""
+    from segment_anything import SamPredictor
+
+    from sam_distill.core.images import load_rgb
+    from sam_distill.sam.build import sam_with_encoder
+    from sam_distill.sam.model_file import load_model, save_model
+    from sam_distill.students import create_student
+
+    torch.manual_seed(0)
+    model = save_model(sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128),
+                       tmp_path / "model.pt", "timm_test_efficientnet")
+    image = min(image_folder.glob("*.png"))
+    assert main(["predict", str(model), str(image), "--out", str(tmp_path / "pred"), "--box", "20", "30", "120", "110",
+                 "--image-size", "192"]) == 0
+    result = json.loads((tmp_path / "pred" / "results.json").read_text())[0]
+    predictor = SamPredictor(load_model(model, 192)[0])
+    predictor.set_image(load_rgb(image))
+    masks, scores, _ = predictor.predict(box=np.array([20.0, 30.0, 120.0, 110.0]), multimask_output=False)
+    assert np.array_equal(_decode(result), masks[0]) and result["score"] == pytest.approx(float(scores[0]), abs=1e-5)
+    predictor = SamPredictor(load_model(model)[0])  # at its own 128 px the answer differs: the size was applied
+    predictor.set_image(load_rgb(image))
+    assert not np.array_equal(predictor.predict(box=np.array([20.0, 30.0, 120.0, 110.0]), multimask_output=False)[0][0],
+                              masks[0])
+    _one_line_error(capsys, ["predict", str(tiny_teacher_checkpoint), str(image), "--out", str(tmp_path / "vit"),
+                             "--box", "20", "30", "120", "110", "--image-size", "512"], "runs at 256 px only")
+
+
 NOT_MODELS = {"notes.txt": b"some notes\n", "empty.pt": b"", "noise.pt": bytes(range(256)) * 8,
               "config.json": b'{"recipe": "prompter"}', "config.pt": b'{"recipe": "prompter"}'}
 

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 # ``distill predict`` options handed to the model kind's predict function when given (``generator`` apart).
-PREDICT_OPTIONS = ("points", "box", "text", "clip_checkpoint", "clip_model", "clip_config", "score_threshold", "imgsz")
+PREDICT_OPTIONS = ("points", "box", "text", "clip_checkpoint", "clip_model", "clip_config", "score_threshold", "imgsz",
+                   "image_size")
 
 
 def add_teacher_args(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,8 @@ def add_model_options(parser: argparse.ArgumentParser, prompts: bool) -> None:
     parser.add_argument("--score-threshold", type=float,
                         help="keep instances scoring at least this (default 0.05; YOLO-seg: ultralytics' conf, 0.25)")
     parser.add_argument("--imgsz", type=int, help="YOLO-seg inference size (default: its training size)")
+    parser.add_argument("--image-size", type=int, help="SAM input size (default: its training size; another only for "
+                                                       "encoders that take any input size, the timm ConvNets)")
     add_generator_args(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1, ...")
 

@@ -22,12 +22,13 @@ CLASSES = [{"id": 1, "name": "object"}]
 def predict_sam(path: Path, images: list[Path], device: torch.device, *,
                 points: list[tuple[float, float, int]] | None = None,
                 box: tuple[float, float, float, float] | None = None,
-                generator: dict | None = None) -> Predictions:
+                generator: dict | None = None, image_size: int | None = None) -> Predictions:
     """Prompted masks (``points``: (x, y, label 1 object / 0 background), ``box``: x0 y0 x1 y1) or, with
-    neither, everything mode with segment-anything's generator (``generator`` overrides its settings)."""
+    neither, everything mode with segment-anything's generator (``generator`` overrides its settings);
+    ``image_size`` runs the model at another input size than it was trained at (``load_model``)."""
     from sam_distill.sam.model_file import load_model
 
-    return _predict("sam", load_model(path)[0], images, device, points, box, generator)
+    return _predict("sam", load_model(path, image_size)[0], images, device, points, box, generator)
 
 
 def predict_sam2(path: Path, images: list[Path], device: torch.device, *,
