@@ -65,6 +65,9 @@ def load_model(path: Path | str, image_size: int | None = None) -> tuple[Sam, Mo
     larger (remote-sensing scenes gain from it, docs/CHAIN.md). Only encoders that take any input size can: the
     timm ConvNet students (``any_input_size``); SAM's ViTs and TinyViT hold weights for their own size."""
     path = Path(path)
+    if image_size is not None and (image_size <= 0 or image_size % 16):
+        raise DistillError(f"--image-size {image_size}: SAM's embedding is a 16-pixel grid; give a positive multiple "
+                           f"of 16 (e.g. {max(16, -(-image_size // 16) * 16)})")
     if not path.is_file():
         raise DistillError(f"model {path} does not exist")
     try:
@@ -91,9 +94,6 @@ def _check_input_size(model: Sam, path: Path, trained_size: int, image_size: int
     """One line when a model is asked to run at a size its encoder cannot take."""
     if image_size is None or image_size == trained_size:
         return
-    if image_size <= 0 or image_size % 16:
-        raise DistillError(f"--image-size {image_size}: SAM's embedding is a 16-pixel grid; give a positive multiple "
-                           f"of 16 (e.g. {max(16, -(-image_size // 16) * 16)})")
     if not getattr(model.image_encoder, "any_input_size", False):
         raise DistillError(f"model {path} runs at {trained_size} px only: its encoder "
                            f"({type(model.image_encoder).__name__}) holds weights for that size; drop --image-size")
