@@ -71,6 +71,19 @@ def tiny_teacher_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def convnet_sam_file(tmp_path_factory) -> Path:
+    """A SAM around a timm ConvNet encoder (one that takes any input size) at 128 px, random weights, saved as our
+    model.pt: what `--image-size` runs at another size."""
+    from sam_distill.sam.build import sam_with_encoder
+    from sam_distill.sam.model_file import save_model
+    from sam_distill.students import create_student
+
+    torch.manual_seed(0)
+    model = sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128)
+    return save_model(model, tmp_path_factory.mktemp("convnet_sam") / "model.pt", "timm_test_efficientnet")
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher(tiny_teacher_checkpoint):
     from sam_distill.sam.teachers import load_teacher
 

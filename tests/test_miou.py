@@ -190,7 +190,7 @@ def test_eval_miou_scores_an_exported_onnx_pair_like_the_model_it_came_from(tmp_
     assert "not a SAM encoder (input image) and decoder" in capsys.readouterr().err
 
 
-def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(tmp_path, capsys):
+def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convnet_sam_file, tmp_path, capsys):
     """`--image-size N` runs a model file at another size than it was trained at (remote-sensing objects one or two
     embedding cells across gain from it): the same weights on a finer embedding grid for a ConvNet encoder; one
     line for a ViT, whose position embeddings hold its own size, for a size off the 16-pixel grid, and for an
@@ -201,15 +201,12 @@ def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(tmp_p
 
     from sam_distill.cli import main
     from sam_distill.data.coco import make_synthetic_coco
-    from sam_distill.sam.build import build_sam, sam_with_encoder
-    from sam_distill.sam.model_file import load_model, save_model
-    from sam_distill.students import create_student
+    from sam_distill.sam.build import build_sam
+    from sam_distill.sam.model_file import load_model
 
     annotations = make_synthetic_coco(tmp_path / "coco", count=2, size=96, seed=3)
     images = annotations.parent / "images"
-    torch.manual_seed(0)
-    convnet = save_model(sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128),
-                         tmp_path / "model.pt", "timm_test_efficientnet")
+    convnet = convnet_sam_file
     trained, _ = load_model(convnet)
     larger, info = load_model(convnet, image_size=192)
     assert info.image_size == 192 and larger.image_encoder.img_size == 192
@@ -240,17 +237,14 @@ def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(tmp_p
     assert "an exported graph, which runs at the input size it was exported at" in capsys.readouterr().err
 
 
-def test_bench_runs_a_model_file_at_another_input_size(tmp_path):
+def test_bench_runs_a_model_file_at_another_input_size(convnet_sam_file, tmp_path):
     import torch
 
     from sam_distill.eval.bench import bench_many
-    from sam_distill.sam.build import build_sam, sam_with_encoder
-    from sam_distill.sam.model_file import save_model
-    from sam_distill.students import create_student
+    from sam_distill.sam.build import build_sam
 
+    convnet = convnet_sam_file
     torch.manual_seed(0)
-    convnet = save_model(sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128),
-                         tmp_path / "model.pt", "timm_test_efficientnet")
     vit = tmp_path / "sam.pth"
     torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
     result = bench_many([str(convnet), str(vit)], runs=1, warmup=0, memory=False, image_size=192, log=lambda m: None)

@@ -120,18 +120,15 @@ def test_predict_refuses_what_does_not_apply_and_outputs_that_are_files(tiny_tea
     assert not (tmp_path / "pred").exists()  # nothing was written
 
 
-def test_predict_runs_a_convnet_sam_at_another_input_size(tiny_teacher_checkpoint, image_folder, tmp_path, capsys):
+def test_predict_runs_a_convnet_sam_at_another_input_size(convnet_sam_file, tiny_teacher_checkpoint, image_folder,
+                                                          tmp_path, capsys):
     """`--image-size` gives SamPredictor's answer of the same weights at that size; a ViT says it cannot."""
     from segment_anything import SamPredictor
 
     from sam_distill.core.images import load_rgb
-    from sam_distill.sam.build import sam_with_encoder
-    from sam_distill.sam.model_file import load_model, save_model
-    from sam_distill.students import create_student
+    from sam_distill.sam.model_file import load_model
 
-    torch.manual_seed(0)
-    model = save_model(sam_with_encoder(create_student("timm_test_efficientnet", image_size=128), 128),
-                       tmp_path / "model.pt", "timm_test_efficientnet")
+    model = convnet_sam_file
     image = min(image_folder.glob("*.png"))
     assert main(["predict", str(model), str(image), "--out", str(tmp_path / "pred"), "--box", "20", "30", "120", "110",
                  "--image-size", "192"]) == 0
