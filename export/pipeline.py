@@ -45,11 +45,13 @@ def _check_options(source: ExportSource, formats: list[str], options: ExportOpti
 def export_model(model_path: Path, formats: list[str], out: Path, options: ExportOptions, log=print) -> dict:
     """Export ``model_path`` in every format into ``out``; returns the manifest. fp32 parity failures raise, after
     manifest.json and parity.json are written."""
-    source = ExportSource.of(model_path)  # one line for a file that is not a model
+    source = ExportSource.of(model_path, options.image_size)  # one line for a file that is not a model
     formats = list(dict.fromkeys(formats))
     for fmt in formats:
         source.kind.exporter(fmt)  # one line for a format this kind has no exporter for, before any work
     not_applied = _check_options(source, formats, options)
+    if options.image_size is not None:
+        source.load()  # one line for a model that cannot run at that size, before any file is written
     for line in not_applied:
         log(line)
     out = Path(out)
@@ -75,6 +77,7 @@ def export_model(model_path: Path, formats: list[str], out: Path, options: Expor
     manifest["files"] = [file.manifest_entry(out) for file in files]
     manifest["options"] = {"formats": formats, "int8": options.int8, "int8_ops": options.int8_ops, "fp16": options.fp16,
                            "opset": options.opset, "static_shapes": options.static_shapes,
+                           "image_size": options.image_size,
                            "calibration": str(options.calibration) if options.calibration else None,
                            "not_applied": not_applied}
     manifest["tools"] = tool_versions()

@@ -37,6 +37,7 @@ class ExportOptions:
     calibration_count: int = 16
     parity_images: Path | None = None  # default: synthetic images
     parity_count: int = 3
+    image_size: int | None = None  # another input size than the file's (ConvNet encoders only); None: the file's
     tolerance: Tolerance = field(default_factory=Tolerance)
 
 
@@ -65,20 +66,22 @@ class ExportedFile:
 
 @dataclass
 class ExportSource:
-    """The model file being exported. Its kind's loader runs once, however many formats are asked for."""
+    """The model file being exported, at ``image_size`` when one is asked for (the exported graphs take that input
+    size). Its kind's loader runs once, however many formats are asked for."""
 
     path: Path
     kind: ModelKind
+    image_size: int | None = None
     _loaded: Any = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, path: Path | str) -> ExportSource:
-        return cls(Path(path), identify(path))
+    def of(cls, path: Path | str, image_size: int | None = None) -> ExportSource:
+        return cls(Path(path), identify(path), image_size)
 
     def load(self) -> Any:
         """What the kind's ``load`` entry returns (for a SAM: ``(Sam, ModelInfo)``)."""
         if self._loaded is None:
-            self._loaded = self.kind.function("load")(self.path)
+            self._loaded = self.kind.load_file(self.path, self.image_size)
         return self._loaded
 
 

@@ -200,3 +200,43 @@ def test_engine_without_tensorrt_prints_trtexec(tiny_teacher_checkpoint, tmp_pat
     assert f"trtexec --onnx={tmp_path}/encoder.onnx --fp16 --saveEngine={tmp_path}/encoder.fp16.engine" in printed
     assert [(f.path.name, f.precision) for f in files] == [("encoder.onnx", "fp32"), ("decoder.static.onnx", "fp32-static")]
     assert files[1].inputs[1]["shape"] == [1, 2, 2]
+
+
+def test_a_convnet_sam_exports_at_another_input_size(convnet_sam_file, image_folder, tmp_path, capsys):
+    """`distill export --image-size N` ships a ConvNet SAM at the size it scores best at (docs/CHAIN.md): the graphs
+    take N×N images and answer as the same weights run at N in PyTorch; a model that cannot run at N gets one line
+    before any file is written."""
+    from sam_distill.export.runtime import SamOnnxPredictor
+    from sam_distill.sam.build import build_sam
+    from sam_distill.sam.model_file import load_model
+
+    out = tmp_path / "export"
+    assert main(["export", str(convnet_sam_file), "--image-size", "192", "--out", str(out), "--parity-count", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["image_size"] == 192 and manifest["options"]["image_size"] == 192
+    assert entry(manifest, "encoder.onnx")["inputs"][0]["shape"] == [1, 3, 192, 192]
+    assert json.loads((out / "parity.json").read_text())["files"]["decoder.onnx"]["within_tolerance"]
+
+    runtime = SamOnnxPredictor(out / "encoder.onnx", out / "decoder.onnx")
+    predictor = SamPredictor(load_model(convnet_sam_file, image_size=192)[0])
+    image = load_rgb(find_images(image_folder)[0])
+    h, w = image.shape[:2]
+    runtime.set_image(image)
+    with torch.inference_mode():
+        predictor.set_image(image)
+        torch_masks, torch_iou, torch_low = predictor.predict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]),
+                                                              multimask_output=False)
+    assert runtime.embeddings.shape == (1, 256, 12, 12)
+    np.testing.assert_allclose(runtime.embeddings, predictor.features.numpy(), atol=1e-4)
+    masks, iou, low = runtime.predict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]), multimask_output=False)
+    assert low.shape == torch_low.shape == (1, 48, 48)
+    assert np.logical_and(masks, torch_masks).sum() / max(np.logical_or(masks, torch_masks).sum(), 1) >= 0.99
+    np.testing.assert_allclose(iou, torch_iou, atol=1e-3)
+
+    torch.manual_seed(0)
+    vit = tmp_path / "sam.pth"
+    torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
+    capsys.readouterr()
+    assert main(["export", str(vit), "--image-size", "192"]) == 2
+    assert "runs at 128 px only" in capsys.readouterr().err
+    assert not (tmp_path / "sam-export-192px").exists()

@@ -9,12 +9,14 @@ def cmd_export(args) -> int:
     from sam_distill.export.pipeline import export_model, parity_table
     from sam_distill.export.registry import ExportOptions, Tolerance
 
-    out = args.out or args.model.parent / f"{args.model.stem}-export"
+    size_suffix = f"-{args.image_size}px" if args.image_size is not None else ""
+    out = args.out or args.model.parent / f"{args.model.stem}-export{size_suffix}"
     options = ExportOptions(int8=args.int8, int8_ops=args.int8_ops, fp16=args.fp16, opset=args.opset,
                             static_shapes=args.static_shapes, static_points=args.static_points,
                             max_points=args.max_points,
                             calibration=args.calibration, calibration_count=args.calibration_count,
                             parity_images=args.parity_images, parity_count=args.parity_count,
+                            image_size=args.image_size,
                             tolerance=Tolerance(args.max_embedding_diff, args.min_mask_iou, args.max_mask_iou_loss))
     manifest = export_model(args.model, args.format, out, options)
     print(parity_table(read_json(out / "parity.json")))
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
                    "CPUs measured here; all for YOLO-seg, which has no MatMul)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 files (ONNX; CoreML for SAM models)")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--image-size", type=int, metavar="N", help="export a SAM model at another input size than it was "
+                   "trained at, a multiple of 16 (ConvNet encoders only; small objects gain from a larger one, "
+                   "docs/CHAIN.md); the default folder is then <name>-export-<N>px")
     p.add_argument("--static-shapes", action="store_true", help="also write a fixed-shape decoder for TensorRT")
     p.add_argument("--static-points", type=int, default=2, help="points the fixed-shape ONNX decoder takes (TensorRT)")
     p.add_argument("--max-points", type=int, default=6, help="the LiteRT decoder has a signature for each point count "

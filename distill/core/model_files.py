@@ -91,6 +91,16 @@ class ModelKind:
         module, _, attribute = reference.partition(":")
         return getattr(importlib.import_module(module), attribute)
 
+    def load_file(self, path: Path | str, image_size: int | None = None) -> Any:
+        """What this kind's loader returns for ``path``; ``image_size`` asks for another input size than the file's,
+        which only kinds whose loader takes one allow (one line for the others)."""
+        load = self.function("load")
+        if image_size is None:
+            return load(Path(path))
+        if "image_size" not in inspect.signature(load).parameters:
+            raise DistillError(f"--image-size: {path} is {self.what}, which runs at its own input size; drop the option")
+        return load(Path(path), image_size=image_size)
+
     def exporter(self, fmt: str) -> Exporter:
         """The exporter of ``fmt``, or one sentence naming this kind's formats (or the kinds that export at all)."""
         if not self.exporters:
@@ -227,9 +237,4 @@ def load_model_file(path: Path | str, expect: tuple[str, ...] = (), image_size: 
         wanted = " or ".join(MODEL_KINDS.get(name).what for name in expect)
         raise DistillError(f"{path} is {kind.what}, but this command takes {wanted} "
                            f"({MODEL_KINDS.get(expect[0]).how_to_make})")
-    load = kind.function("load")
-    if image_size is None:
-        return kind, load(Path(path))
-    if "image_size" not in inspect.signature(load).parameters:
-        raise DistillError(f"--image-size: {path} is {kind.what}, which runs at its own input size; drop the option")
-    return kind, load(Path(path), image_size=image_size)
+    return kind, kind.load_file(path, image_size)
