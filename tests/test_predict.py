@@ -190,3 +190,27 @@ def test_eval_fidelity_of_the_teacher_to_itself(tiny_teacher_checkpoint, tiny_ca
     result = json.loads(out.read_text())
     assert result["images"] == 2 and result["summary"]["embedding_cosine"] > 0.999
     assert result["summary"]["embedding_mse"] < 1e-4 and "embedding cosine" in capsys.readouterr().out
+
+
+def test_an_overlay_says_how_many_detections_it_draws(tmp_path):
+    """Early in training every score is low and an overlay at the usual threshold is the bare image: its caption
+    says how many detections reached the threshold and the best score, so a blank picture is not read as a model
+    that finds nothing; the run's overlays take their threshold from `instances.eval.overlay_score`."""
+    from PIL import Image
+
+    from sam_distill.methods.instance_predict import save_overlay
+    from sam_distill.methods.sections import InstanceEvalConfig
+
+    image = np.full((64, 96, 3), 100, np.uint8)
+    square = np.zeros((64, 96), np.uint8, order="F")
+    square[30:60, 40:90] = 1
+    result = {"image_id": 1, "category_id": 1, "score": 0.2, "segmentation": mask_utils.encode(square),
+              "bbox": [40, 30, 50, 30]}
+    for min_score, drawn in ((0.3, 0), (0.1, 1)):
+        path = tmp_path / f"{min_score}.png"
+        assert save_overlay(image, [result], [{"id": 1, "name": "square"}], path, min_score) == drawn
+        picture = np.asarray(Image.open(path))
+        assert (picture[50:58, 60:85] != 100).any() == bool(drawn)  # the mask's inside, below its label
+        assert (picture[4:12, 4:60] != 100).any()  # the caption
+    assert InstanceEvalConfig().overlay_score == 0.3
+    assert InstanceEvalConfig(overlay_score=0.05).overlay_score == 0.05

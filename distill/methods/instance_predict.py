@@ -77,8 +77,10 @@ def predict_dataset(model, dataset, classes: list[dict], device: torch.device, b
 
 
 def save_overlay(image: np.ndarray, results: list[dict], classes: list[dict], path: Path,
-                 min_score: float = 0.3) -> Path:
-    """Masks painted over the image in one colour per class, with box outlines (the quick visual check)."""
+                 min_score: float = 0.3) -> int:
+    """Masks painted over the image in one colour per class, with box outlines (the quick visual check), and a
+    caption saying how many of the image's detections reached ``min_score``, so an image with nothing drawn says
+    why. Returns how many were drawn."""
     from PIL import ImageDraw
 
     names = {c["id"]: c["name"] for c in classes}
@@ -94,9 +96,14 @@ def save_overlay(image: np.ndarray, results: list[dict], classes: list[dict], pa
         x, y, w, h = result["bbox"]
         draw.rectangle([x, y, x + w, y + h], outline=colours[result["category_id"]], width=2)
         draw.text((x + 2, y + 2), f"{names[result['category_id']]} {result['score']:.2f}", fill=(255, 255, 255))
+    caption = f"{len(kept)} of {len(results)} detections drawn (score at least {min_score:g})"
+    if results and not kept:
+        caption += f"; best {max(r['score'] for r in results):.2f}"
+    draw.rectangle(draw.textbbox((4, 4), caption), fill=(0, 0, 0))
+    draw.text((4, 4), caption, fill=(255, 255, 255))
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
-    return path
+    return len(kept)
 
 
 def write_predictions(out: Path, results: list[dict], images: list[dict], classes: list[dict], overlays: int,

@@ -129,9 +129,10 @@ def describe_encoder(spec) -> str:
 
 
 def write_instance_reports(run_dir, method: str, model_name: str, val_set, results: list[dict], encoder: str,
-                           overlays: int) -> dict:
+                           evaluation) -> dict:
     """Validation AP of ``results`` into ``reports/`` (ap.json, val_results.json, the report's
-    ``metrics_<method>.json`` with AP in percent) plus overlay images; returns the AP in [0, 1]."""
+    ``metrics_<method>.json`` with AP in percent) plus overlay images of the first ``evaluation.overlays``
+    validation images (detections at ``evaluation.overlay_score`` or above); returns the AP in [0, 1]."""
     from sam_distill.core.fileio import atomic_write_json
     from sam_distill.core.images import load_rgb
     from sam_distill.eval.coco_ap import instance_ap
@@ -143,12 +144,17 @@ def write_instance_reports(run_dir, method: str, model_name: str, val_set, resul
     atomic_write_json(reports / "ap.json", {"method": method, "val_images": len(val_set), "encoder": encoder, **scores})
     atomic_write_json(reports / f"metrics_{method}.json", {
         "model": model_name, "metrics": {k: v * 100 for k, v in scores.items() if k.startswith("mask_")}})
-    for image_id in val_set.image_ids[:overlays]:
-        info = val_set.coco.imgs[image_id]
-        save_overlay(load_rgb(val_set.images_dir / info["file_name"]),
-                     [r for r in results if r["image_id"] == image_id], val_set.classes,
-                     reports / "overlays" / f"{Path(info['file_name']).stem}.png")
+    shown = val_set.image_ids[:evaluation.overlays]
+    drawn = [save_overlay(load_rgb(val_set.images_dir / val_set.coco.imgs[image_id]["file_name"]),
+                          [r for r in results if r["image_id"] == image_id], val_set.classes,
+                          reports / "overlays" / f"{Path(val_set.coco.imgs[image_id]['file_name']).stem}.png",
+                          evaluation.overlay_score) for image_id in shown]
     run_dir.log(f"{method}: val " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+    if shown and not any(drawn):
+        best = max((r["score"] for r in results if r["image_id"] in set(shown)), default=None)
+        run_dir.log(f"{method}: the overlays show no detection: none on those {len(shown)} images scored "
+                    f"{evaluation.overlay_score:g} or more" + (f" (best {best:.2f})" if best is not None else "") +
+                    "; lower instances.eval.overlay_score to see them")
     return scores
 
 
@@ -196,7 +202,7 @@ def run_trained_instance_recipe(config, run_dir, method: str, build: Callable[[i
         results = predict_dataset(model, val_set, val_set.classes, device, train_config.batch_size,
                                   evaluation.score_threshold)
         result["ap"] = write_instance_reports(run_dir, method, model_path.name, val_set, results, encoder,
-                                              evaluation.overlays)
+                                              evaluation)
     else:
         log(f"{method}: the split left no validation images, so no AP was measured; raise instances.val_fraction")
     log(f"{method}: model at {model_path}")

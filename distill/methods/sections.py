@@ -111,6 +111,8 @@ class InstanceEvalConfig(Section):
     every: int = Field(100, ge=1, description="validation AP every this many steps (and at the end)")
     score_threshold: float = Field(0.05, ge=0.0, le=1.0)
     overlays: int = Field(4, ge=0, description="overlay images written of the validation split")
+    overlay_score: float = Field(0.3, ge=0.0, le=1.0, description="detections drawn on the overlays: at least this "
+                                 "score (lower it early in training, when every score is low)")
 
 
 class InstancesConfig(Section):

@@ -117,7 +117,7 @@ def _run_given_detections(config, run_dir) -> dict:
     results = prompt_with_detections(sam, val_set, detections, context.device, config.instances.eval.score_threshold)
     name = f"sam_det ({Path(spec.detections).name} boxes)"
     return {"ap": write_instance_reports(run_dir, "sam_det", name, val_set, results, encoder,
-                                         config.instances.eval.overlays)}
+                                         config.instances.eval)}
 
 
 @register_method("sam_det", {"encoder": EncoderConfig, "instances": InstancesConfig, "train": TrainConfig,

@@ -193,7 +193,7 @@ def run_sam_cls(config, run_dir) -> dict:
     model_path = model.save(run_dir.sub("model") / "sam_cls.pt", meta)
     results = predict_split(model, val_set, proposals_of, config.instances.eval.score_threshold, scorer)
     result["ap"] = write_instance_reports(run_dir, "sam_cls", model_path.name, val_set, results,
-                                          encoder, config.instances.eval.overlays)
+                                          encoder, config.instances.eval)
     result["model"] = str(model_path)
     log(f"sam_cls: model at {model_path}")
     return result
