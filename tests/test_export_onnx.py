@@ -202,12 +202,12 @@ def test_engine_without_tensorrt_prints_trtexec(tiny_teacher_checkpoint, tmp_pat
     assert files[1].inputs[1]["shape"] == [1, 2, 2]
 
 
-def test_a_convnet_sam_exports_at_another_input_size(convnet_sam_file, image_folder, tmp_path, capsys):
+def test_a_convnet_sam_exports_at_another_input_size(convnet_sam_file, tiny_teacher_checkpoint, image_folder, tmp_path,
+                                                     capsys):
     """`distill export --image-size N` ships a ConvNet SAM at the size it scores best at (docs/CHAIN.md): the graphs
     take N×N images and answer as the same weights run at N in PyTorch; a model that cannot run at N gets one line
     before any file is written."""
     from sam_distill.export.runtime import SamOnnxPredictor
-    from sam_distill.sam.build import build_sam
     from sam_distill.sam.model_file import load_model
 
     out = tmp_path / "export"
@@ -221,22 +221,19 @@ def test_a_convnet_sam_exports_at_another_input_size(convnet_sam_file, image_fol
     predictor = SamPredictor(load_model(convnet_sam_file, image_size=192)[0])
     image = load_rgb(find_images(image_folder)[0])
     h, w = image.shape[:2]
+    box = np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9])
     runtime.set_image(image)
     with torch.inference_mode():
         predictor.set_image(image)
-        torch_masks, torch_iou, torch_low = predictor.predict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]),
-                                                              multimask_output=False)
+        torch_masks, torch_iou, torch_low = predictor.predict(box=box, multimask_output=False)
     assert runtime.embeddings.shape == (1, 256, 12, 12)
     np.testing.assert_allclose(runtime.embeddings, predictor.features.numpy(), atol=1e-4)
-    masks, iou, low = runtime.predict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]), multimask_output=False)
+    masks, iou, low = runtime.predict(box=box, multimask_output=False)
     assert low.shape == torch_low.shape == (1, 48, 48)
     assert np.logical_and(masks, torch_masks).sum() / max(np.logical_or(masks, torch_masks).sum(), 1) >= 0.99
     np.testing.assert_allclose(iou, torch_iou, atol=1e-3)
 
-    torch.manual_seed(0)
-    vit = tmp_path / "sam.pth"
-    torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
     capsys.readouterr()
-    assert main(["export", str(vit), "--image-size", "192"]) == 2
-    assert "runs at 128 px only" in capsys.readouterr().err
-    assert not (tmp_path / "sam-export-192px").exists()
+    assert main(["export", str(tiny_teacher_checkpoint), "--image-size", "192"]) == 2
+    assert "runs at 256 px only" in capsys.readouterr().err
+    assert not (tiny_teacher_checkpoint.parent / "vit_tiny-export-192px").exists()

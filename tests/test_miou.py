@@ -190,7 +190,8 @@ def test_eval_miou_scores_an_exported_onnx_pair_like_the_model_it_came_from(tmp_
     assert "not a SAM encoder (input image) and decoder" in capsys.readouterr().err
 
 
-def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convnet_sam_file, tmp_path, capsys):
+def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convnet_sam_file, tiny_teacher_checkpoint,
+                                                                            tmp_path, capsys):
     """`--image-size N` runs a model file at another size than it was trained at (remote-sensing objects one or two
     embedding cells across gain from it): the same weights on a finer embedding grid for a ConvNet encoder; one
     line for a ViT, whose position embeddings hold its own size, for a size off the 16-pixel grid, and for an
@@ -201,7 +202,6 @@ def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convn
 
     from sam_distill.cli import main
     from sam_distill.data.coco import make_synthetic_coco
-    from sam_distill.sam.build import build_sam
     from sam_distill.sam.model_file import load_model
 
     annotations = make_synthetic_coco(tmp_path / "coco", count=2, size=96, seed=3)
@@ -223,9 +223,8 @@ def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convn
     assert result["summary"] == ground_truth_miou(larger, annotations, images, max_clicks=1, progress=False)["summary"]
     assert result["summary"] != ground_truth_miou(trained, annotations, images, max_clicks=1, progress=False)["summary"]
 
-    vit = tmp_path / "sam.pth"
-    torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
-    for model, size, message in ((vit, "192", "runs at 128 px only"), (convnet, "200", "give a positive multiple of 16 (e.g. 208)")):
+    vit = tiny_teacher_checkpoint
+    for model, size, message in ((vit, "192", "runs at 256 px only"), (convnet, "200", "give a positive multiple of 16 (e.g. 208)")):
         capsys.readouterr()
         assert main(["eval", "miou", str(model), "--image-size", size, "--coco", str(annotations),
                      "--images", str(images)]) == 2
@@ -237,17 +236,11 @@ def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convn
     assert "an exported graph, which runs at the input size it was exported at" in capsys.readouterr().err
 
 
-def test_bench_runs_a_model_file_at_another_input_size(convnet_sam_file, tmp_path):
-    import torch
-
+def test_bench_runs_a_model_file_at_another_input_size(convnet_sam_file, tiny_teacher_checkpoint):
     from sam_distill.eval.bench import bench_many
-    from sam_distill.sam.build import build_sam
 
-    convnet = convnet_sam_file
-    torch.manual_seed(0)
-    vit = tmp_path / "sam.pth"
-    torch.save(build_sam("vit_tiny", 128).state_dict(), vit)
+    convnet, vit = convnet_sam_file, tiny_teacher_checkpoint
     result = bench_many([str(convnet), str(vit)], runs=1, warmup=0, memory=False, image_size=192, log=lambda m: None)
     assert [row["image_size"] for row in result["rows"]] == [192]
-    assert "runs at 128 px only" in result["skipped"][0]["reason"]
+    assert "runs at 256 px only" in result["skipped"][0]["reason"]
     assert bench_many([str(convnet)], runs=1, warmup=0, memory=False, log=lambda m: None)["rows"][0]["image_size"] == 128

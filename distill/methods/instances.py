@@ -144,14 +144,16 @@ def write_instance_reports(run_dir, method: str, model_name: str, val_set, resul
     atomic_write_json(reports / "ap.json", {"method": method, "val_images": len(val_set), "encoder": encoder, **scores})
     atomic_write_json(reports / f"metrics_{method}.json", {
         "model": model_name, "metrics": {k: v * 100 for k, v in scores.items() if k.startswith("mask_")}})
-    shown = val_set.image_ids[:evaluation.overlays]
-    drawn = [save_overlay(load_rgb(val_set.images_dir / val_set.coco.imgs[image_id]["file_name"]),
-                          [r for r in results if r["image_id"] == image_id], val_set.classes,
-                          reports / "overlays" / f"{Path(val_set.coco.imgs[image_id]['file_name']).stem}.png",
-                          evaluation.overlay_score) for image_id in shown]
+    shown, drawn = val_set.image_ids[:evaluation.overlays], 0
+    for image_id in shown:
+        info = val_set.coco.imgs[image_id]
+        drawn += save_overlay(load_rgb(val_set.images_dir / info["file_name"]),
+                              [r for r in results if r["image_id"] == image_id], val_set.classes,
+                              reports / "overlays" / f"{Path(info['file_name']).stem}.png", evaluation.overlay_score)
     run_dir.log(f"{method}: val " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
-    if shown and not any(drawn):
-        best = max((r["score"] for r in results if r["image_id"] in set(shown)), default=None)
+    if shown and not drawn:
+        on_shown = set(shown)
+        best = max((r["score"] for r in results if r["image_id"] in on_shown), default=None)
         run_dir.log(f"{method}: the overlays show no detection: none on those {len(shown)} images scored "
                     f"{evaluation.overlay_score:g} or more" + (f" (best {best:.2f})" if best is not None else "") +
                     "; lower instances.eval.overlay_score to see them")
