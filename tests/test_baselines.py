@@ -122,6 +122,28 @@ def test_rcnn_file_round_trip_and_bench(tmp_path):
         load_rcnn(_not_rcnn(tmp_path))
 
 
+@pytest.mark.parametrize("head", ["maskrcnn", "mask2former"])
+def test_rcnn_bench_masks_a_fixed_load_whatever_the_scores(tmp_path, head):
+    """A detector that scores everything as background (as a trained one may score the bench's noise) still has its
+    masks timed at its cap (Mask2Former: every query), so two models compare at one load."""
+    from sam_distill.methods.rcnn.bench import bench_rcnn
+
+    overrides = {"detections_per_image": 5} if head == "maskrcnn" else {"mask2former": {
+        "num_queries": 4, "decoder_layers": 1, "pixel_decoder_layers": 1, "heads": 2}}
+    model = tiny_rcnn("sam_seg", head=head, **overrides).eval()
+    with torch.no_grad():
+        if head == "maskrcnn":
+            model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([20.0, 0.0, 0.0, 0.0]))
+        else:
+            model.mask2former.class_head[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 20.0]))
+    path = save_rcnn(model, tmp_path / "m.pt", [{"id": i, "name": n} for i, n in enumerate("abc", 1)])
+    assert len(load_rcnn(path)[0].predict(torch.randn(1, 3, SIZE, SIZE))[0]["scores"]) == 0
+    bench = bench_rcnn(path)
+    bench.encoder()
+    assert len(bench.decoder()[0]["masks"]) == (5 if head == "maskrcnn" else 4)
+    assert ("cap of 5 (score threshold 0)" if head == "maskrcnn" else "all 4 queries") in bench.notes[0]
+
+
 def _not_rcnn(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"format": "something-else"}, path)

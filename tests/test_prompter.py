@@ -320,6 +320,27 @@ def test_bench_times_prompter_files(tmp_path):
     assert row["gflops"] > 0
 
 
+def test_bench_decodes_an_anchor_head_at_its_detection_cap_whatever_its_scores(tmp_path):
+    """A head that scores everything as background (as a trained head may score the bench's noise) detects nothing
+    at its threshold, yet the bench decodes as many prompts as its cap allows, so two models compare at one load."""
+    from sam_distill.methods.prompter.bench import bench_prompter
+    from sam_distill.methods.prompter.model import load_prompter, save_prompter
+
+    model = tiny_prompter("anchor", head_kwargs={"detections_per_image": 6})
+    with torch.no_grad():
+        model.head.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([20.0, 0.0, 0.0, 0.0]))
+    path = save_prompter(model, tmp_path / "prompter.pt", [{"id": i, "name": n} for i, n in enumerate("abc", 1)])
+    loaded, _ = load_prompter(path)
+    assert len(loaded.eval().predict(torch.randn(1, 3, SIZE, SIZE))[0]["scores"]) == 0
+    bench = bench_prompter(path)
+    features, prompts, _ = bench.encoder()
+    masks, _ = bench.decoder()
+    assert len(prompts) == len(masks) == 6
+    assert "cap of 6 (score threshold 0)" in bench.notes[0]
+    assert "all 8 queries" in bench_prompter(save_prompter(tiny_prompter("query"), tmp_path / "q.pt", [
+        {"id": i, "name": n} for i, n in enumerate("abc", 1)])).notes[0]
+
+
 def test_cli_train_resume_eval_predict_and_errors(tmp_path, capsys, monkeypatch):
     from sam_distill.cli import main
     from sam_distill.core.rundir import read_metrics

@@ -64,7 +64,7 @@ class Mask2FormerHead(nn.Module):
                  pixel_decoder: str = "deformable", pixel_decoder_layers: int = 3, heads: int = 8,
                  no_object_weight: float = 0.1, cost_weights: tuple[float, float, float] = (2.0, 5.0, 5.0)):
         super().__init__()
-        self.num_classes, self.cost_weights = num_classes, cost_weights
+        self.num_classes, self.num_queries, self.cost_weights = num_classes, num_queries, cost_weights
         self.pyramid = SimpleFeaturePyramid(in_channels, width)
         self.pixel_decoder, self.transformer = mask2former_modules(width, num_queries, decoder_layers,
                                                                    pixel_decoder_layers, heads, pixel_decoder)
