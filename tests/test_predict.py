@@ -214,3 +214,28 @@ def test_an_overlay_says_how_many_detections_it_draws(tmp_path):
         assert (picture[4:12, 4:60] != 100).any()  # the caption
     assert InstanceEvalConfig().overlay_score == 0.3
     assert InstanceEvalConfig(overlay_score=0.05).overlay_score == 0.05
+
+
+def test_an_instance_run_says_when_its_overlays_show_no_detection(tmp_path):
+    """Ground-truth masks given as detections that all score 0.2: AP is perfect, yet at the usual overlay threshold
+    (0.3) every overlay is the bare image, and the run log says so, with the best score and the key to lower."""
+    from sam_distill.core.rundir import RunDir
+    from sam_distill.data.coco import CocoInstances, make_synthetic_coco
+    from sam_distill.methods.instances import write_instance_reports
+    from sam_distill.methods.sections import InstanceEvalConfig
+
+    make_synthetic_coco(tmp_path / "coco", 3, 64, seed=0)
+    val_set = CocoInstances(tmp_path / "coco" / "annotations.json", tmp_path / "coco" / "images", 64)
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.2,
+                "segmentation": mask_utils.encode(np.asfortranarray(val_set.coco.annToMask(a)))}
+               for a in val_set.coco.dataset["annotations"]]
+    for threshold, silent in ((0.3, False), (0.1, True)):
+        run = RunDir(tmp_path / f"run{threshold}", quiet=True)
+        scores = write_instance_reports(run, "probe", "m.pt", val_set, results, "encoder",
+                                        InstanceEvalConfig(overlays=2, overlay_score=threshold))
+        assert scores["mask_AP"] == pytest.approx(1.0)
+        assert len(list((run.path / "reports" / "overlays").glob("*.png"))) == 2
+        log = (run.path / "logs" / "run.log").read_text()
+        assert ("the overlays show no detection" in log) != silent
+        if not silent:
+            assert "none on those 2 images scored 0.3 or more (best 0.20); lower instances.eval.overlay_score" in log
