@@ -150,7 +150,8 @@ def build_gallery(models: list[tuple[str, Path]], annotations: Path, images_dir:
             axis.set_yticks([])
             if "tiles" in column:
                 axis.imshow(column["tiles"][r])
-                axis.set_xlabel(f"{column['instances'][r]} masks", fontsize=7)
+                count = column["instances"][r]
+                axis.set_xlabel(f"{count} mask{'' if count == 1 else 's'}", fontsize=7)
             else:
                 axis.text(0.5, 0.5, "\n".join(["no masks:", *textwrap.wrap(column["error"], 30)[:6]]), ha="center",
                           va="center", fontsize=6, transform=axis.transAxes)
