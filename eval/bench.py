@@ -225,6 +225,14 @@ class BenchModel:
         return {phase: fn for phase, fn in (("encoder", self.encoder), ("decoder", self.decoder)) if fn is not None}
 
 
+def at_detection_cap(roi_heads) -> str:
+    """Set torchvision ``RoIHeads`` to keep every detection up to their cap (score threshold 0), so a bench's
+    decoder phase, whose cost grows with the detections it masks, is timed at one fixed load and not at what a
+    trained detector happens to score the bench's random-noise image; returns those words for the row's note."""
+    roi_heads.score_thresh = 0.0
+    return f"every detection up to the cap of {roi_heads.detections_per_img} (score threshold 0)"
+
+
 def chained(encode: Callable[[], object], decode: Callable[[object], object]) -> tuple[Callable, Callable]:
     """Encoder and decoder phases where the decoder works on the encoder's latest output (when the decoder's cost
     depends on what it is given: detections, prompts). The encoder then runs only when it is itself timed, or once

@@ -15,6 +15,7 @@ tensors): the student encoder is not one of the package's, so ``load_hq_file`` r
 from __future__ import annotations
 
 import copy
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -145,12 +146,15 @@ def file_holds_hq(path: Path) -> bool:
 def load_hq_file(path: Path) -> tuple[nn.Module, str]:
     """(segment-anything-hq ``Sam``, architecture or student name) of an official HQ-SAM file or one of ours."""
     path = Path(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    # memory-mapped (zip files): an official file (2.5 GB for HQ ViT-H) is then read once, by read_state_dict below
+    payload = torch.load(path, map_location="cpu", weights_only=True,
+                         mmap=zipfile.is_zipfile(path)) if path.is_file() else None
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
         encoder = HqStudentEncoder(payload["student"], payload["vit_dim"], payload["image_size"])
         model = hq_sam(encoder, payload["vit_dim"], payload["image_size"])
         return _load_strict(model, payload["state_dict"], path, f"HQ-SAM student {payload['student']}"), \
             payload["student"]
+    del payload
     state_dict = read_state_dict(path)
     if not is_hq_state_dict(state_dict):
         raise DistillError(f"checkpoint {path} is not an HQ-SAM checkpoint (no HQ output token in its decoder)")

@@ -1,18 +1,16 @@
 """The prompter kind's bench entry: encoder + head (the prompts) as the encoder phase, SAM's decoder on those
 prompts as the decoder phase.
 
-The decoder phase costs one SAM decoding per prompt, so it is timed at a fixed load that does not depend on what
-the head thinks of the bench's random-noise image: every query of the query prompter, and for the anchor prompter
-every detection its RoI heads keep up to their cap (score threshold 0). A trained head's scores on noise are
-arbitrary; timed at its threshold, one model would decode fifty prompts and the next two, and the comparison would
-measure that."""
+The decoder phase costs one SAM decoding per prompt, so it is timed at a fixed load (``at_detection_cap``): every
+query of the query prompter, every detection up to the anchor prompter's cap. A trained head's scores on noise are
+arbitrary; timed at its threshold, one model would decode fifty prompts and the next two."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from sam_distill.eval.bench import ROLE_STUDENT, BenchModel, chained
+from sam_distill.eval.bench import ROLE_STUDENT, BenchModel, at_detection_cap, chained
 from sam_distill.methods.prompter.model import load_prompter
 from sam_distill.methods.prompter.onnx import AnchorHeadGraph, QueryHeadGraph
 
@@ -31,11 +29,7 @@ def bench_prompter(path: Path, device: str = "cpu", threads: int = 1, image_size
     model, _ = load_prompter(path)
     model = model.to(device).eval().requires_grad_(False)  # inference only; the FLOP counter hooks grads otherwise
     head = model.config["head"]
-    if head == "anchor":
-        model.head.roi_heads.score_thresh = 0.0
-        load = f"every detection up to the head's cap of {model.head.roi_heads.detections_per_img} (score threshold 0)"
-    else:
-        load = f"all {model.head.num_queries} queries"
+    load = at_detection_cap(model.head.roi_heads) if head == "anchor" else f"all {model.head.num_queries} queries"
     size = int(model.image_size)
     pixels = torch.randn(1, 3, size, size, device=device)
     encoder, decoder = chained(torch.no_grad()(lambda: prompter_prompts(model, pixels)),

@@ -1,27 +1,23 @@
 """The rcnn kind's bench entry (SAM-det / SAM-seg): the image encoder as 'encoder'; pyramid + R-CNN heads (+ SAM's
 decoder on each detected box, for SAM-det) on its output as 'decoder'.
 
-The decoder phase's cost grows with the detections it masks, so it is timed at a fixed load, not at what a trained
-detector happens to find in the bench's random-noise image: score threshold 0, so the R-CNN heads keep every
-detection up to their cap (Mask2Former: every query)."""
+The decoder phase's cost grows with the detections it masks, so it is timed at a fixed load (``at_detection_cap``):
+every detection up to the R-CNN heads' cap (Mask2Former: every query)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from sam_distill.eval.bench import ROLE_STUDENT, BenchModel, chained
+from sam_distill.eval.bench import ROLE_STUDENT, BenchModel, at_detection_cap, chained
 from sam_distill.methods.rcnn.model import DISPLAY_NAMES, load_rcnn
 
 
 def bench_rcnn(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
     model, _ = load_rcnn(path)
     model = model.to(device).eval().requires_grad_(False)
-    if model.mask2former is not None:
-        load = f"all {model.mask2former.num_queries} queries"
-    else:
-        model.roi_heads.score_thresh = 0.0
-        load = f"every detection up to the cap of {model.roi_heads.detections_per_img} (score threshold 0)"
+    load = f"all {model.mask2former.num_queries} queries" if model.mask2former is not None else \
+        at_detection_cap(model.roi_heads)
     size = int(model.image_size)
     pixels = torch.randn(1, 3, size, size, device=device)
     encoder, decoder = chained(torch.no_grad()(lambda: model.encode(pixels)),
