@@ -196,6 +196,38 @@ def test_bad_taps_name_the_valid_range():
         encoder_taps(build_sam("vit_tiny", SIZE).image_encoder, [0, 7])
 
 
+def test_dihedral_flips_reach_all_eight_orientations_with_masks_aligned_and_padding_bottom_right(tmp_path):
+    from PIL import Image
+
+    height, width, size = 30, 50, 64
+    pixels = np.full((height, width, 3), 90, np.uint8)
+    pixels[2:9, 3:16] = (250, 20, 20)  # a red rectangle off the image's centre: each orientation puts it elsewhere
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "a.png")
+    polygon = [3, 2, 16, 2, 16, 9, 3, 9]
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": height, "width": width}],
+        "categories": [{"id": 1, "name": "box"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [polygon], "area": 91,
+                         "bbox": [3, 2, 13, 7], "iscrowd": 0}]}))
+    dataset = CocoInstances(tmp_path / "ann.json", tmp_path / "images", size, augment=True, scale_range=(1.0, 1.0),
+                            flips="dihedral")
+    seen = set()
+    for seed in range(64):
+        torch.manual_seed(seed)
+        item = dataset[0]
+        (h, w), mask, box = item["input_size"], item["masks"][0], item["boxes"][0]
+        assert not item["image"][:, h:].any() and not item["image"][:, :, w:].any()  # padded bottom-right
+        red = item["image"][0]
+        inside, outside = red[mask], red[:h, :w][~mask[:h, :w]]  # the mask lies on the red rectangle (resize blurs its rim)
+        assert (inside > 1.5).float().mean() > 0.8 and (outside < 0).float().mean() > 0.95
+        seen.add(((h, w), tuple(box.tolist())))
+    assert len(seen) == 8
+    assert {hw for hw, _ in seen} == {(38, 64), (64, 38)}  # transposes swap the image's sides
+    with pytest.raises(DistillError, match="flips must be one of horizontal, dihedral"):
+        CocoInstances(tmp_path / "ann.json", tmp_path / "images", size, flips="vertical")
+
+
 def test_coco_polygons_and_rle_load_and_flip_scale_keep_masks_aligned(shapes):
     annotations, images = shapes
     data = json.loads(annotations.read_text())

@@ -64,12 +64,15 @@ def split_image_ids(coco: COCO, split: str, val_fraction: float, source: Path | 
     return chosen
 
 
+FLIPS = ("horizontal", "dihedral")
+
+
 class CocoInstances(Dataset):
     """Items: SAM-preprocessed ``image`` 3×S×S, ``masks`` n×S×S bool, ``boxes`` n×4 (xyxy, input pixels),
     ``labels`` n (1-based, in category order), plus ``image_id``, ``original_size``, ``input_size``."""
 
     def __init__(self, annotations: Path, images: Path, image_size: int, image_ids: list[int] | None = None,
-                 augment: bool = False, scale_range: tuple[float, float] = (0.75, 1.25)):
+                 augment: bool = False, scale_range: tuple[float, float] = (0.75, 1.25), flips: str = "horizontal"):
         self.coco = load_coco(annotations)
         self.images_dir = Path(images)
         if not self.images_dir.is_dir():
@@ -79,7 +82,9 @@ class CocoInstances(Dataset):
         self.categories = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
         self.label_of = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
         self.image_ids = list(image_ids) if image_ids is not None else sorted(self.coco.getImgIds())
-        self.augment, self.scale_range = augment, scale_range
+        if flips not in FLIPS:
+            raise DistillError(f"flips must be one of {', '.join(FLIPS)}, not {flips!r}")
+        self.augment, self.scale_range, self.flips = augment, scale_range, flips
 
     @property
     def classes(self) -> list[dict]:
@@ -102,12 +107,15 @@ class CocoInstances(Dataset):
         anns = [a for a in self.coco.imgToAnns[info["id"]] if not a.get("iscrowd", 0)]
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
         labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.long)
+        if self.augment:
+            image, masks = self._flip(image, masks)
+            height, width = image.shape[:2]
         size = self.image_size
         tensor = self.preprocessing(image)
         input_size = ResizeLongestSide.get_preprocess_shape(height, width, size)
         masks_t = masks_on_input(torch.from_numpy(masks), input_size, size)
         if self.augment:
-            tensor, masks_t = self._augment(tensor, masks_t)
+            tensor, masks_t = self._rescale(tensor, masks_t)
         masks_t = masks_t > 0.5
         keep = masks_t.flatten(1).any(1)
         masks_t, labels = masks_t[keep], labels[keep]
@@ -115,10 +123,21 @@ class CocoInstances(Dataset):
         return {"image": tensor, "masks": masks_t, "boxes": boxes, "labels": labels, "image_id": info["id"],
                 "original_size": (height, width), "input_size": input_size}
 
-    def _augment(self, image: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Horizontal flip and scale jitter (zoom about the top-left corner, so SAM's padding stays bottom-right)."""
+    def _flip(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A random horizontal flip, and with ``dihedral`` a vertical flip and a transpose too (together the eight
+        rotations and reflections of the square). On the image as read, before SAM's resize and bottom-right pad,
+        so the padding stays where SAM puts it; a transpose swaps the image's height and width."""
         if torch.rand(()) < 0.5:
-            image, masks = image.flip(-1), masks.flip(-1)
+            image, masks = image[:, ::-1], masks[:, :, ::-1]
+        if self.flips == "dihedral":
+            if torch.rand(()) < 0.5:
+                image, masks = image[::-1], masks[:, ::-1]
+            if torch.rand(()) < 0.5:
+                image, masks = image.transpose(1, 0, 2), masks.transpose(0, 2, 1)
+        return np.ascontiguousarray(image), np.ascontiguousarray(masks)
+
+    def _rescale(self, image: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale jitter: zoom about the top-left corner, so SAM's padding stays bottom-right."""
         low, high = self.scale_range
         scale = float(low + (high - low) * torch.rand(()))
         size = self.image_size

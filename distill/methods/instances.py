@@ -119,7 +119,8 @@ def split_datasets(annotations: Path, images: Path, data, image_size: int):
     val_ids = [ids[p] for p in val_pos][: data.max_val_images]
     if not train_ids:
         raise DistillError(f"{annotations}: no training images after the split; lower instances.val_fraction")
-    return (CocoInstances(annotations, images, image_size, train_ids, augment=data.augment),
+    return (CocoInstances(annotations, images, image_size, train_ids, augment=data.augment,
+                           flips=data.flips),
             CocoInstances(annotations, images, image_size, val_ids))
 
 

@@ -125,4 +125,7 @@ class InstancesConfig(Section):
     max_train_images: Optional[int] = Field(None, ge=1)
     max_val_images: Optional[int] = Field(None, ge=1)
     augment: bool = True
+    flips: Literal["horizontal", "dihedral"] = Field(
+        "horizontal", description="training flips when augment is on: horizontal (natural images have an up), or "
+        "dihedral, also vertical flips and transposes (overhead imagery has no up; RSPrompter flips both ways)")
     eval: InstanceEvalConfig = InstanceEvalConfig()
