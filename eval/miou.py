@@ -224,14 +224,19 @@ def ground_truth_miou(model: Sam | PredictorLike, annotations: Path, images: Pat
 
 
 def format_miou_table(result: dict, title: str = "mIoU against ground truth") -> str:
-    """Summary, then one line per class and per size."""
+    """Summary, then one line per class and per size. With one click only, the k-click and NoC columns are left
+    out: they would repeat the one-click column and count every object as reached at its only click."""
     k = result["max_clicks"]
-    head = f"{'':<18}{'objects':>8}{'box':>8}{'1 click':>9}{f'{k} clicks':>10}{'NoC@85':>8}{'NoC@90':>8}{'box as mask':>13}"
+    columns = [("box", 8, "box_miou", ".3f"), ("1 click", 9, "point_miou", ".3f")]
+    if k > 1:
+        columns += [(f"{k} clicks", 10, f"clicks_{k}_miou", ".3f"), ("NoC@85", 8, "noc85", ".2f"),
+                    ("NoC@90", 8, "noc90", ".2f")]
+    columns.append(("box as mask", 13, "box_as_mask_miou", ".3f"))
+    head = f"{'':<18}{'objects':>8}" + "".join(f"{name:>{width}}" for name, width, _, _ in columns)
     lines = [title, head, "-" * len(head)]
 
     def line(name: str, s: dict) -> str:
-        return (f"{name:<18}{s['objects']:>8}{s['box_miou']:>8.3f}{s['point_miou']:>9.3f}{s[f'clicks_{k}_miou']:>10.3f}"
-                f"{s['noc85']:>8.2f}{s['noc90']:>8.2f}{s['box_as_mask_miou']:>13.3f}")
+        return f"{name:<18}{s['objects']:>8}" + "".join(f"{s[key]:>{width}{form}}" for _, width, key, form in columns)
 
     lines.append(line("all", result["summary"]))
     lines += [line(f"class {name}"[:18], s) for name, s in result["per_class"].items()]

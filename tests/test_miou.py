@@ -121,7 +121,12 @@ def test_ground_truth_miou_on_a_random_sam(tmp_path):
     assert summary["box_as_mask_miou"] > 0.5
     again = ground_truth_miou(sam, annotations, images, max_clicks=3, progress=False)
     assert again["summary"] == summary  # deterministic
-    assert "all" in format_miou_table(result)
+    table = format_miou_table(result).splitlines()
+    assert table[1].split()[-6:] == ["clicks", "NoC@85", "NoC@90", "box", "as", "mask"]
+    assert [float(v) for v in table[3].split()[2:]] == pytest.approx(
+        [summary[k] for k in ("box_miou", "point_miou", "clicks_3_miou", "noc85", "noc90", "box_as_mask_miou")], abs=6e-3)
+    one_click = format_miou_table(ground_truth_miou(sam, annotations, images, max_clicks=1, progress=False))
+    assert "NoC" not in one_click and "1 clicks" not in one_click  # one click: no repeated column, no NoC
 
 
 def test_ground_truth_miou_refuses_what_it_cannot_score(tmp_path):
