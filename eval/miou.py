@@ -151,9 +151,17 @@ def object_ious(predictor: PredictorLike, ground_truth: np.ndarray, box_xywh, ma
 HEADLINE_KEYS = ("box_miou", "point_miou", "box_as_mask_miou", "noc85", "noc90")
 
 
+def counts_noc(clicks: int) -> bool:
+    """NoC@85/90 says something only with more than one click: with one, every object counts as reached at its
+    only click (a table or report would show 1.00 whatever the model does)."""
+    return clicks > 1
+
+
 def headline_scores(summary: dict, clicks: int) -> dict[str, float]:
-    """The headline numbers of a summary: box, 1 click, k clicks, NoC and the box-as-mask baseline."""
-    return {key: summary[key] for key in (*HEADLINE_KEYS, f"clicks_{clicks}_miou")}
+    """The headline numbers of a summary: box, 1 click, k clicks, NoC (``counts_noc``) and the box-as-mask
+    baseline."""
+    keys = [key for key in HEADLINE_KEYS if counts_noc(clicks) or not key.startswith("noc")]
+    return {key: summary[key] for key in (*keys, f"clicks_{clicks}_miou")}
 
 
 def summarise(rows: list[dict], max_clicks: int) -> dict:
@@ -225,10 +233,10 @@ def ground_truth_miou(model: Sam | PredictorLike, annotations: Path, images: Pat
 
 def format_miou_table(result: dict, title: str = "mIoU against ground truth") -> str:
     """Summary, then one line per class and per size. With one click only, the k-click and NoC columns are left
-    out: they would repeat the one-click column and count every object as reached at its only click."""
+    out: they would repeat the one-click column and say nothing (``counts_noc``)."""
     k = result["max_clicks"]
     columns = [("box", 8, "box_miou", ".3f"), ("1 click", 9, "point_miou", ".3f")]
-    if k > 1:
+    if counts_noc(k):
         columns += [(f"{k} clicks", 10, f"clicks_{k}_miou", ".3f"), ("NoC@85", 8, "noc85", ".2f"),
                     ("NoC@90", 8, "noc90", ".2f")]
     columns.append(("box as mask", 13, "box_as_mask_miou", ".3f"))

@@ -11,6 +11,7 @@ from sam_distill.eval.miou import (
     farthest_from_boundary,
     format_miou_table,
     ground_truth_miou,
+    headline_scores,
     next_click,
     object_ious,
     size_name,
@@ -125,8 +126,12 @@ def test_ground_truth_miou_on_a_random_sam(tmp_path):
     assert table[1].split()[-6:] == ["clicks", "NoC@85", "NoC@90", "box", "as", "mask"]
     assert [float(v) for v in table[3].split()[2:]] == pytest.approx(
         [summary[k] for k in ("box_miou", "point_miou", "clicks_3_miou", "noc85", "noc90", "box_as_mask_miou")], abs=6e-3)
-    one_click = format_miou_table(ground_truth_miou(sam, annotations, images, max_clicks=1, progress=False))
-    assert "NoC" not in one_click and "1 clicks" not in one_click  # one click: no repeated column, no NoC
+    one_click = ground_truth_miou(sam, annotations, images, max_clicks=1, progress=False)
+    table_1 = format_miou_table(one_click)
+    assert "NoC" not in table_1 and "1 clicks" not in table_1  # one click: no repeated column, no NoC
+    assert set(headline_scores(one_click["summary"], 1)) == {"box_miou", "point_miou", "box_as_mask_miou",
+                                                            "clicks_1_miou"}  # nor NoC in the report's columns
+    assert {"noc85", "noc90"} <= set(headline_scores(summary, 3))
 
 
 def test_ground_truth_miou_refuses_what_it_cannot_score(tmp_path):

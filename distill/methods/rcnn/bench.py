@@ -16,8 +16,8 @@ from sam_distill.methods.rcnn.model import DISPLAY_NAMES, load_rcnn
 def bench_rcnn(path: Path, device: str = "cpu", threads: int = 1, image_size: int = 1024) -> BenchModel:
     model, _ = load_rcnn(path)
     model = model.to(device).eval().requires_grad_(False)
-    load = f"all {model.mask2former.num_queries} queries" if model.mask2former is not None else \
-        at_detection_cap(model.roi_heads)
+    load = (f"all {model.mask2former.num_queries} queries" if model.mask2former is not None
+            else at_detection_cap(model.roi_heads))
     size = int(model.image_size)
     pixels = torch.randn(1, 3, size, size, device=device)
     encoder, decoder = chained(torch.no_grad()(lambda: model.encode(pixels)),
