@@ -541,8 +541,11 @@ def report_run(run_dir, config, runs: int = 3, log=print) -> dict | None:
     try:
         teacher, produced = run_models(run_dir, config)
         specs = [str(m) for m in ([teacher] if teacher else []) + produced]
+        # A teacher file run at another size than its own (teacher.image_size) is timed at the size it taught at,
+        # beside students made at that size; SAM files, their exports and YOLO networks alike take it or keep theirs.
+        run_size = config.teacher.image_size if config.teacher.checkpoint is not None else None
         bench = bench_many(specs, runs=runs, warmup=1, threads=torch.get_num_threads(), log=log,
-                           teacher=str(teacher) if teacher else None)
+                           image_size=run_size, teacher=str(teacher) if teacher else None)
         atomic_write_json(reports / "bench.json", bench)
         return build_report([run_dir], reports, log=log)
     except DistillError as err:

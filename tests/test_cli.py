@@ -110,6 +110,24 @@ def test_distill_run_end_to_end_then_resume_and_refuse_a_changed_config(tmp_path
     _one_line_error(code, err, "different config")
 
 
+def test_a_convnet_teacher_teaches_at_the_image_size_its_config_sets(tmp_path, convnet_sam_file):
+    """``teacher.image_size`` runs a ConvNet teacher's file (trained at 128 px) at 64: its embeddings are cached
+    at 64, the student is made at 64, and the run's report times the teacher at 64, beside that student."""
+    from sam_distill.sam.model_file import load_model
+
+    config = _small_run_config(tmp_path, convnet_sam_file)
+    config["teacher"] = {"name": "timm_test_efficientnet", "checkpoint": str(convnet_sam_file), "image_size": 64}
+    config["prompt_stage"]["enabled"] = False
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "cache" / "cache.json").read_text())["preprocessing"]["image_size"] == 64
+    assert load_model(run / "model" / "model.pt")[1].image_size == 64
+    rows = json.loads((run / "reports" / "bench.json").read_text())["rows"]
+    assert {row["role"]: row["image_size"] for row in rows} == {"teacher": 64, "student": 64}
+
+
 def test_prompt_stage_alone_starts_from_the_distilled_student(tmp_path, tiny_teacher, tiny_teacher_checkpoint,
                                                               capsys):
     """EdgeSAM's second phase as a run of its own: no decoupled stage, one prompt-stage step from student.init;

@@ -246,6 +246,23 @@ def test_a_convnet_sam_runs_at_another_input_size_and_a_vit_says_it_cannot(convn
     assert "an exported graph, which runs at the input size it was exported at" in capsys.readouterr().err
 
 
+def test_a_convnet_checkpoint_trains_on_at_another_input_size_and_a_vit_checkpoint_says_it_cannot(
+        convnet_sam_file, tiny_teacher_checkpoint):
+    """`encoder.checkpoint` with another `encoder.image_size`: a ConvNet teacher fine-tuned at one size goes on
+    at another with the same weights on the finer grid; a ViT's file names the size to set."""
+    import torch
+
+    from sam_distill.sam.model_file import build_sam_for, load_model
+
+    trained, _ = load_model(convnet_sam_file)
+    larger = build_sam_for("timm_test_efficientnet", 192, convnet_sam_file)
+    assert larger.image_encoder.img_size == 192 and larger.prompt_encoder.image_embedding_size == (12, 12)
+    assert larger.prompt_encoder.input_image_size == (192, 192)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), larger.state_dict().values()))
+    with pytest.raises(DistillError, match="is for 256 px inputs, but image_size is 192; set image_size to 256"):
+        build_sam_for("vit_tiny", 192, tiny_teacher_checkpoint)
+
+
 def test_bench_runs_a_model_file_at_another_input_size(convnet_sam_file, tiny_teacher_checkpoint):
     from sam_distill.eval.bench import bench_many
 

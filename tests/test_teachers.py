@@ -90,6 +90,28 @@ def test_a_finetuned_sam_with_any_encoder_is_a_teacher(tmp_path):
         load_teacher("vit_tiny", path)
 
 
+def test_a_convnet_teacher_runs_at_the_image_size_asked_and_a_vit_teacher_says_it_cannot(
+        convnet_sam_file, tiny_teacher_checkpoint):
+    """``teacher.image_size`` runs a ConvNet teacher's file at another size (the NWPU teacher trained at 768 px
+    scores its best at 1,024, docs/CHAIN.md): same weights, an embedding of that size's grid, the cache stamped
+    with that size; a ViT's file names the size it holds instead of being resized."""
+    from sam_distill.data.cache import cache_identity
+
+    own = load_teacher("timm_test_efficientnet", convnet_sam_file)
+    larger = load_teacher("timm_test_efficientnet", convnet_sam_file, image_size=192)
+    assert (own.image_size, larger.image_size) == (128, 192)
+    assert larger.checkpoint_sha256 == own.checkpoint_sha256
+    for key, value in own.model.state_dict().items():
+        assert torch.equal(value, larger.model.state_dict()[key])
+    with torch.no_grad():
+        assert larger.embed(torch.randn(1, 3, 192, 192)).shape[-2:] == (12, 12)
+    stamp = cache_identity(larger, larger.preprocessing)["preprocessing"]
+    assert stamp["image_size"] == 192  # a cache made at 128 px is not taken for this one
+    assert load_teacher("timm_test_efficientnet", convnet_sam_file, image_size=128).image_size == 128
+    with pytest.raises(DistillError, match=r"vit_tiny.pth runs at 256 px only .*set it to 256"):
+        load_teacher("vit_tiny", tiny_teacher_checkpoint, image_size=512)
+
+
 def test_vit_b_architecture_detected_from_a_real_layout_state_dict(tmp_path):
     model = build_sam("vit_b")
     path = tmp_path / "sam_vit_b.pth"

@@ -16,7 +16,8 @@ def add_teacher_args(parser: argparse.ArgumentParser) -> None:
                         help="official name (sam_vit_h, sam_vit_l, sam_vit_b, mobile_sam) or architecture (vit_b, ...)")
     parser.add_argument("--checkpoint", type=Path, help="local checkpoint file (else the official one is downloaded)")
     parser.add_argument("--random-init", action="store_true", help="random weights of the architecture (smoke tests)")
-    parser.add_argument("--image-size", type=int, default=1024, help="input size, with --random-init only")
+    parser.add_argument("--image-size", type=int, help="input size: --random-init's (default 1024); with a "
+                        "checkpoint, the size to run it at (default its own; only timm ConvNet encoders take another)")
     parser.add_argument("--device", default="auto")
 
 

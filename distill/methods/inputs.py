@@ -48,10 +48,11 @@ def resolve_teacher(config: RunConfig, run_dir: RunDir):
     spec = config.teacher
     checkpoint = spec.checkpoint
     if spec.random_init:
-        checkpoint = materialise_random_teacher(spec.name, spec.image_size, config.seed, run_dir.sub("teacher"))
+        checkpoint = materialise_random_teacher(spec.name, spec.image_size or 1024, config.seed,
+                                                run_dir.sub("teacher"))
         run_dir.log(f"teacher: {spec.name} with RANDOM-INITIALISED weights (not pretrained; figures are for "
                     f"smoke testing only), saved at {checkpoint}")
-    teacher = load_teacher(spec.name, checkpoint)
+    teacher = load_teacher(spec.name, checkpoint, image_size=None if spec.random_init else spec.image_size)
     teacher.random_init = spec.random_init
     return teacher
 

@@ -16,7 +16,9 @@ class TeacherConfig(Section):
     name: str = "sam_vit_h"
     checkpoint: Optional[Path] = None
     random_init: bool = Field(False, description="random weights of the architecture: smoke runs only")
-    image_size: int = Field(1024, description="only for random_init; checkpoints carry their own")
+    image_size: Optional[int] = Field(None, ge=64, multiple_of=16, description=(
+        "the input size: random_init's (1024 if unset); with a checkpoint, the size to run it at (its own if "
+        "unset), which only an encoder that takes any input size (a timm ConvNet) can change"))
 
 
 class SyntheticImages(Section):

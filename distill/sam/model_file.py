@@ -108,8 +108,12 @@ def build_sam_for(encoder: str, image_size: int, checkpoint: Path | None = None)
 
         sam, info = load_model(checkpoint)
         if int(sam.image_encoder.img_size) != image_size:
-            raise DistillError(f"encoder checkpoint {checkpoint} is for {sam.image_encoder.img_size} px inputs, "
-                               f"but image_size is {image_size}; set image_size to {sam.image_encoder.img_size}")
+            # An encoder that takes any input size trains on at another one (a teacher fine-tuned at 512 px goes
+            # on at 768, where remote-sensing objects span more embedding cells); a ViT holds its size's weights.
+            if not getattr(sam.image_encoder, "any_input_size", False):
+                raise DistillError(f"encoder checkpoint {checkpoint} is for {sam.image_encoder.img_size} px inputs, "
+                                   f"but image_size is {image_size}; set image_size to {sam.image_encoder.img_size}")
+            sam, info = load_model(checkpoint, image_size)
         held = info.student.removeprefix("sam_")
         if held != encoder:  # the saved model is rebuilt from the name, so it must be the checkpoint's own
             raise DistillError(f"encoder checkpoint {checkpoint} holds a {held} encoder but the encoder is named "

@@ -184,18 +184,33 @@ def load_sam2_teacher(name: str, checkpoint: Path | None, random_init: bool, see
     return Sam2Teacher(model, name, found, checkpoint, sha256_file(checkpoint), False, config)
 
 
+def _at_own_size(teacher: Teacher, image_size: int | None) -> Teacher:
+    """SAM 2 and HQ-SAM teachers run at the size they were built for; another one asked for is said, not ignored."""
+    if image_size is not None and image_size != teacher.image_size:
+        raise DistillError(f"teacher {teacher.name} ({teacher.arch}) runs at {teacher.image_size} px only; leave the "
+                           f"teacher's image size unset or set it to {teacher.image_size}")
+    return teacher
+
+
 def load_teacher(
-    name: str, checkpoint: Path | str | None = None, random_init: bool = False, image_size: int = 1024, seed: int = 0
+    name: str, checkpoint: Path | str | None = None, random_init: bool = False, image_size: int | None = None,
+    seed: int = 0,
 ) -> Teacher:
-    """Resolve a teacher: an official name (downloaded), an architecture with a local file, or random weights."""
+    """Resolve a teacher: an official name (downloaded), an architecture with a local file, or random weights.
+
+    ``image_size`` is random weights' input size (1024 unless given). With a checkpoint it is the size to run the
+    teacher at, unset meaning the checkpoint's own: only an encoder that takes any input size (a timm ConvNet) can
+    run at another, which a remote-sensing teacher gains from when its objects are a cell or two of the embedding
+    (docs/CHAIN.md); a ViT's weights are for its own size, and saying another one is an error, not a resize."""
     arch = TEACHERS.get(name).arch if name in TEACHERS else name
     if sam2_models.is_sam2_arch(arch) or (
             checkpoint is not None and arch not in ARCHITECTURES and sam2_models.file_holds_sam2(Path(checkpoint))):
-        return load_sam2_teacher(name, checkpoint, random_init, seed)
+        return _at_own_size(load_sam2_teacher(name, checkpoint, random_init, seed), image_size)
     if hq_models.is_hq_arch(arch) or (
             checkpoint is not None and arch not in ARCHITECTURES and hq_models.file_holds_hq(Path(checkpoint))):
-        return load_hq_teacher(name, checkpoint, random_init, image_size, seed)
+        return _at_own_size(load_hq_teacher(name, checkpoint, random_init, image_size or 1024, seed), image_size)
     if random_init:
+        image_size = image_size or 1024
         if arch not in ARCHITECTURES:
             known = ", ".join((*ARCHITECTURES, *sam2_models.SAM2_ARCHITECTURES, *hq_models.HQ_ARCHITECTURES))
             raise DistillError(f"unknown teacher architecture {name!r}; choose one of: {known}")
@@ -210,6 +225,12 @@ def load_teacher(
         checkpoint = resolve_official(name)
     checkpoint = Path(checkpoint)
     model, info = load_model(checkpoint)  # an official file, MobileSAM's, or a sam-distill model.pt of any encoder
+    if image_size is not None and image_size != info.image_size:
+        if not getattr(model.image_encoder, "any_input_size", False):
+            raise DistillError(f"teacher checkpoint {checkpoint} runs at {info.image_size} px only (its "
+                               f"{type(model.image_encoder).__name__} holds weights for that size); leave the "
+                               f"teacher's image size unset or set it to {info.image_size}")
+        model, info = load_model(checkpoint, image_size)
     arch = info.student.removeprefix("sam_")
     expected = TEACHERS.get(name).arch if name in TEACHERS else name
     if expected in ARCHITECTURES and expected != arch:
