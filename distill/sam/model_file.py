@@ -58,12 +58,15 @@ def save_mobilesam_layout(model: Sam, path: Path) -> Path:
     return Path(path)
 
 
-def load_model(path: Path | str, image_size: int | None = None) -> tuple[Sam, ModelInfo]:
+def load_model(path: Path | str, image_size: int | None = None,
+               fix: str = "drop --image-size") -> tuple[Sam, ModelInfo]:
     """Load our checkpoint, a MobileSAM file or an official SAM file as a segment-anything Sam.
 
     ``image_size`` runs the model at another input side than the one it was trained at, which shows small objects
     larger (remote-sensing scenes gain from it, docs/CHAIN.md). Only encoders that take any input size can: the
-    timm ConvNet students (``any_input_size``); SAM's ViTs and TinyViT hold weights for their own size."""
+    timm ConvNet students (``any_input_size``); SAM's ViTs and TinyViT hold weights for their own size, and asking
+    one for another ends in one line whose remedy is ``fix`` (``{size}`` is the file's own size), worded for the
+    caller's key or flag."""
     path = Path(path)
     if image_size is not None and (image_size <= 0 or image_size % 16):
         raise DistillError(f"--image-size {image_size}: SAM's embedding is a 16-pixel grid; give a positive multiple "
@@ -78,7 +81,7 @@ def load_model(path: Path | str, image_size: int | None = None) -> tuple[Sam, Mo
         student = payload["student"]
         trained_size = int(payload["image_size"])
         model = build_sam_for(student, image_size or trained_size)  # a SAM architecture (a fine-tuned vit_*) or a student
-        _check_input_size(model, path, trained_size, image_size)
+        _check_input_size(model, path, trained_size, image_size, fix)
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:
@@ -87,17 +90,18 @@ def load_model(path: Path | str, image_size: int | None = None) -> tuple[Sam, Mo
     del payload
     state_dict = read_state_dict(path)  # raises a one-line reason for files that are not state dicts
     model, arch = sam_from_state_dict(state_dict, path)
-    _check_input_size(model, path, int(model.image_encoder.img_size), image_size)
+    _check_input_size(model, path, int(model.image_encoder.img_size), image_size, fix)
     return model, ModelInfo(arch if arch == "tinyvit_5m" else f"sam_{arch}", int(model.image_encoder.img_size))
 
 
-def _check_input_size(model: Sam, path: Path, trained_size: int, image_size: int | None) -> None:
+def _check_input_size(model: Sam, path: Path, trained_size: int, image_size: int | None, fix: str) -> None:
     """One line when a model is asked to run at a size its encoder cannot take."""
     if image_size is None or image_size == trained_size:
         return
     if not getattr(model.image_encoder, "any_input_size", False):
         raise DistillError(f"model {path} runs at {trained_size} px only: its encoder "
-                           f"({type(model.image_encoder).__name__}) holds weights for that size; drop --image-size")
+                           f"({type(model.image_encoder).__name__}) holds weights for that size; "
+                           + fix.format(size=trained_size))
 
 
 def build_sam_for(encoder: str, image_size: int, checkpoint: Path | None = None) -> Sam:
@@ -105,15 +109,9 @@ def build_sam_for(encoder: str, image_size: int, checkpoint: Path | None = None)
     from sam_distill.sam.build import ARCHITECTURES, build_sam, sam_with_encoder
 
     if checkpoint is not None:
-
-        sam, info = load_model(checkpoint)
-        if int(sam.image_encoder.img_size) != image_size:
-            # An encoder that takes any input size trains on at another one (a teacher fine-tuned at 512 px goes
-            # on at 768, where remote-sensing objects span more embedding cells); a ViT holds its size's weights.
-            if not getattr(sam.image_encoder, "any_input_size", False):
-                raise DistillError(f"encoder checkpoint {checkpoint} is for {sam.image_encoder.img_size} px inputs, "
-                                   f"but image_size is {image_size}; set image_size to {sam.image_encoder.img_size}")
-            sam, info = load_model(checkpoint, image_size)
+        # An encoder that takes any input size trains on at another one (a teacher fine-tuned at 512 px goes on at
+        # 768, where remote-sensing objects span more embedding cells); a ViT holds its size's weights.
+        sam, info = load_model(checkpoint, image_size, fix="set image_size to {size}")
         held = info.student.removeprefix("sam_")
         if held != encoder:  # the saved model is rebuilt from the name, so it must be the checkpoint's own
             raise DistillError(f"encoder checkpoint {checkpoint} holds a {held} encoder but the encoder is named "

@@ -224,13 +224,8 @@ def load_teacher(
             )
         checkpoint = resolve_official(name)
     checkpoint = Path(checkpoint)
-    model, info = load_model(checkpoint)  # an official file, MobileSAM's, or a sam-distill model.pt of any encoder
-    if image_size is not None and image_size != info.image_size:
-        if not getattr(model.image_encoder, "any_input_size", False):
-            raise DistillError(f"teacher checkpoint {checkpoint} runs at {info.image_size} px only (its "
-                               f"{type(model.image_encoder).__name__} holds weights for that size); leave the "
-                               f"teacher's image size unset or set it to {info.image_size}")
-        model, info = load_model(checkpoint, image_size)
+    # an official file, MobileSAM's, or a sam-distill model.pt of any encoder
+    model, info = load_model(checkpoint, image_size, fix="leave the teacher's image size unset or set it to {size}")
     arch = info.student.removeprefix("sam_")
     expected = TEACHERS.get(name).arch if name in TEACHERS else name
     if expected in ARCHITECTURES and expected != arch:
