@@ -259,7 +259,7 @@ def test_a_convnet_checkpoint_trains_on_at_another_input_size_and_a_vit_checkpoi
     assert larger.image_encoder.img_size == 192 and larger.prompt_encoder.image_embedding_size == (12, 12)
     assert larger.prompt_encoder.input_image_size == (192, 192)
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), larger.state_dict().values()))
-    with pytest.raises(DistillError, match=r"runs at 256 px only: its encoder \(ImageEncoderViT\) .*; set image_size to 256$"):
+    with pytest.raises(DistillError, match=r"runs at 256 px only, not 192: its encoder \(ImageEncoderViT\) .*; set image_size to 256$"):
         build_sam_for("vit_tiny", 192, tiny_teacher_checkpoint)
 
 

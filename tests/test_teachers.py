@@ -108,7 +108,7 @@ def test_a_convnet_teacher_runs_at_the_image_size_asked_and_a_vit_teacher_says_i
     stamp = cache_identity(larger, larger.preprocessing)["preprocessing"]
     assert stamp["image_size"] == 192  # a cache made at 128 px is not taken for this one
     assert load_teacher("timm_test_efficientnet", convnet_sam_file, image_size=128).image_size == 128
-    with pytest.raises(DistillError, match=r"vit_tiny.pth runs at 256 px only: .*; leave the teacher's image size unset or set it to 256$"):
+    with pytest.raises(DistillError, match=r"vit_tiny.pth runs at 256 px only, not 512: .*; leave the teacher's image size unset or set it to 256$"):
         load_teacher("vit_tiny", tiny_teacher_checkpoint, image_size=512)
 
 

@@ -99,7 +99,7 @@ def _check_input_size(model: Sam, path: Path, trained_size: int, image_size: int
     if image_size is None or image_size == trained_size:
         return
     if not getattr(model.image_encoder, "any_input_size", False):
-        raise DistillError(f"model {path} runs at {trained_size} px only: its encoder "
+        raise DistillError(f"model {path} runs at {trained_size} px only, not {image_size}: its encoder "
                            f"({type(model.image_encoder).__name__}) holds weights for that size; "
                            + fix.format(size=trained_size))
 
